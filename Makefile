@@ -1,0 +1,45 @@
+# Every target creates .venv when missing and installs probgen into it.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+# The one place torch is chosen. Our machines carry the CPU build of torch 2.13.0 (a bare
+# `torch` would pull a multi-GB CUDA build there); elsewhere users get the default. .ci/run
+# sets TORCH explicitly.
+TORCH  ?= $(shell ls /opt/wheels/torch-2.13.0+cpu-*.whl >/dev/null 2>&1 && echo "torch==2.13.0" || echo "torch")
+
+.PHONY: install demo test test-all bench lint docs examples clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/activate pyproject.toml
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e '.[dev,docs]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/probgen demo --out runs/demo
+
+test: install
+	$(BIN)/python -m pytest
+
+test-all: install
+	$(BIN)/python -m pytest -m ""
+
+examples: install
+	$(BIN)/python -m pytest tests/test_examples.py
+
+bench: install
+	@for script in benchmarks/[a-z]*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+lint: install
+	$(BIN)/ruff check probgen tests benchmarks examples
+
+docs: install
+	$(BIN)/mkdocs build --strict --site-dir site
+
+clean:
+	rm -rf $(VENV) site runs .pytest_cache

@@ -1,0 +1,255 @@
+"""Checkpoints: atomic writes (temp file + fsync + rename), weights_only loads, model save/load."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyro
+import torch
+from torch.distributions import constraints
+
+__all__ = [
+    "atomic_save", "atomic_write_text", "load_checkpoint", "param_store_state",
+    "restore_param_store", "rng_state", "set_rng_state", "save", "load", "CheckpointError",
+]
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded safely or does not match what loads it."""
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: str | os.PathLike, write) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_save(obj: dict[str, Any], path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temp file in the same folder, fsync, then rename over ``path``."""
+    return _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load with ``torch.load(weights_only=True)``: tensors and plain containers only."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"refusing to load {path}: it holds objects other than tensors and plain data "
+            f"(weights_only load failed: {str(error).splitlines()[0]}). probgen checkpoints never "
+            "need that; a file that does may run code when unpickled") from None
+    except (RuntimeError, EOFError) as error:
+        raise CheckpointError(f"{path} is not a readable checkpoint ({error})") from None
+    if not isinstance(state, dict) or "format" not in state:
+        raise CheckpointError(f"{path} is not a probgen checkpoint (no 'format' entry)")
+    if int(state.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer probgen (format "
+                              f"{state['format_version']} > {FORMAT_VERSION}); upgrade probgen")
+    return state
+
+
+# --- constraints as plain data ----------------------------------------------------------
+def _named_constraints() -> dict[str, Any]:
+    from pyro.distributions import constraints as pyro_constraints
+
+    named = {}
+    for module in (constraints, pyro_constraints):
+        for name in dir(module):
+            value = getattr(module, name)
+            if isinstance(value, constraints.Constraint):
+                named.setdefault(name, value)
+    return named
+
+
+def _encode_constraint(constraint: Any) -> Any:
+    for name, value in _named_constraints().items():
+        if constraint is value:
+            return name
+    if isinstance(constraint, constraints.independent):
+        return {"independent": _encode_constraint(constraint.base_constraint),
+                "ndims": constraint.reinterpreted_batch_ndims}
+    for kind in ("interval", "half_open_interval"):
+        if type(constraint) is getattr(constraints, f"_{kind.title().replace('_', '')}", None):
+            return {kind: [float(constraint.lower_bound), float(constraint.upper_bound)]}
+    if type(constraint).__name__ == "_GreaterThan":
+        return {"greater_than": float(constraint.lower_bound)}
+    if type(constraint).__name__ == "_GreaterThanEq":
+        return {"greater_than_eq": float(constraint.lower_bound)}
+    if type(constraint).__name__ == "_LessThan":
+        return {"less_than": float(constraint.upper_bound)}
+    return None  # unknown: the program must create the parameter before it is restored
+
+
+def _decode_constraint(spec: Any) -> Any:
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        return _named_constraints()[spec]
+    if "independent" in spec:
+        return constraints.independent(_decode_constraint(spec["independent"]), spec["ndims"])
+    if "interval" in spec:
+        return constraints.interval(*spec["interval"])
+    if "half_open_interval" in spec:
+        return constraints.half_open_interval(*spec["half_open_interval"])
+    if "greater_than" in spec:
+        return constraints.greater_than(spec["greater_than"])
+    if "greater_than_eq" in spec:
+        return constraints.greater_than_eq(spec["greater_than_eq"])
+    if "less_than" in spec:
+        return constraints.less_than(spec["less_than"])
+    raise CheckpointError(f"unknown constraint spec {spec!r}")
+
+
+def param_store_state(exclude_prefix: str | None = None) -> dict[str, Any]:
+    """The param store as plain data: unconstrained values and constraint specs."""
+    store = pyro.get_param_store()
+    params, specs = {}, {}
+    for name in store.keys():
+        if exclude_prefix and name.startswith(exclude_prefix):
+            continue
+        params[name] = store._params[name].detach().clone().cpu()
+        specs[name] = _encode_constraint(store._constraints[name])
+    return {"params": params, "constraints": specs}
+
+
+def restore_param_store(state: dict[str, Any]) -> None:
+    """Copy saved values into existing parameters in place (modules keep their references);
+    create missing ones from their constraint spec."""
+    store = pyro.get_param_store()
+    for name, value in state["params"].items():
+        if name in store._params:
+            target = store._params[name]
+            if target.shape != value.shape:
+                raise CheckpointError(f"parameter '{name}' has shape {tuple(target.shape)} but the "
+                                      f"checkpoint holds {tuple(value.shape)}; the model's "
+                                      "configuration differs from the one that wrote it")
+            with torch.no_grad():
+                target.copy_(value.to(target.device, target.dtype))
+            continue
+        constraint = _decode_constraint(state["constraints"].get(name))
+        if constraint is None:
+            raise CheckpointError(f"parameter '{name}' has a constraint probgen cannot rebuild; "
+                                  "run the program once before restoring")
+        unconstrained = value.clone().requires_grad_(True)
+        store._params[name] = unconstrained
+        store._constraints[name] = constraint
+        store._param_to_name[unconstrained] = name
+
+
+# --- random number generators ----------------------------------------------------------
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
+                      int(np_state[2]), int(np_state[3]), float(np_state[4])]}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+# --- bundled models ---------------------------------------------------------------------
+def save(model: Any, path: str | os.PathLike) -> Path:
+    """Save a bundled model (class, config, parameters) and any guide parameters fit created.
+
+    Raw Pyro programs keep their parameters in Pyro's param store: save those with
+    ``probgen.checkpoint.atomic_save({"format": "probgen-params", **param_store_state()}, path)``
+    or by passing ``checkpoint=`` to :func:`probgen.fit`.
+    """
+    from probgen import __version__
+    from probgen.models.base import GenerativeModel
+
+    if not isinstance(model, GenerativeModel):
+        raise TypeError(f"probgen.save takes a bundled GenerativeModel, got {type(model).__name__}; "
+                        "for your own Pyro program use probgen.fit(..., checkpoint=path), which "
+                        "saves the param store")
+    if not model.registry_name:
+        raise TypeError(f"{type(model).__name__} is not registered; decorate it with "
+                        "@probgen.models.register_model('name') so it can be rebuilt on load")
+    module_state = {k: v for k, v in model.state_dict().items() if not k.startswith("autoguide.")}
+    autoguide = getattr(model, "autoguide", None)
+    state = {
+        "format": "probgen-model", "format_version": FORMAT_VERSION, "probgen_version": __version__,
+        "model": model.registry_name, "config": dict(model.config), "state_dict": module_state,
+        "autoguide": type(autoguide).__name__ if autoguide is not None else None,
+        "guide_params": param_store_state(exclude_prefix=model.pyro_name + "$$$")
+        if autoguide is not None else None,
+        "autoguide_example": list(getattr(model, "autoguide_example", ()))
+        if autoguide is not None else None,
+    }
+    return atomic_save(state, path)
+
+
+def load(path: str | os.PathLike, *, map_location: str | torch.device | None = None) -> Any:
+    """Rebuild a model saved with :func:`save`: same class, config, parameters (and guide)."""
+    from probgen.models.base import get_model_class
+
+    state = load_checkpoint(path)
+    if state["format"] != "probgen-model":
+        raise CheckpointError(f"{path} holds a {state['format']!r} checkpoint, not a saved model; "
+                              "resume it with probgen.fit(..., checkpoint=path, resume=True)")
+    cls = get_model_class(state["model"])
+    try:
+        model = cls(**state["config"])
+    except TypeError as error:
+        raise CheckpointError(f"the saved config does not fit {cls.__name__} ({error}); it was "
+                              f"written by probgen {state.get('probgen_version')}") from None
+    missing, unexpected = model.load_state_dict(state["state_dict"], strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"saved parameters do not match {cls.__name__}: missing {missing}, "
+                              f"unexpected {unexpected}")
+    if state.get("autoguide"):
+        from pyro import poutine
+        from pyro.infer import autoguide as autoguides
+
+        restore_param_store(state["guide_params"])
+        model.autoguide = getattr(autoguides, state["autoguide"])(model.model)
+        example = tuple(state["autoguide_example"] or ())
+        model.autoguide_example = example
+        if example:
+            with torch.no_grad():  # builds the guide's shapes; values come from the store
+                poutine.block(model.autoguide)(*example)
+    if map_location is not None:
+        model.to(map_location)
+    return model

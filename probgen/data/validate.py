@@ -1,0 +1,156 @@
+"""The one place that checks data at probgen's boundary: shape, dtype, NaN/Inf, support, emptiness."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["SUPPORTS", "as_batch", "validate_data", "check_device"]
+
+SUPPORTS = ("real", "positive", "nonnegative", "unit_interval", "binary", "count", "categorical")
+
+
+def _to_tensor(x: Any, name: str) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, np.ndarray):
+        if x.dtype == object:
+            raise TypeError(f"{name} is a numpy array of Python objects (ragged rows?); "
+                            "pad it to a rectangular array first (see probgen.data.sequences)")
+        return torch.from_numpy(np.ascontiguousarray(x))
+    if isinstance(x, (list, tuple)):
+        try:
+            return torch.as_tensor(np.asarray(x))
+        except (ValueError, TypeError) as error:
+            raise TypeError(f"{name} could not be made into a tensor ({error}); rows of different "
+                            "lengths need padding (see probgen.data.sequences)") from None
+    raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
+
+
+def _first_bad_row(bad: torch.Tensor) -> tuple[int, int]:
+    rows = bad.reshape(bad.shape[0], -1).any(-1) if bad.dim() > 0 else bad.reshape(1)
+    index = torch.nonzero(rows).flatten()
+    return int(index.numel()), int(index[0]) if index.numel() else -1
+
+
+def validate_data(
+    x: Any,
+    *,
+    name: str = "data",
+    support: str = "real",
+    num_categories: int | None = None,
+    event_shape: Sequence[int] | None = None,
+    min_rank: int = 1,
+    max_rank: int | None = None,
+    allow_empty: bool = False,
+    float_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Check ``x`` and return it as a tensor; raise ValueError/TypeError naming problem and fix.
+
+    Args:
+        support: what values are allowed (one of ``SUPPORTS``).
+        num_categories: for ``support="categorical"``: values must lie in ``0..num_categories-1``.
+        event_shape: the trailing shape each example must have (e.g. ``(784,)``).
+        float_dtype: when given, real-valued data are cast to it (integers are kept for counts).
+
+    Example:
+        >>> validate_data(torch.ones(3, 2)).shape
+        torch.Size([3, 2])
+    """
+    if support not in SUPPORTS:
+        raise ValueError(f"unknown support {support!r}; choose one of {SUPPORTS}")
+    x = _to_tensor(x, name)
+    if x.dtype == torch.bool:
+        x = x.to(torch.get_default_dtype())
+    if x.is_complex():
+        raise TypeError(f"{name} is complex ({x.dtype}); probgen models real or discrete data")
+    if x.dim() < min_rank:
+        raise ValueError(f"{name} must have at least {min_rank} dimension(s) (examples first), "
+                         f"got shape {tuple(x.shape)}; for one example use x[None]")
+    if max_rank is not None and x.dim() > max_rank:
+        raise ValueError(f"{name} must have at most {max_rank} dimensions, got shape {tuple(x.shape)}")
+    if x.dim() > 0 and x.shape[0] == 0 and not allow_empty:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); pass at least one example")
+    if event_shape is not None and tuple(x.shape[1:]) != tuple(event_shape):
+        raise ValueError(f"{name} has examples of shape {tuple(x.shape[1:])} but the model expects "
+                         f"{tuple(event_shape)}; pass data with the features the model was fitted on")
+    if x.is_floating_point():
+        bad = ~torch.isfinite(x)
+        if bad.any():
+            count, first = _first_bad_row(bad)
+            what = "NaN" if torch.isnan(x).any() else "Inf"
+            raise ValueError(f"{name} has {what} in {count} row(s) (first: row {first}); "
+                             "drop or impute them before fitting or evaluating")
+    discrete = support in ("binary", "count", "categorical")
+    if discrete and x.is_floating_point() and not torch.equal(x, torch.round(x)):
+        raise ValueError(f"{name} must hold whole numbers for a {support} likelihood but has "
+                         "fractional values; binarize or round it (see probgen.data.transforms)")
+    if support == "binary" and not ((x == 0) | (x == 1)).all():
+        raise ValueError(f"{name} must be binary (0/1) for a Bernoulli likelihood but has values "
+                         f"in [{float(x.min()):g}, {float(x.max()):g}]; binarize it first "
+                         "(probgen.data.transforms.binarize)")
+    if support in ("count", "categorical", "nonnegative") and (x < 0).any():
+        raise ValueError(f"{name} has negative values (min {float(x.min()):g}) but the "
+                         f"{support} likelihood needs values >= 0")
+    if support == "categorical":
+        if num_categories is None:
+            raise ValueError("support='categorical' needs num_categories")
+        if (x >= num_categories).any():
+            raise ValueError(f"{name} has category {int(x.max())} but the model has "
+                             f"{num_categories} categories (0..{num_categories - 1})")
+    if support == "positive" and (x <= 0).any():
+        raise ValueError(f"{name} must be > 0 but has min {float(x.min()):g}")
+    if support == "unit_interval" and ((x < 0) | (x > 1)).any():
+        raise ValueError(f"{name} must lie in [0, 1] but spans [{float(x.min()):g}, "
+                         f"{float(x.max()):g}]; rescale it (e.g. x / 255)")
+    if float_dtype is not None and (x.is_floating_point() or support in ("real", "positive",
+                                                                           "unit_interval")):
+        x = x.to(float_dtype)
+    return x
+
+
+def as_batch(data: Any, *, name: str = "data") -> tuple[torch.Tensor, ...]:
+    """Normalize ``data`` (a tensor or a tuple of tensors sharing the first dim) to a tuple.
+
+    Every tensor is checked for emptiness and NaN/Inf; their first dimensions must agree, since
+    probgen slices them together when it mini-batches or chunks.
+    """
+    if isinstance(data, dict):
+        raise TypeError(f"{name} must be a tensor or a tuple of tensors, not a dict; pass "
+                        "the values in the order your model's arguments take them")
+    parts = tuple(data) if isinstance(data, (tuple, list)) and not _is_numeric_list(data) else (data,)
+    if not parts:
+        raise ValueError(f"{name} is an empty tuple; pass at least one tensor")
+    tensors = tuple(validate_data(p, name=f"{name}[{i}]" if len(parts) > 1 else name)
+                    for i, p in enumerate(parts))
+    sizes = {t.shape[0] for t in tensors}
+    if len(sizes) > 1:
+        shapes = ", ".join(str(tuple(t.shape)) for t in tensors)
+        raise ValueError(f"the tensors in {name} must share their first (example) dimension, got "
+                         f"shapes {shapes}; per-example side data needs one row per example")
+    devices = {t.device for t in tensors}
+    if len(devices) > 1:
+        raise ValueError(f"the tensors in {name} are on different devices {sorted(map(str, devices))}; "
+                         "move them to one device (or pass device=... to probgen)")
+    return tensors
+
+
+def _is_numeric_list(data: Any) -> bool:
+    return isinstance(data, list) and len(data) > 0 and not isinstance(
+        data[0], (torch.Tensor, np.ndarray))
+
+
+def check_device(data: tuple[torch.Tensor, ...], module: torch.nn.Module | None) -> None:
+    """Raise if data and a model's parameters are on different devices."""
+    if module is None:
+        return
+    params = list(module.parameters())
+    if not params or not data:
+        return
+    if params[0].device != data[0].device:
+        raise ValueError(f"data is on {data[0].device} but the model's parameters are on "
+                         f"{params[0].device}; pass device='{params[0].device}' or move the data "
+                         f"with .to('{params[0].device}')")

@@ -1,0 +1,50 @@
+"""How model families contribute to ``probgen demo``: entries grouped into one table per data set."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from probgen.evaluate.result import LogLikelihood
+
+__all__ = ["DemoData", "DemoEntry", "FAMILY_MODULES"]
+
+# Modules that may define ``demo_entries(smoke: bool) -> list[DemoEntry]``.
+FAMILY_MODULES: tuple[str, ...] = (
+    "probgen.demo_programs",
+    "probgen.models.mixture",
+    "probgen.models.flow",
+    "probgen.models.hmm",
+    "probgen.models.vae",
+    "probgen.models.ebm",
+    "probgen.models.diffusion",
+    "probgen.models.latent_diffusion",
+    "probgen.models.hierarchical",
+)
+
+
+@dataclass(frozen=True)
+class DemoData:
+    """Train/test tuples (each a tuple of tensors sharing the first dim) and a description."""
+
+    name: str
+    train: tuple[torch.Tensor, ...]
+    test: tuple[torch.Tensor, ...]
+    description: str
+
+
+@dataclass(frozen=True)
+class DemoEntry:
+    """One model in the demo: ``run(data, out_dir)`` fits it on data.train, returns test LL.
+
+    Built-in data sets (``probgen.demo.DATASETS``): ``"iris"`` (standardized, continuous,
+    120/30 split of 150×4) and ``"digits"`` (sklearn's 8×8 digits binarized at 8/16, discrete,
+    1437/360 split of 1797×64). A family with another data set passes ``load(smoke)``.
+    """
+
+    dataset: str
+    name: str
+    run: Callable[[DemoData, str], LogLikelihood]
+    load: Callable[[bool], DemoData] | None = None  # for data sets probgen.demo does not know

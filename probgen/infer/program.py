@@ -1,0 +1,142 @@
+"""What a Pyro program looks like from outside: its data plate, latent sites and plate nesting."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from pyro import poutine
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
+
+__all__ = ["ProgramInfo", "inspect_program", "DataPlateScale", "find_data_frame"]
+
+
+@dataclass(frozen=True)
+class ProgramInfo:
+    """Sites of a model program, read off one trace of it on a batch.
+
+    Fields:
+        data_plate: name of the plate over examples (the first data dimension).
+        batch_size: the number of examples in the traced batch.
+        observed: observed site names; continuous_latents / discrete_latents: latent site names.
+        enumerable: discrete latents with finite support (can be summed out exactly).
+        global_latents: latent sites outside the data plate.
+        max_plate_nesting: the deepest plate nesting (for TraceEnum_ELBO and particle plates).
+    """
+
+    data_plate: str | None
+    batch_size: int
+    observed: tuple[str, ...]
+    continuous_latents: tuple[str, ...]
+    discrete_latents: tuple[str, ...]
+    enumerable: tuple[str, ...]
+    global_latents: tuple[str, ...]
+    max_plate_nesting: int
+
+    @property
+    def latents(self) -> tuple[str, ...]:
+        return self.continuous_latents + self.discrete_latents
+
+    @property
+    def exact_applies(self) -> bool:
+        """True when every latent is a finite-support discrete site inside the data plate."""
+        return (not self.continuous_latents
+                and set(self.discrete_latents) == set(self.enumerable)
+                and not self.global_latents)
+
+
+def _plates(site: dict) -> list:
+    return [f for f in site["cond_indep_stack"] if f.vectorized]
+
+
+def inspect_program(model: Callable, batch: tuple[torch.Tensor, ...], *,
+                    data_plate: str | None = None) -> ProgramInfo:
+    """Trace ``model(*batch)`` once and describe it; raise if it has no usable data plate.
+
+    The data plate is the plate of size ``len(batch[0])`` that holds the observed sites (or the
+    plate named ``data_plate``). Programs must size that plate from their arguments, because
+    probgen mini-batches and chunks the data it passes in.
+    """
+    size = int(batch[0].shape[0])
+    with poutine.block(), torch.no_grad():
+        trace = poutine.trace(model).get_trace(*batch)
+    observed, continuous, discrete, enumerable, nesting = [], [], [], [], 0
+    candidates: dict[str, int] = {}
+    sizes_seen: dict[str, int] = {}
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        frames = _plates(site)
+        nesting = max([nesting] + [-f.dim for f in frames])
+        if site["is_observed"]:
+            if name.startswith("_") and site["infer"].get("is_auxiliary"):
+                continue
+            observed.append(name)
+            for f in frames:
+                sizes_seen[f.name] = f.size
+                if f.size == size:
+                    candidates[f.name] = candidates.get(f.name, 0) + 1
+        elif getattr(site["fn"], "has_enumerate_support", False) or site["fn"].support.is_discrete:
+            discrete.append(name)
+            if site["fn"].has_enumerate_support:
+                enumerable.append(name)
+        else:
+            continuous.append(name)
+    if not observed:
+        raise ValueError("the model has no observed sites: pass the data as obs=... to "
+                         "pyro.sample inside a pyro.plate over the examples")
+    if data_plate is None and candidates:
+        # Prefer the plate holding the most observed sites; then a name that says "data".
+        data_plate = max(candidates, key=lambda n: (candidates[n], "data" in n.lower()))
+    if data_plate is None:
+        seen = ", ".join(f"'{k}' (size {v})" for k, v in sizes_seen.items()) or "none"
+        raise ValueError(
+            f"no plate of size {size} (the number of examples passed in) holds the observed "
+            f"sites; plates seen: {seen}. Put the observations in "
+            "`with pyro.plate('data', len(x)):` sized from the model's arguments (a program "
+            "that closes over full-size data misaligns when probgen mini-batches or chunks)")
+    global_latents = []
+    for name in continuous + discrete:
+        if all(f.name != data_plate for f in _plates(trace.nodes[name])):
+            global_latents.append(name)
+    for name in observed:
+        if all(f.name != data_plate for f in _plates(trace.nodes[name])):
+            raise ValueError(f"observed site '{name}' is outside the data plate '{data_plate}'; "
+                             "every observation must sit inside the plate over examples")
+    return ProgramInfo(data_plate, size, tuple(observed), tuple(continuous), tuple(discrete),
+                       tuple(enumerable), tuple(global_latents), nesting)
+
+
+def find_data_frame(trace, data_plate: str, expected_size: int):
+    """The data plate's frame in a trace, checked against the batch size actually passed."""
+    for site in trace.nodes.values():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        for f in _plates(site):
+            if f.name == data_plate:
+                if f.size != expected_size:
+                    raise ValueError(
+                        f"plate '{data_plate}' has size {f.size} but the batch passed to the "
+                        f"model has {expected_size} examples; size the plate from the model's "
+                        "arguments (len(x)), not from data it closes over")
+                return f
+    raise ValueError(f"plate '{data_plate}' did not appear in this trace of the model")
+
+
+class DataPlateScale(Messenger):
+    """Scale every site inside the data plate by N/B, so a mini-batch ELBO estimates the full one.
+
+    Unlike ``poutine.scale``, global sites (priors on shared latents) keep scale 1.
+    """
+
+    def __init__(self, data_plate: str, factor: float) -> None:
+        super().__init__()
+        self.data_plate = data_plate
+        self.factor = factor
+
+    def _process_message(self, msg: dict) -> None:
+        if msg["type"] == "sample" and any(f.name == self.data_plate
+                                           for f in msg["cond_indep_stack"]):
+            msg["scale"] = self.factor * msg["scale"]

@@ -1,0 +1,116 @@
+"""Plots users expect: training curves, sample grids, 2-D densities, comparison charts, HMM states."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files, not windows: works on servers and in CI
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+__all__ = ["plot_training_curve", "plot_sample_grid", "plot_density_2d", "plot_comparison",
+           "plot_hmm_states", "KIND_COLOURS"]
+
+KIND_COLOURS = {"exact": "#1b7837", "lower_bound": "#2166ac", "estimate": "#b2182b"}
+
+
+def _finish(fig, path: str | None):
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+    return fig
+
+
+def plot_training_curve(losses: Sequence[float], path: str | None = None, *, smooth: int = 20):
+    """Loss per step with a running mean over ``smooth`` steps."""
+    values = torch.as_tensor(list(losses), dtype=torch.float64)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(values.numpy(), alpha=0.35, lw=0.8, label="loss")
+    if len(values) >= smooth > 1:
+        kernel = torch.ones(smooth, dtype=torch.float64) / smooth
+        running = torch.nn.functional.conv1d(values[None, None], kernel[None, None])[0, 0]
+        ax.plot(range(smooth - 1, len(values)), running.numpy(), lw=1.5, label=f"mean of {smooth}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (−ELBO, nats)")
+    ax.legend()
+    return _finish(fig, path)
+
+
+def plot_sample_grid(images: torch.Tensor, path: str | None = None, *, shape: tuple[int, int] | None
+                     = None, ncols: int = 8, title: str | None = None):
+    """A grid of image samples; ``images`` is (n, H, W) or (n, H*W) with ``shape=(H, W)``."""
+    images = torch.as_tensor(images).detach().cpu().float()
+    if shape is not None:
+        images = images.reshape(-1, *shape)
+    if images.dim() == 4:
+        images = images[:, 0] if images.shape[1] == 1 else images.permute(0, 2, 3, 1)
+    n = images.shape[0]
+    nrows = (n + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * 0.9, nrows * 0.9), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(images[i].numpy(), cmap="gray_r", interpolation="nearest")
+    if title:
+        fig.suptitle(title)
+    return _finish(fig, path)
+
+
+def plot_density_2d(log_density: Callable[[torch.Tensor], torch.Tensor], data: torch.Tensor,
+                    path: str | None = None, *, grid: int = 100, title: str | None = None):
+    """Contours of exp(log_density) over the data's 2-D range, with the data on top."""
+    data = torch.as_tensor(data).detach().cpu().double()
+    low, high = data.min(0).values, data.max(0).values
+    pad = 0.15 * (high - low)
+    xs = torch.linspace(float(low[0] - pad[0]), float(high[0] + pad[0]), grid, dtype=torch.float64)
+    ys = torch.linspace(float(low[1] - pad[1]), float(high[1] + pad[1]), grid, dtype=torch.float64)
+    gx, gy = torch.meshgrid(xs, ys, indexing="xy")
+    points = torch.stack([gx.reshape(-1), gy.reshape(-1)], -1)
+    with torch.no_grad():
+        density = log_density(points).reshape(grid, grid).exp().cpu()
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.contourf(gx.numpy(), gy.numpy(), density.numpy(), levels=20, cmap="viridis")
+    ax.scatter(data[:, 0].numpy(), data[:, 1].numpy(), s=6, c="white", edgecolors="black", lw=0.3)
+    if title:
+        ax.set_title(title)
+    return _finish(fig, path)
+
+
+def plot_comparison(table: Any, path: str | None = None, *, title: str | None = None):
+    """Mean log-likelihood per model with ±2 stderr bars, coloured by kind."""
+    rows = list(table.rows)
+    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(rows) + 1.5))
+    for i, row in enumerate(reversed(rows)):
+        res = row.result
+        ax.errorbar(res.mean, i, xerr=2 * res.stderr, fmt="o", color=KIND_COLOURS[res.kind],
+                    capsize=3)
+    ax.set_yticks(range(len(rows)), [r.name for r in reversed(rows)])
+    ax.set_xlabel("mean log-likelihood per example (nats), ±2 stderr")
+    handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=k)
+               for k, c in KIND_COLOURS.items() if any(r.result.kind == k for r in rows)]
+    ax.legend(handles=handles, loc="lower left", fontsize=8)
+    ax.set_title(title or f"held-out log-likelihood ({table.data_space} data)")
+    return _finish(fig, path)
+
+
+def plot_hmm_states(observations: torch.Tensor, states: torch.Tensor, path: str | None = None):
+    """One sequence's observations (time × features) above its decoded state sequence."""
+    observations = torch.as_tensor(observations).detach().cpu().double()
+    states = torch.as_tensor(states).detach().cpu()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 4), sharex=True,
+                                      gridspec_kw={"height_ratios": [3, 1]})
+    if observations.dim() == 1:
+        observations = observations[:, None]
+    if observations.shape[1] > 8:
+        top.imshow(observations.T.numpy(), aspect="auto", cmap="gray_r", origin="lower")
+    else:
+        top.plot(observations.numpy(), lw=0.8)
+    bottom.imshow(states[None].numpy(), aspect="auto", cmap="tab10", interpolation="nearest")
+    bottom.set_yticks([])
+    bottom.set_xlabel("time step")
+    top.set_ylabel("observation")
+    return _finish(fig, path)
