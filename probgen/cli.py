@@ -104,6 +104,7 @@ def _cmd_fit(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     data = load_data_arg(args.data, **_data_options(args))
     options = _parse_options(args.set)
+    torch.manual_seed(args.seed)  # the model's initial parameters are part of the run
     model = _build_model(args.model, data, options)
     if args.device:
         model.to(args.device)

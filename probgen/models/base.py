@@ -29,9 +29,27 @@ def register_model(name: str):
     return decorate
 
 
-def get_model_class(name: str) -> type[GenerativeModel]:
-    import probgen.models  # noqa: F401  (registers the bundled families)
+FAMILIES = ("mixture", "hmm", "vae", "flow", "ebm", "diffusion", "latent_diffusion",
+            "hierarchical", "flow_vae")
 
+
+def import_families() -> None:
+    """Import every bundled family so each registers itself (absent ones are skipped)."""
+    import importlib
+
+    for family in FAMILIES:
+        module = f"probgen.models.{family}"
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as error:
+            if error.name != module:
+                raise
+
+
+def get_model_class(name: str) -> type[GenerativeModel]:
+    """The bundled model class registered under ``name`` (e.g. ``"gmm"``, ``"vae"``)."""
+    if name not in MODEL_REGISTRY:
+        import_families()
     if name not in MODEL_REGISTRY:
         raise ValueError(f"unknown model {name!r}; bundled models: {', '.join(sorted(MODEL_REGISTRY))}")
     return MODEL_REGISTRY[name]
