@@ -39,7 +39,7 @@ lint: install
 	$(BIN)/ruff check probgen tests benchmarks examples
 
 docs: install
-	$(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf $(VENV) site runs .pytest_cache

@@ -164,6 +164,7 @@ def fit(
     callbacks: Sequence[Callable[[FitState], bool | None]] = (),
     num_particles: int = 1,
     data_plate: str | None = None,
+    distributed: bool = False,
 ) -> FitResult:
     r"""Fit any Pyro model/guide pair (or a bundled model) to ``data`` by SVI.
 
@@ -176,13 +177,17 @@ def fit(
             sized from its arguments, or a :class:`GenerativeModel`.
         data: a tensor, or a tuple of tensors sharing the first dimension (side data such as
             lengths or labels); each mini-batch is ``tuple(t[idx] for t in data)``.
-        num_steps / epochs: how long (one of them; default 1000 steps).
+        num_steps: optimization steps (default 1000 unless ``epochs`` is given).
+        epochs: passes over the data, instead of ``num_steps``.
         batch_size: examples per step (default: all).
         optim: learning rate, Adam options dict, or a ``pyro.optim`` optimizer (default Adam 1e-2).
         loss: a ``pyro.infer.ELBO``, ``"trace"``, ``"trace_enum"``, ``"mean_field"`` or None.
         checkpoint: file written atomically every ``checkpoint_every`` steps and at the end;
             with ``resume=True`` training continues from it.
         callbacks: called with a :class:`FitState` after every step; return True to stop.
+        distributed: data-parallel over the processes of a torchrun launch: each rank takes
+            its slice of every global batch and gradients are averaged, so the result matches
+            one process on the same global batch (see :mod:`probgen.infer.distributed`).
 
     Raises:
         TrainingDiverged: the loss became non-finite; parameters are rolled back to the last
@@ -204,6 +209,12 @@ def fit(
         raise TypeError(f"model must be a Pyro program (a callable) or a GenerativeModel, got "
                         f"{type(model).__name__}")
     batch_all = as_batch(data)
+    parallel = None
+    if distributed:
+        from probgen.infer.distributed import DataParallel
+
+        parallel = DataParallel.from_environment()
+        device = parallel.device_for(device)
     if device is not None:
         batch_all = tuple(t.to(device) for t in batch_all)
         if bundled is not None:
@@ -223,9 +234,13 @@ def fit(
         if value is not None and (not isinstance(value, int) or value <= 0):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     batch_size = batch_size or size
+    if parallel is not None:
+        parallel.check_batch_size(size, batch_size)
     steps_per_epoch = math.ceil(size / batch_size)
     total_steps = num_steps if num_steps is not None else (epochs or 0) * steps_per_epoch or 1000
     base_seed = int(seed) if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+    if parallel is not None:
+        base_seed = parallel.broadcast_seed(base_seed)
     pyro.set_rng_seed(base_seed)
 
     first = tuple(t[:batch_size] for t in batch_all)
@@ -235,7 +250,7 @@ def fit(
     elif guide is None and bundled is not None and getattr(bundled, "autoguide", None) is not None:
         guide = bundled.autoguide
     if guide is None:
-        guide = _auto_guide(program, info, full_batch=batch_size == size)
+        guide = _auto_guide(program, info, full_batch=batch_size == size and parallel is None)
         if bundled is not None and isinstance(guide, torch.nn.Module):
             bundled.autoguide = guide
             # one example row lets probgen.load rebuild the guide's shapes without the data
@@ -280,6 +295,9 @@ def fit(
             losses = [float(v) for v in state["losses"]]
             start_step = int(state["step"])
     checkpoint_every = checkpoint_every or max(1, total_steps // 10)
+    if parallel is not None:
+        parallel.prepare(guide, first, bundled, base_seed, start_step, resumed=start_step > 0)
+        whole_shard = tuple(parallel.shard(t) for t in batch_all)
 
     snapshot: dict[str, torch.Tensor] = {}
     last_good_step = start_step
@@ -290,26 +308,37 @@ def fit(
                          stopped_early, info)
 
     def save(step: int) -> None:
-        if checkpoint is not None:
+        if checkpoint is not None and (parallel is None or parallel.is_main):
             atomic_save(_checkpoint_state(step, losses, pyro_optim, bundled, run_config), checkpoint)
+        if checkpoint is not None and parallel is not None:
+            parallel.barrier()  # the file exists on return, on every rank
 
-    bar = tqdm(range(start_step, total_steps), disable=not progress, desc="fit", leave=False,
+    show = progress and (parallel is None or parallel.is_main)
+    bar = tqdm(range(start_step, total_steps), disable=not show, desc="fit", leave=False,
                dynamic_ncols=True)
     generator = torch.Generator()
     for step in bar:
         epoch, position = divmod(step, steps_per_epoch)
         if batch_size == size:
-            batch = batch_all
+            batch = batch_all if parallel is None else whole_shard
+            global_count = size
         else:
             order = torch.randperm(size, generator=generator.manual_seed(base_seed + epoch))
-            index = order[position * batch_size:(position + 1) * batch_size].to(batch_all[0].device)
+            index = order[position * batch_size:(position + 1) * batch_size]
+            global_count = len(index)
+            if parallel is not None:
+                index = parallel.shard(index)
+            index = index.to(batch_all[0].device)
             batch = tuple(t[index] for t in batch_all)
-        factor = size / int(batch[0].shape[0])
+        factor = (size / int(batch[0].shape[0]) if parallel is None
+                  else parallel.plate_scale(size, global_count))
         with poutine.trace(param_only=True) as param_capture:
             loss_value = elbo.loss_and_grads(scaled(loss_model, factor), scaled(guide, factor), *batch)
         params = {site["name"]: site["value"].unconstrained()
                   for site in param_capture.trace.nodes.values()}
         loss_value = float(loss_value)
+        if parallel is not None:  # mean of rank gradients = the single-process gradient
+            loss_value = parallel.average_gradients_(params, loss_value)
         if not math.isfinite(loss_value):
             pyro.infer.util.zero_grads(set(params.values()))
             with torch.no_grad():
@@ -333,7 +362,7 @@ def fit(
         pyro_optim(set(params.values()))
         pyro.infer.util.zero_grads(set(params.values()))
         losses.append(loss_value)
-        if progress and step % 10 == 0:
+        if show and step % 10 == 0:
             bar.set_postfix(loss=f"{loss_value:.4g}", epoch=epoch)
         if any(callback(FitState(step, epoch, loss_value, losses)) for callback in callbacks):
             stopped_early = True

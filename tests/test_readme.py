@@ -1,0 +1,24 @@
+"""A newcomer's path: README's quick start says the two commands, and its script runs verbatim."""
+
+import re
+from pathlib import Path
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def test_quick_start_is_exactly_the_two_commands():
+    section = README.split("## Quick start", 1)[1].split("##", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    commands = [line.split("#")[0].strip() for line in block.strip().splitlines()]
+    assert commands == ["make demo", "make test"]
+
+
+def test_readme_script_runs_verbatim(capsys):
+    script = re.search(r"## Your own Pyro program, from a script\n\n```python\n(.*?)```",
+                       README, re.S).group(1)
+    assert len(script.strip().splitlines()) <= 20
+    namespace: dict = {}
+    exec(compile(script, "README.md", "exec"), namespace)  # noqa: S102 - the point of the test
+    ll = namespace["ll"]
+    assert ll.kind == "exact" and ll.num_examples == 200
+    assert "exact" in capsys.readouterr().out
