@@ -63,6 +63,8 @@ def validate_data(
     if support not in SUPPORTS:
         raise ValueError(f"unknown support {support!r}; choose one of {SUPPORTS}")
     x = _to_tensor(x, name)
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device and holds no values; pass real data")
     if x.dtype == torch.bool:
         x = x.to(torch.get_default_dtype())
     if x.is_complex():
@@ -112,7 +114,8 @@ def validate_data(
     return x
 
 
-def as_batch(data: Any, *, name: str = "data") -> tuple[torch.Tensor, ...]:
+def as_batch(data: Any, *, name: str = "data", model_device: torch.device | None = None
+             ) -> tuple[torch.Tensor, ...]:
     """Normalize ``data`` (a tensor or a tuple of tensors sharing the first dim) to a tuple.
 
     Every tensor is checked for emptiness and NaN/Inf; their first dimensions must agree, since
@@ -124,6 +127,10 @@ def as_batch(data: Any, *, name: str = "data") -> tuple[torch.Tensor, ...]:
     parts = tuple(data) if isinstance(data, (tuple, list)) and not _is_numeric_list(data) else (data,)
     if not parts:
         raise ValueError(f"{name} is an empty tuple; pass at least one tensor")
+    for part in parts:
+        if model_device is not None and isinstance(part, torch.Tensor) and part.device != model_device:
+            raise ValueError(f"{name} is on {part.device} but the model is on {model_device}; "
+                             f"move one of them (x.to('{model_device}') or pass device=...)")
     tensors = tuple(validate_data(p, name=f"{name}[{i}]" if len(parts) > 1 else name)
                     for i, p in enumerate(parts))
     sizes = {t.shape[0] for t in tensors}

@@ -95,7 +95,7 @@ def evaluate(
     if estimator not in known:
         raise ValueError(f"unknown estimator {estimator!r}; choose one of {known}")
     bundled = isinstance(model, GenerativeModel)
-    batch = as_batch(data)
+    batch = as_batch(data, model_device=model.device if bundled and device is None else None)
     if device is not None:
         batch = tuple(t.to(device) for t in batch)
         if bundled:

@@ -208,7 +208,8 @@ def fit(
     if not callable(program):
         raise TypeError(f"model must be a Pyro program (a callable) or a GenerativeModel, got "
                         f"{type(model).__name__}")
-    batch_all = as_batch(data)
+    batch_all = as_batch(data, model_device=bundled.device if bundled is not None and device is None
+                         else None)
     parallel = None
     if distributed:
         from probgen.infer.distributed import DataParallel

@@ -106,14 +106,15 @@ class GenerativeModel(nn.Module):
 
     def validate(self, x: Any, *, name: str = "data") -> torch.Tensor:
         """Check data against this model (support, feature shape, device) and return it."""
-        x = validate_data(x, name=name, support=self.support, event_shape=self.event_shape(),
-                          num_categories=self.config.get("num_categories"))
         device = self.device
-        if device is not None and x.device != device:
+        if isinstance(x, torch.Tensor) and device is not None and x.device != device:
             raise ValueError(f"{name} is on {x.device} but the model is on {device}; move one "
                              f"of them (x.to('{device}') or model.to('{x.device}'))")
-        if x.is_floating_point():
-            x = x.to(self.dtype or x.dtype)
+        x = validate_data(x, name=name, support=self.support, event_shape=self.event_shape(),
+                          num_categories=self.config.get("num_categories"))
+        if x.is_floating_point() or self.support not in ("count", "categorical"):
+            # integers given to a real or binary likelihood become the model's float dtype
+            x = x.to(self.dtype or (x.dtype if x.is_floating_point() else torch.get_default_dtype()))
         return x
 
     @property
