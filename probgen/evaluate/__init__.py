@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -31,9 +32,22 @@ _GENERIC = ("exact", "elbo", "iwae")
 _MEMORY_BUDGET = 2**22  # particles × examples evaluated in one vectorized pass
 
 
-def _resolve(name: str) -> Callable[..., LogLikelihood]:
-    module, function = ESTIMATORS[name].split(":")
+def _resolve(target: str) -> Callable[..., LogLikelihood]:
+    module, function = target.split(":")
     return getattr(importlib.import_module(module), function)
+
+
+def _family_estimator(model, estimator: str, batch, k, batch_size, options) -> LogLikelihood:
+    target = model.estimators.get(estimator) if isinstance(model, GenerativeModel) else None
+    function = _resolve(target or ESTIMATORS[estimator])
+    if batch_size is not None and "batch_size" in inspect.signature(function).parameters:
+        options = {**options, "batch_size": batch_size}
+    if k is not None:
+        if "k" not in inspect.signature(function).parameters:
+            raise ValueError(f"estimator {estimator!r} takes no k; its options are "
+                             f"{[p for p in inspect.signature(function).parameters][2:]}")
+        options = {**options, "k": k}
+    return function(model, batch, **options)
 
 
 def _infer_data_space(model: Callable, batch: tuple[torch.Tensor, ...], info) -> str:
@@ -92,6 +106,8 @@ def evaluate(
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size <= 0):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     known = ("auto",) + _GENERIC + tuple(ESTIMATORS)
+    if isinstance(model, GenerativeModel):
+        known += tuple(e for e in model.estimators if e not in known)
     if estimator not in known:
         raise ValueError(f"unknown estimator {estimator!r}; choose one of {known}")
     bundled = isinstance(model, GenerativeModel)
@@ -126,21 +142,19 @@ def _evaluate(model, batch, guide, estimator, k, batch_size, data_space, num_dim
     if guide is None and bundled and model.has_guide:
         guide = model.guide
     probe = tuple(t[: min(n, 2)] for t in batch) if n > 1 else batch
-    info = inspect_program(program, probe, data_plate=data_plate) if not (
-        bundled and estimator in ESTIMATORS) else None
+    if estimator == "auto" and bundled and model.default_estimator is not None:
+        estimator = model.default_estimator
+    if bundled and estimator in model.estimators or estimator in ESTIMATORS:
+        return _family_estimator(model, estimator, batch, k, batch_size, options)
+    info = inspect_program(program, probe, data_plate=data_plate)
     if estimator == "auto":
-        if bundled and model.default_estimator is not None:
-            estimator = model.default_estimator
-        elif info is not None and info.exact_applies:
+        if info.exact_applies:
             estimator = "exact"
         elif guide is not None:
             estimator = "iwae"
         else:
             raise ValueError("the model has continuous latents and no guide was given: pass "
                              "guide=... (e.g. the guide returned by probgen.fit) for an IWAE bound")
-    if estimator in ESTIMATORS:
-        result = _resolve(estimator)(model, batch, **({"k": k} if k else {}), **options)
-        return result
     if options:
         raise TypeError(f"unexpected options for estimator {estimator!r}: {sorted(options)}")
     if data_space is None:

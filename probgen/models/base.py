@@ -69,6 +69,8 @@ class GenerativeModel(nn.Module):
             must agree with the generic enumeration path).
         has_guide: the model brings its own guide (otherwise ``fit`` builds one).
         default_estimator: the estimator ``evaluate(estimator="auto")`` uses (e.g. ``"ais"``).
+        estimators: family-specific estimators by name (e.g. ``{"exact": "...:evaluate_rbm_exact"}``),
+            tried before the generic ones.
         data_space: ``"discrete"`` or ``"continuous"``; support: a ``validate_data`` support.
     """
 
@@ -78,6 +80,8 @@ class GenerativeModel(nn.Module):
     data_space: ClassVar[str] = "continuous"
     support: ClassVar[str] = "real"
     default_estimator: ClassVar[str | None] = None  # what estimator="auto" picks, if not exact/iwae
+    # family-specific estimators: name -> "module:function(model, batch, **options)"
+    estimators: ClassVar[dict[str, str]] = {}
 
     def __init__(self, **config: Any) -> None:
         super().__init__()
