@@ -110,11 +110,16 @@ def _cmd_fit(args) -> None:
         model.to(args.device)
     if model.dtype is not None:
         data = data.to(model.dtype)
+    from probgen.infer.distributed import is_torchrun
+
+    distributed = is_torchrun()
     result = probgen.fit(model, data, num_steps=args.steps, epochs=args.epochs,
                          batch_size=args.batch_size, optim=args.lr, seed=args.seed,
                          device=args.device, checkpoint=out / "checkpoint.pt",
                          checkpoint_every=args.checkpoint_every, resume=args.resume,
-                         progress=not args.quiet)
+                         progress=not args.quiet, distributed=distributed)
+    if distributed and torch.distributed.get_rank() != 0:
+        return
     probgen.save(model, out / "model.pt")
     (out / "fit.json").write_text(json.dumps({
         "model": args.model, "config": model.config, "data": args.data, "steps": result.num_steps,
@@ -231,6 +236,8 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--checkpoint-every", type=int, default=None)
     fit.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    fit.add_argument("--nproc", type=int, default=None,
+                     help="train with N processes (torchrun; NCCL on GPUs, gloo on CPU)")
     fit.set_defaults(run_fn=_cmd_fit)
 
     evaluate = sub.add_parser("evaluate", help="labelled log-likelihood of data under a run")
@@ -270,6 +277,14 @@ def main(argv: list[str] | None = None) -> int:
     from probgen.checkpoint import CheckpointError
 
     args = _parser().parse_args(argv)
+    if getattr(args, "nproc", None):
+        from probgen.infer.distributed import is_torchrun, launch_torchrun
+
+        if args.nproc <= 0:
+            print(f"probgen: error: --nproc must be positive, got {args.nproc}", file=sys.stderr)
+            return 2
+        if not is_torchrun():
+            return launch_torchrun(list(argv if argv is not None else sys.argv[1:]), args.nproc)
     handler = args.run_fn
     try:
         handler(args)

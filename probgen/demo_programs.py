@@ -20,13 +20,13 @@ def gaussian_mixture_program(num_components: int, num_features: int, prefix: str
     r"""p(x) = Σ_k π_k N(x; μ_k, diag σ_k²), the assignment enumerated (a user-style program)."""
 
     def model(x: torch.Tensor) -> None:
-        weights = pyro.param(f"{prefix}weights", torch.ones(num_components, dtype=x.dtype) / num_components,
+        weights = pyro.param(f"{prefix}weights", torch.ones(num_components, dtype=x.dtype, device=x.device) / num_components,
                              constraint=constraints.simplex)
         locs = pyro.param(f"{prefix}locs", lambda: x[torch.randperm(len(x))[:num_components]]
                           .clone() if len(x) >= num_components else
-                          torch.randn(num_components, num_features, dtype=x.dtype))
+                          torch.randn(num_components, num_features, dtype=x.dtype, device=x.device))
         scales = pyro.param(f"{prefix}scales", torch.ones(num_components, num_features,
-                                                          dtype=x.dtype),
+                                                          dtype=x.dtype, device=x.device),
                             constraint=constraints.positive)
         with pyro.plate("data", len(x)):
             assignment = pyro.sample("assignment", dist.Categorical(weights),
@@ -40,10 +40,11 @@ def bernoulli_mixture_program(num_components: int, num_features: int, prefix: st
     r"""p(x) = Σ_k π_k Π_d Bernoulli(x_d; θ_kd), the assignment enumerated."""
 
     def model(x: torch.Tensor) -> None:
-        weights = pyro.param(f"{prefix}weights", torch.ones(num_components, dtype=x.dtype) / num_components,
+        weights = pyro.param(f"{prefix}weights", torch.ones(num_components, dtype=x.dtype, device=x.device) / num_components,
                              constraint=constraints.simplex)
         probs = pyro.param(f"{prefix}probs", lambda: 0.25 + 0.5 * torch.rand(
-            num_components, num_features, dtype=x.dtype), constraint=constraints.unit_interval)
+            num_components, num_features, dtype=x.dtype, device=x.device),
+            constraint=constraints.unit_interval)
         with pyro.plate("data", len(x)):
             assignment = pyro.sample("assignment", dist.Categorical(weights),
                                      infer={"enumerate": "parallel"})
