@@ -117,12 +117,12 @@ def evaluate(
         if bundled:
             model.to(device)
     if bundled:
-        batch = (model.validate(batch[0]),) + batch[1:]
+        batch = model.validate_batch(*batch)
     if seed is not None:
         pyro.set_rng_seed(seed)
     n = int(batch[0].shape[0])
     if num_dims is None:
-        num_dims = model.num_dims(batch[0]) if bundled else int(batch[0][0].numel())
+        num_dims = model.num_dims(*batch) if bundled else int(batch[0][0].numel())
     was_training = model.training if bundled else False
     if bundled:
         model.eval()

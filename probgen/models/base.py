@@ -104,9 +104,13 @@ class GenerativeModel(nn.Module):
         """The shape of one example, or None if any shape is accepted."""
         return None
 
-    def num_dims(self, x: torch.Tensor) -> int:
-        """Data dimensions per example (for bits/dim)."""
+    def num_dims(self, x: torch.Tensor, *side: torch.Tensor) -> int:
+        """Data dimensions per example (for bits/dim); ``side`` holds per-example side data."""
         return int(torch.Size(x.shape[1:]).numel())
+
+    def validate_batch(self, *batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Check a whole batch (data first, then side tensors such as lengths) and return it."""
+        return (self.validate(batch[0]),) + tuple(batch[1:])
 
     def validate(self, x: Any, *, name: str = "data") -> torch.Tensor:
         """Check data against this model (support, feature shape, device) and return it."""

@@ -1,0 +1,200 @@
+"""Ragged sequences <-> a padded ``(batch, time, ...)`` tensor with lengths and a mask."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from probgen.data.validate import validate_data
+
+__all__ = ["PaddedSequences", "pad_sequences", "unpad_sequences", "lengths_to_mask",
+           "validate_sequences"]
+
+
+@dataclass(frozen=True)
+class PaddedSequences:
+    """Sequences of different lengths stored as one padded tensor.
+
+    Fields:
+        values: ``(batch, time, *feature_shape)`` tensor; steps ``t >= lengths[b]`` are padding.
+        lengths: ``(batch,)`` long tensor, each in ``1..time``.
+
+    Example:
+        >>> batch = pad_sequences([torch.ones(2, 3), torch.ones(4, 3)])
+        >>> batch.values.shape, batch.lengths.tolist()
+        (torch.Size([2, 4, 3]), [2, 4])
+    """
+
+    values: torch.Tensor
+    lengths: torch.Tensor
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """``(batch, time)`` bool, True at observed (non-padded) steps."""
+        return lengths_to_mask(self.lengths, self.values.shape[1])
+
+    @property
+    def num_steps(self) -> int:
+        """Total number of observed time steps."""
+        return int(self.lengths.sum())
+
+    def as_tuple(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(values, lengths)``: the batch a sequence model's ``model(sequences, lengths)`` takes."""
+        return self.values, self.lengths
+
+    def to(self, *args: Any, **kwargs: Any) -> PaddedSequences:
+        values = self.values.to(*args, **kwargs)
+        return PaddedSequences(values, self.lengths.to(values.device))
+
+    def __getitem__(self, index: Any) -> PaddedSequences:
+        """Select sequences (not time steps); trims trailing all-padding steps."""
+        lengths = self.lengths[index].reshape(-1)
+        values = self.values[index].reshape(lengths.numel(), *self.values.shape[1:])
+        return PaddedSequences(values[:, : int(lengths.max())], lengths)
+
+    def __len__(self) -> int:
+        return self.values.shape[0]
+
+    def unpad(self) -> list[torch.Tensor]:
+        return unpad_sequences(self.values, self.lengths)
+
+
+def lengths_to_mask(lengths: torch.Tensor, max_length: int | None = None) -> torch.Tensor:
+    """``mask[b, t] = t < lengths[b]``, shape ``(batch, max_length)``."""
+    lengths = torch.as_tensor(lengths)
+    if max_length is None:
+        max_length = int(lengths.max()) if lengths.numel() else 0
+    steps = torch.arange(max_length, device=lengths.device)
+    return steps < lengths[:, None]  # (batch, time)
+
+
+def pad_sequences(
+    sequences: Sequence[Any],
+    *,
+    padding_value: float = 0.0,
+    dtype: torch.dtype | None = None,
+    max_length: int | None = None,
+) -> PaddedSequences:
+    """Stack sequences of shape ``(length_i, *feature_shape)`` into a padded batch.
+
+    Args:
+        sequences: tensors, arrays or nested lists, one per sequence, time first.
+        padding_value: value written at padded steps (0 is valid for every bundled emission).
+        max_length: pad to this many steps (default: the longest sequence).
+    """
+    if isinstance(sequences, torch.Tensor) or (
+            isinstance(sequences, np.ndarray) and sequences.dtype != np.dtype(object)):
+        raise TypeError("pad_sequences takes a list of sequences; an already rectangular tensor "
+                        "needs only lengths (pass it with torch.full((n,), time))")
+    if len(sequences) == 0:
+        raise ValueError("pad_sequences got no sequences; pass at least one")
+    tensors = []
+    for i, sequence in enumerate(sequences):
+        tensor = torch.as_tensor(np.asarray(sequence)) if not isinstance(sequence, torch.Tensor) \
+            else sequence
+        if tensor.dim() == 0:
+            raise ValueError(f"sequence {i} is a scalar; each sequence needs a time dimension")
+        if tensor.shape[0] == 0:
+            raise ValueError(f"sequence {i} is empty; drop empty sequences before padding")
+        tensors.append(tensor)
+    feature_shape = tuple(tensors[0].shape[1:])
+    for i, tensor in enumerate(tensors):
+        if tuple(tensor.shape[1:]) != feature_shape:
+            raise ValueError(f"sequence {i} has steps of shape {tuple(tensor.shape[1:])} but "
+                             f"sequence 0 has {feature_shape}; every step needs the same features")
+    lengths = torch.tensor([t.shape[0] for t in tensors], dtype=torch.long)
+    longest = int(lengths.max())
+    if max_length is None:
+        max_length = longest
+    elif max_length < longest:
+        raise ValueError(f"max_length={max_length} is shorter than the longest sequence ({longest})")
+    dtype = dtype or tensors[0].dtype
+    values = torch.full((len(tensors), max_length, *feature_shape), padding_value, dtype=dtype)
+    for i, tensor in enumerate(tensors):  # a copy per sequence, once, at load time
+        values[i, : tensor.shape[0]] = tensor.to(dtype)
+    return PaddedSequences(values, lengths)
+
+
+def unpad_sequences(values: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
+    """The inverse of :func:`pad_sequences`: a list of ``(length_i, *feature_shape)`` views."""
+    return [values[i, :length] for i, length in enumerate(lengths.tolist())]
+
+
+def validate_sequences(
+    values: Any,
+    lengths: Any = None,
+    *,
+    name: str = "sequences",
+    support: str = "real",
+    feature_shape: Sequence[int] | None = None,
+    num_categories: int | None = None,
+    float_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check a padded batch and its lengths; return ``(values, lengths)`` as tensors.
+
+    Only observed steps are checked against the support; padding may hold anything (NaN, -1)
+    and is returned as zeros. ``lengths`` default to the full time dimension.
+
+    Args:
+        feature_shape: the shape of one time step (``()`` for scalar, e.g. categorical, steps).
+    """
+    if isinstance(values, PaddedSequences):
+        if lengths is not None:
+            raise ValueError("pass either a PaddedSequences or (values, lengths), not both")
+        values, lengths = values.values, values.lengths
+    if isinstance(values, (list, tuple)) and values and _looks_ragged(values):
+        raise TypeError(f"{name} is a list of sequences of different lengths; pad them with "
+                        "probgen.data.sequences.pad_sequences(...) and pass (values, lengths)")
+    if not isinstance(values, torch.Tensor):
+        values = torch.as_tensor(np.asarray(values))
+    if values.dtype == torch.bool:
+        values = values.to(torch.get_default_dtype())
+    if values.dim() < 2:
+        raise ValueError(f"{name} must be (batch, time, ...) but has shape {tuple(values.shape)}; "
+                         "for a single sequence use x[None]")
+    batch, time = values.shape[:2]
+    if batch == 0 or time == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(values.shape)}); pass at least one step")
+    if lengths is None:
+        lengths = torch.full((batch,), time, dtype=torch.long, device=values.device)
+    lengths = torch.as_tensor(lengths, device=values.device)
+    if lengths.is_floating_point():
+        if not torch.equal(lengths, lengths.round()):
+            raise ValueError(f"lengths must be whole numbers, got {lengths.tolist()[:5]}...")
+        lengths = lengths.long()
+    if lengths.dtype == torch.bool or lengths.is_complex():
+        raise TypeError(f"lengths must be an integer tensor, got {lengths.dtype}")
+    lengths = lengths.long()
+    if lengths.shape != (batch,):
+        raise ValueError(f"lengths must have shape ({batch},) (one per sequence in {name}), got "
+                         f"{tuple(lengths.shape)}")
+    if (lengths < 1).any() or (lengths > time).any():
+        bad = int(torch.nonzero((lengths < 1) | (lengths > time))[0])
+        raise ValueError(f"lengths must lie in 1..{time} (the padded time dimension of {name}); "
+                         f"sequence {bad} has length {int(lengths[bad])}")
+    if feature_shape is not None and tuple(values.shape[2:]) != tuple(feature_shape):
+        raise ValueError(f"{name} has steps of shape {tuple(values.shape[2:])} but the model "
+                         f"expects {tuple(feature_shape)}; pass the features it was fitted on "
+                         "(layout: (batch, time, *features))")
+    padded = bool((lengths < time).any())
+    mask = lengths_to_mask(lengths, time)
+    observed = values[mask] if padded else values  # only observed steps must be in the support
+    validate_data(observed, name=f"{name} (observed steps)" if padded else name, support=support,
+                  num_categories=num_categories)
+    if padded:  # zero the padding so that any emission can evaluate it (its factor is masked)
+        values = torch.where(mask.reshape(batch, time, *(1,) * (values.dim() - 2)), values,
+                             torch.zeros((), dtype=values.dtype, device=values.device))
+    if float_dtype is not None and values.is_floating_point():
+        values = values.to(float_dtype)
+    return values, lengths
+
+
+def _looks_ragged(values: Sequence[Any]) -> bool:
+    try:
+        return len({len(v) for v in values}) > 1
+    except TypeError:
+        return False

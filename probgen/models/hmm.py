@@ -1,0 +1,582 @@
+r"""Hidden Markov models: a Pyro program with enumerated states, and batched exact fast paths."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.ops.indexing import Vindex
+from torch import nn
+
+from probgen.data.sequences import lengths_to_mask, validate_sequences
+from probgen.evaluate.result import LogLikelihood, data_fingerprint
+from probgen.models.base import GenerativeModel, register_model
+
+__all__ = ["HMM", "EMISSIONS", "forward_log_likelihood", "forward_backward", "viterbi",
+           "evaluate_forward", "demo_entries", "single_thread_if_small"]
+
+EMISSIONS = ("categorical", "bernoulli", "gaussian")
+
+
+# --- kernels on (log_initial (S,), log_transition (S, S), log_emission (B, T, S)) ---------------
+def _masked(log_emission: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """A masked step is an unobserved step: its emission factor is 1 (log 0)."""
+    if mask is None or bool(mask.all()):
+        return log_emission
+    return log_emission.masked_fill(~mask[..., None], 0.0)  # (B, T, S)
+
+
+@contextlib.contextmanager
+def single_thread_if_small(size: int, device: torch.device, limit: int = 2**22) -> Iterator[None]:
+    """One CPU thread for work on at most ``limit`` elements (a no-op on GPUs).
+
+    The per-step products of an HMM are tiny: intra-op threads there only add synchronization
+    (20x slower on a loaded 2-core machine). Restores the thread count afterwards.
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1 or size > limit:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _small_step_threads(tensor: torch.Tensor):
+    """For a time loop over ``tensor`` (B, ..., S): one thread when B·S² is small."""
+    return single_thread_if_small(tensor.shape[0] * tensor.shape[-1] ** 2, tensor.device, 2**18)
+
+
+def _forward_scaled(log_initial, log_transition, log_emission):
+    """Sequential forward pass with per-step normalization (Rabiner, 1989): fast, matmul based."""
+    shift = log_emission.detach().amax(-1, keepdim=True).clamp(min=torch.finfo(log_emission.dtype).min)
+    emission = (log_emission - shift).exp()  # (B, T, S), max 1 per step
+    transition = log_transition.exp()
+    alpha = log_initial.exp() * emission[:, 0]  # (B, S)
+    norms = [alpha.sum(-1, keepdim=True)]
+    alpha = alpha / norms[0]
+    with _small_step_threads(emission):
+        for t in range(1, emission.shape[1]):
+            alpha = (alpha @ transition) * emission[:, t]
+            norms.append(alpha.sum(-1, keepdim=True))
+            alpha = alpha / norms[-1]
+    return torch.cat(norms, -1).log().sum(-1) + shift.sum((-2, -1))  # (B,)
+
+
+def _forward_log(log_initial, log_transition, log_emission):
+    """Sequential forward pass in log space: slower, never underflows."""
+    log_alpha = log_initial + log_emission[:, 0]  # (B, S)
+    with _small_step_threads(log_emission):
+        for t in range(1, log_emission.shape[1]):
+            log_alpha = torch.logsumexp(log_alpha[:, :, None] + log_transition, 1) + log_emission[:, t]
+    return torch.logsumexp(log_alpha, dim=-1)
+
+
+def _logmatmulexp(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """log(exp(x) @ exp(y)) with per-row/column shifts (as pyro.distributions.hmm)."""
+    finfo = torch.finfo(x.dtype)
+    x_shift = x.detach().amax(-1, keepdim=True).clamp(min=finfo.min)
+    y_shift = y.detach().amax(-2, keepdim=True).clamp(min=finfo.min)
+    return torch.log(torch.matmul((x - x_shift).exp(), (y - y_shift).exp())) + x_shift + y_shift
+
+
+def _forward_parallel(log_initial, log_transition, log_emission):
+    """Forward pass as a tree of log-matrix products: O(log T) depth (parallel scan form)."""
+    start = log_initial + log_emission[:, 0]  # (B, S)
+    if log_emission.shape[1] == 1:
+        return torch.logsumexp(start, -1)
+    matrices = log_transition + log_emission[:, 1:, None, :]  # (B, T-1, S_from, S_to)
+    while matrices.shape[1] > 1:
+        pairs = matrices.shape[1] // 2
+        product = _logmatmulexp(matrices[:, 0:2 * pairs:2], matrices[:, 1:2 * pairs:2])
+        matrices = torch.cat([product, matrices[:, 2 * pairs:]], dim=1)
+    return torch.logsumexp(start[:, :, None] + matrices[:, 0], dim=(-2, -1))
+
+
+def _scaling_schedule(dtype: torch.dtype) -> tuple[int, float]:
+    """Normalize every k steps; a scale below the threshold means precision may be lost."""
+    finfo = torch.finfo(dtype)
+    return (8 if finfo.bits >= 64 else 2), finfo.tiny / finfo.eps
+
+
+def _scaled_alphas(initial: torch.Tensor, transition: torch.Tensor, emission: torch.Tensor,
+                   alphas: torch.Tensor | None = None) -> torch.Tensor:
+    """In-place scaled forward recursion on ``emission`` (T, B, S) in [0, 1] (no autograd).
+
+    Normalizes every few steps (and at the last) and returns the scales ``(T, B, 1)`` (1 where
+    it did not normalize), filling ``alphas`` (T, B, S) when given: Π_t scales_t = p(x) / Π_t
+    max_s p(x_t | s).
+    """
+    time, batch, num_states = emission.shape
+    every, _ = _scaling_schedule(emission.dtype)
+    scales = torch.ones(time, batch, 1, dtype=emission.dtype, device=emission.device)
+    buffer = torch.empty(batch, num_states, dtype=emission.dtype, device=emission.device)
+    alpha = alphas[0] if alphas is not None else torch.empty_like(buffer)
+    torch.mul(initial, emission[0], out=alpha)
+    with _small_step_threads(emission.transpose(0, 1)):
+        for t in range(time):
+            if t > 0:
+                torch.mm(alpha, transition, out=buffer)
+                alpha = alphas[t] if alphas is not None else alpha
+                torch.mul(buffer, emission[t], out=alpha)
+            if t % every == 0 or t == time - 1:
+                torch.sum(alpha, -1, keepdim=True, out=scales[t])
+                alpha.div_(scales[t])
+    return scales
+
+
+def _underflowed(scales: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` True where a scaled pass lost precision (and must be redone in log space)."""
+    _, threshold = _scaling_schedule(scales.dtype)
+    return ~(scales.amin((0, 2)) >= threshold)  # also catches NaN
+
+
+def forward_log_likelihood(
+    log_initial: torch.Tensor,
+    log_transition: torch.Tensor,
+    log_emission: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    parallel: bool | None = None,
+) -> torch.Tensor:
+    r"""log p(x_{1:T}) = log Σ_z π_{z_1} Π_t A_{z_{t-1} z_t} Π_t p(x_t | z_t) (Rabiner, 1989).
+
+    Arguments:
+        log_initial: ``(S,)`` log initial state probabilities.
+        log_transition: ``(S, S)`` log transition probabilities, rows "from", columns "to".
+        log_emission: ``(B, T, S)`` log p(x_t | z_t = s).
+        mask: ``(B, T)`` bool, False at unobserved (padded) steps, whose emission is dropped.
+        parallel: use the parallel-scan form (default: when the tensors are on a GPU).
+
+    Returns:
+        ``(B,)`` per-sequence log-likelihoods. The sequential form rescales as it goes and
+        redoes in log space any sequence whose scaled pass underflowed.
+    """
+    log_emission = _masked(log_emission, mask)
+    if parallel is None:
+        parallel = log_emission.is_cuda
+    if parallel:
+        return _forward_parallel(log_initial, log_transition, log_emission)
+    needs_grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (log_initial, log_transition, log_emission))
+    if needs_grad:
+        result = _forward_scaled(log_initial, log_transition, log_emission)
+        bad = ~torch.isfinite(result)
+    else:
+        shift = log_emission.amax(-1, keepdim=True).clamp(min=torch.finfo(log_emission.dtype).min)
+        emission = (log_emission - shift).exp().transpose(0, 1)  # (T, B, S) view
+        scales = _scaled_alphas(log_initial.exp(), log_transition.exp(), emission)
+        result = scales.log().sum((0, 2)) + shift.sum((-2, -1))
+        bad = _underflowed(scales)
+    if bad.any():
+        redo = _forward_log(log_initial, log_transition, log_emission[bad])
+        result = result.masked_scatter(bad, redo)
+    return result
+
+
+def forward_backward(
+    log_initial: torch.Tensor,
+    log_transition: torch.Tensor,
+    log_emission: torch.Tensor,
+    mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""Posterior marginals γ_t(s) = p(z_t = s | x) and expected transition counts Σ_t ξ_t.
+
+    Returns:
+        ``log_likelihood`` (B,), ``posteriors`` (B, T, S) (zero at masked steps) and
+        ``transition_counts`` (S, S): Σ_{b, t observed} p(z_{t-1} = i, z_t = j | x_b).
+    """
+    with torch.no_grad():
+        log_emission = _masked(log_emission, mask)
+        batch, time, num_states = log_emission.shape
+        shift = log_emission.amax(-1, keepdim=True).clamp(min=torch.finfo(log_emission.dtype).min)
+        emission = (log_emission - shift).exp().transpose(0, 1).contiguous()  # (T, B, S)
+        transition = log_transition.exp()
+        alphas = torch.empty_like(emission)
+        scales = _scaled_alphas(log_initial.exp(), transition, emission, alphas)
+        log_likelihood = scales.log().sum((0, 2)) + shift.sum((-2, -1))
+        # weights_t = p(x_t | z_t) β_t / c_t, so ξ_t(i, j) = α_{t-1}(i) A_ij weights_t(j)
+        weights = torch.empty_like(emission)
+        beta = torch.ones(batch, num_states, dtype=emission.dtype, device=emission.device)
+        transition_t = transition.T.contiguous()
+        every, _ = _scaling_schedule(emission.dtype)
+        with _small_step_threads(log_emission):
+            for t in range(time - 1, -1, -1):
+                torch.mul(emission[t], beta, out=weights[t])
+                if t % every == 0 or t == time - 1:
+                    weights[t].div_(scales[t])
+                if t > 0:
+                    torch.mm(weights[t], transition_t, out=beta)
+        betas = torch.empty_like(emission)
+        betas[-1] = 1.0
+        torch.matmul(weights[1:], transition_t, out=betas[:-1])
+        posteriors = (alphas * betas).transpose(0, 1)  # (B, T, S)
+        transition_weights = weights[1:]
+        if mask is not None:
+            posteriors = posteriors * mask[..., None]
+            transition_weights = transition_weights * mask.T[1:, :, None]
+        bad = _underflowed(scales)
+        if bad.any():  # redo those sequences in log space; drop their scaled contributions
+            transition_weights = transition_weights.masked_fill(bad[:, None], 0.0)
+            alphas = alphas.masked_fill(bad[:, None], 0.0)
+        counts = alphas[:-1].reshape(-1, num_states).T @ transition_weights.reshape(-1, num_states)
+        counts = counts * transition
+        if bad.any():
+            redo = _forward_backward_log(log_initial, log_transition, log_emission[bad],
+                                         None if mask is None else mask[bad])
+            log_likelihood = log_likelihood.masked_scatter(bad, redo[0])
+            posteriors = posteriors.masked_scatter(bad[:, None, None], redo[1])
+            counts = counts + redo[2]
+        return log_likelihood, posteriors, counts
+
+
+def _forward_backward_log(log_initial, log_transition, log_emission, mask):
+    """Log-space forward-backward, the fallback when the scaled pass underflows."""
+    time = log_emission.shape[1]
+    log_alphas = [log_initial + log_emission[:, 0]]
+    for t in range(1, time):
+        log_alphas.append(torch.logsumexp(log_alphas[-1][:, :, None] + log_transition, 1)
+                          + log_emission[:, t])
+    log_betas = [torch.zeros_like(log_alphas[0])]
+    for t in range(time - 1, 0, -1):
+        log_betas.insert(0, torch.logsumexp(log_transition + (log_emission[:, t] + log_betas[0])[:, None],
+                                            -1))
+    log_alpha, log_beta = torch.stack(log_alphas, 1), torch.stack(log_betas, 1)  # (B, T, S)
+    log_likelihood = torch.logsumexp(log_alpha[:, -1], -1)
+    posteriors = (log_alpha + log_beta - log_likelihood[:, None, None]).exp()
+    xi = (log_alpha[:, :-1, :, None] + log_transition + (log_emission + log_beta)[:, 1:, None, :]
+          - log_likelihood[:, None, None, None]).exp()  # (B, T-1, S, S)
+    if mask is not None:
+        posteriors = posteriors * mask[..., None]
+        xi = xi * mask[:, 1:, None, None]
+    return log_likelihood, posteriors, xi.nan_to_num(0.0).sum((0, 1))
+
+
+def viterbi(
+    log_initial: torch.Tensor,
+    log_transition: torch.Tensor,
+    log_emission: torch.Tensor,
+    mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Most probable state paths argmax_z p(z, x) by max-product dynamic programming (Viterbi).
+
+    Returns ``paths`` (B, T) long (-1 at masked steps) and their ``log_joint`` log p(z*, x) (B,).
+    The mask must be a prefix mask (padding at the end): a sequence stops at its length.
+    """
+    batch, time, num_states = log_emission.shape
+    delta = log_initial + log_emission[:, 0]  # (B, S)
+    stay = torch.arange(num_states, device=log_emission.device).expand(batch, num_states)
+    backpointers = []
+    for t in range(1, time):  # elementwise max-plus: no BLAS threads involved
+        best, argbest = (delta[:, :, None] + log_transition).max(1)  # (B, S_to)
+        if mask is None:
+            delta = best + log_emission[:, t]
+        else:
+            keep = mask[:, t, None]
+            delta = torch.where(keep, best + log_emission[:, t], delta)
+            argbest = torch.where(keep, argbest, stay)
+        backpointers.append(argbest)
+    log_joint, state = delta.max(-1)
+    path = [state]
+    for argbest in reversed(backpointers):
+        state = argbest.gather(1, state[:, None]).squeeze(1)
+        path.append(state)
+    paths = torch.stack(path[::-1], 1)  # (B, T)
+    if mask is not None:
+        paths = paths.masked_fill(~mask, -1)
+    return paths, log_joint
+
+
+# --- the model ---------------------------------------------------------------------------------
+@register_model("hmm")
+class HMM(GenerativeModel):
+    r"""Hidden Markov model p(x, z) = π_{z_1} Π_t A_{z_{t-1} z_t} Π_t p(x_t | z_t) (Rabiner, 1989).
+
+    Emissions: ``"categorical"`` (steps are integers in ``0..num_categories-1``), ``"bernoulli"``
+    (steps are 0/1 vectors of ``num_features``, e.g. 88-key piano rolls) or ``"gaussian"``
+    (real vectors, ``covariance="diag"`` or ``"full"``). A batch is ``(sequences, lengths)``:
+    sequences padded to ``(batch, time, ...)`` and lengths ``(batch,)``; padded steps are
+    unobserved (only the observation sites are masked, never the states).
+
+    Example:
+        >>> hmm = HMM(num_states=3, emission="gaussian", num_features=2)
+        >>> x = hmm.sample(4, length=10)
+        >>> hmm.log_prob(x, torch.tensor([10, 7, 5, 3])).shape
+        torch.Size([4])
+    """
+
+    has_exact_log_prob: ClassVar[bool] = True
+    estimators: ClassVar[dict[str, str]] = {"forward": "probgen.models.hmm:evaluate_forward"}
+    has_guide: ClassVar[bool] = True  # every latent is enumerated: the empty guide is exact
+
+    def __init__(self, num_states: int, emission: str = "gaussian", *, num_features: int | None = None,
+                 num_categories: int | None = None, covariance: str = "diag") -> None:
+        if not isinstance(num_states, int) or num_states < 1:
+            raise ValueError(f"num_states must be a positive integer, got {num_states!r}")
+        if emission not in EMISSIONS:
+            raise ValueError(f"emission must be one of {EMISSIONS}, got {emission!r}")
+        if emission == "categorical":
+            if not num_categories or num_categories < 2:
+                raise ValueError("a categorical HMM needs num_categories >= 2")
+            config: dict[str, Any] = {"num_categories": num_categories}
+        else:
+            if not num_features or num_features < 1:
+                raise ValueError(f"a {emission} HMM needs num_features (the size of one step)")
+            config = {"num_features": num_features}
+        if emission == "gaussian":
+            if covariance not in ("diag", "full"):
+                raise ValueError(f"covariance must be 'diag' or 'full', got {covariance!r}")
+            config["covariance"] = covariance
+        super().__init__(num_states=num_states, emission=emission, **config)
+        self.num_states, self.emission = num_states, emission
+        self.data_space = "continuous" if emission == "gaussian" else "discrete"
+        self.support = {"categorical": "categorical", "bernoulli": "binary"}.get(emission, "real")
+        self.initial_logits = nn.Parameter(torch.zeros(num_states))
+        self.transition_logits = nn.Parameter(0.1 * torch.randn(num_states, num_states))
+        if emission == "categorical":
+            self.emission_logits = nn.Parameter(torch.randn(num_states, num_categories))
+        elif emission == "bernoulli":
+            self.emission_logits = nn.Parameter(torch.randn(num_states, num_features))
+        else:
+            self.means = nn.Parameter(torch.randn(num_states, num_features))
+            if covariance == "diag":
+                self.log_scales = nn.Parameter(torch.zeros(num_states, num_features))
+            else:  # lower triangle of the Cholesky factor, log of its diagonal on the diagonal
+                self.scale_tril_raw = nn.Parameter(torch.zeros(num_states, num_features, num_features))
+
+    # --- parameters in probability space ---------------------------------------------------------
+    @property
+    def log_initial(self) -> torch.Tensor:
+        """``(S,)`` log π."""
+        return torch.log_softmax(self.initial_logits, -1)
+
+    @property
+    def log_transition(self) -> torch.Tensor:
+        """``(S, S)`` log A, rows "from", columns "to"."""
+        return torch.log_softmax(self.transition_logits, -1)
+
+    @property
+    def scale_tril(self) -> torch.Tensor:
+        """``(S, D, D)`` Cholesky factors of the covariances (``covariance="full"``)."""
+        raw = self.scale_tril_raw
+        return raw.tril(-1) + torch.diag_embed(raw.diagonal(dim1=-2, dim2=-1).exp())
+
+    def emission_params(self) -> tuple[torch.Tensor, ...]:
+        """Emission parameters, each with the states first."""
+        if self.emission in ("categorical", "bernoulli"):
+            return (self.emission_logits,)
+        if self.config["covariance"] == "diag":
+            return self.means, self.log_scales.exp()
+        return self.means, self.scale_tril
+
+    def emission_distribution(self, *params: torch.Tensor) -> dist.Distribution:
+        """p(x_t | z_t) for indexed parameters (default: all states, batch shape ``(S,)``)."""
+        params = params or self.emission_params()
+        if self.emission == "categorical":
+            return dist.Categorical(logits=params[0])
+        if self.emission == "bernoulli":
+            return dist.Bernoulli(logits=params[0]).to_event(1)
+        if self.config["covariance"] == "diag":
+            return dist.Normal(params[0], params[1]).to_event(1)
+        return dist.MultivariateNormal(params[0], scale_tril=params[1])
+
+    def emission_log_prob(self, sequences: torch.Tensor) -> torch.Tensor:
+        """``(B, T, S)`` log p(x_t | z_t = s) for a padded batch."""
+        if self.emission == "categorical":
+            return torch.log_softmax(self.emission_logits, -1).T[sequences.long()]
+        if self.emission == "bernoulli":  # two matmuls instead of a (B, T, S, D) broadcast
+            logits = self.emission_logits
+            return sequences @ nn.functional.logsigmoid(logits).T + \
+                (1 - sequences) @ nn.functional.logsigmoid(-logits).T
+        if self.config["covariance"] == "diag" and sequences.dtype == torch.float64:
+            # Σ_d (x - μ)²/σ² expanded into three matmuls; cancellation is harmless in float64
+            precision = torch.exp(-2 * self.log_scales)  # (S, D)
+            weight = torch.cat([-0.5 * precision, self.means * precision], -1).T  # (2D, S)
+            bias = -0.5 * (self.means**2 * precision).sum(-1) - self.log_scales.sum(-1) \
+                - 0.5 * self.means.shape[-1] * math.log(2 * math.pi)  # (S,)
+            return torch.cat([sequences**2, sequences], -1) @ weight + bias  # (B, T, S)
+        return self.emission_distribution().log_prob(sequences[:, :, None])
+
+    @torch.no_grad()
+    def set_parameters(self, *, initial_probs: torch.Tensor | None = None,
+                       transition_probs: torch.Tensor | None = None,
+                       emission_probs: torch.Tensor | None = None, means: torch.Tensor | None = None,
+                       variances: torch.Tensor | None = None,
+                       covariances: torch.Tensor | None = None) -> HMM:
+        """Set parameters from probabilities/moments (for EM and for copying other tools' fits)."""
+        def log(p: torch.Tensor) -> torch.Tensor:
+            p = torch.as_tensor(p, dtype=self.initial_logits.dtype, device=self.initial_logits.device)
+            return p.clamp_min(torch.finfo(p.dtype).tiny).log()
+
+        if initial_probs is not None:
+            self.initial_logits.copy_(log(initial_probs))
+        if transition_probs is not None:
+            self.transition_logits.copy_(log(transition_probs))
+        if emission_probs is not None:
+            probs = log(emission_probs).exp()
+            self.emission_logits.copy_(probs.log() if self.emission == "categorical"
+                                       else probs.log() - (-probs).log1p())
+        if means is not None:
+            self.means.copy_(torch.as_tensor(means))
+        if variances is not None:
+            self.log_scales.copy_(0.5 * log(variances))
+        if covariances is not None:
+            tril = torch.linalg.cholesky(torch.as_tensor(covariances, dtype=self.means.dtype))
+            self.scale_tril_raw.copy_(tril.tril(-1) + torch.diag_embed(
+                tril.diagonal(dim1=-2, dim2=-1).log()))
+        return self
+
+    # --- data ------------------------------------------------------------------------------------
+    def step_shape(self) -> tuple[int, ...]:
+        return () if self.emission == "categorical" else (self.config["num_features"],)
+
+    def validate_batch(self, sequences: Any, lengths: Any = None, *,
+                       name: str = "sequences") -> tuple[torch.Tensor, torch.Tensor]:
+        """Check a padded batch against this model; return ``(sequences, lengths)``."""
+        sequences, lengths = validate_sequences(
+            sequences, lengths, name=name, support=self.support, feature_shape=self.step_shape(),
+            num_categories=self.config.get("num_categories"))
+        device = self.device
+        if sequences.device != device:
+            raise ValueError(f"{name} is on {sequences.device} but the model is on {device}; "
+                             f"move one of them (x.to('{device}') or model.to('{sequences.device}'))")
+        if self.emission == "categorical":
+            return sequences.long(), lengths
+        return sequences.to(self.dtype), lengths
+
+    def num_dims(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> int:
+        """Observed values per sequence: mean length × values per step (padded length if no lengths)."""
+        per_step = int(torch.Size(self.step_shape()).numel())
+        steps = x.shape[1] if lengths is None else float(lengths.double().mean())
+        return max(1, int(round(steps * per_step)))
+
+    # --- exact fast paths --------------------------------------------------------------------------
+    def log_prob(self, sequences: torch.Tensor, lengths: torch.Tensor | None = None, *,
+                 parallel: bool | None = None) -> torch.Tensor:
+        """Exact ``(B,)`` log p(x_b) by the forward algorithm (differentiable)."""
+        sequences, lengths = self.validate_batch(sequences, lengths)
+        mask = lengths_to_mask(lengths, sequences.shape[1])
+        with single_thread_if_small(mask.numel() * self.num_states, mask.device):
+            return forward_log_likelihood(self.log_initial, self.log_transition,
+                                          self.emission_log_prob(sequences), mask, parallel=parallel)
+
+    def posterior(self, sequences: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, T, S)`` p(z_t = s | x) by forward-backward (zero at padded steps)."""
+        sequences, lengths = self.validate_batch(sequences, lengths)
+        mask = lengths_to_mask(lengths, sequences.shape[1])
+        with single_thread_if_small(mask.numel() * self.num_states, mask.device):
+            return forward_backward(self.log_initial, self.log_transition,
+                                    self.emission_log_prob(sequences), mask)[1]
+
+    @torch.no_grad()
+    def viterbi(self, sequences: torch.Tensor,
+                lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Most probable paths ``(B, T)`` (-1 at padding) and their log p(z*, x) ``(B,)``."""
+        sequences, lengths = self.validate_batch(sequences, lengths)
+        mask = lengths_to_mask(lengths, sequences.shape[1])
+        with single_thread_if_small(mask.numel() * self.num_states, mask.device):
+            return viterbi(self.log_initial, self.log_transition, self.emission_log_prob(sequences),
+                           mask)
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, length: int = 100, *,
+               return_states: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Draw ``num_samples`` sequences of ``length`` steps: ``(n, length, ...)`` (and states)."""
+        state = dist.Categorical(logits=self.log_initial).sample((num_samples,))
+        states = [state]
+        transition = self.log_transition
+        for _ in range(1, length):
+            state = dist.Categorical(logits=transition[state]).sample()
+            states.append(state)
+        states_tensor = torch.stack(states, 1)  # (n, length)
+        sequences = self.emission_distribution(
+            *(p[states_tensor] for p in self.emission_params())).sample()
+        return (sequences, states_tensor) if return_states else sequences
+
+    # --- the Pyro program --------------------------------------------------------------------------
+    def model(self, sequences: torch.Tensor, lengths: torch.Tensor | None = None) -> None:
+        """States enumerated under ``pyro.markov``; padded steps mask the observation only."""
+        pyro.module(self.pyro_name, self)
+        batch, time = sequences.shape[:2]
+        if lengths is None:
+            lengths = torch.full((batch,), time, dtype=torch.long, device=sequences.device)
+        mask = lengths_to_mask(lengths, time)
+        log_transition, params = self.log_transition, self.emission_params()
+        with pyro.plate("sequences", batch, dim=-1):
+            state = None
+            for t in pyro.markov(range(time)):
+                logits = self.log_initial if t == 0 else Vindex(log_transition)[state]
+                state = pyro.sample(f"state_{t}", dist.Categorical(logits=logits),
+                                    infer={"enumerate": "parallel"})
+                with poutine.mask(mask=mask[:, t]):
+                    pyro.sample(f"obs_{t}", self.emission_distribution(*(p[state] for p in params)),
+                                obs=sequences[:, t])
+
+    def default_loss(self):
+        return pyro.infer.TraceEnum_ELBO(max_plate_nesting=1)
+
+
+def evaluate_forward(model: HMM, batch: tuple[torch.Tensor, ...], *,
+                     parallel: bool | None = None, **options: Any) -> LogLikelihood:
+    """Exact per-sequence log-likelihood by the forward algorithm, as a LogLikelihood."""
+    if options:
+        raise TypeError(f"evaluate_forward got unknown options {sorted(options)}")
+    sequences, lengths = model.validate_batch(*batch)
+    with torch.no_grad():
+        per_sequence = model.log_prob(sequences, lengths, parallel=parallel)
+    num_steps = int(lengths.sum())
+    step_size = max(1, int(torch.Size(sequences.shape[2:]).numel()))
+    return LogLikelihood(
+        per_sequence, kind="exact", estimator="forward", data_space=model.data_space,
+        num_dims=max(1, round(num_steps * step_size / len(lengths))),
+        settings={"num_steps": num_steps,
+                  "log_likelihood_per_step": float(per_sequence.sum()) / num_steps},
+        data_id=data_fingerprint(sequences, lengths))
+
+
+
+
+# --- probgen demo ------------------------------------------------------------------------------
+def demo_entries(smoke: bool) -> list:
+    """Bernoulli HMMs with a few state counts on JSB chorales, fitted by Baum-Welch.
+
+    Returns [] when the chorales are neither local nor downloadable.
+    """
+    from probgen.data.jsb import find_jsb_file, load_jsb_chorales
+    from probgen.demo_registry import DemoData, DemoEntry
+
+    if find_jsb_file() is None:
+        try:
+            load_jsb_chorales(timeout=10.0)  # downloads, checks and caches
+        except Exception:  # offline, or the source moved: the demo goes on without this family
+            return []
+
+    def load(smoke: bool) -> DemoData:
+        data = load_jsb_chorales()
+        train, test = (data.train[:40], data.test[:20]) if smoke else (data.train, data.test)
+        return DemoData("jsb_chorales", train.as_tuple(), test.as_tuple(),
+                        f"JSB chorales, 88-key piano rolls at quarter notes, {len(train)} train / "
+                        f"{len(test)} test chorales (per-example = per chorale)")
+
+    def make_run(num_states: int, num_iterations: int):
+        def run(data: DemoData, out_dir: str) -> LogLikelihood:
+            from probgen.infer.baum_welch import baum_welch, initialize_from_data
+
+            hmm = HMM(num_states, "bernoulli", num_features=88).double()
+            initialize_from_data(hmm, *data.train, seed=0)
+            baum_welch(hmm, *data.train, num_iterations=num_iterations, tol=1e-5, pseudocount=0.1)
+            return evaluate_forward(hmm, data.test)
+
+        return run
+
+    states = (4, 16) if smoke else (8, 32)
+    iterations = 10 if smoke else 40
+    return [DemoEntry("jsb_chorales", f"hmm-{s}", make_run(s, iterations), load) for s in states]
