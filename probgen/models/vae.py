@@ -1,0 +1,309 @@
+"""Variational autoencoders: MLP or convolutional networks, Bernoulli/Gaussian/discretized likelihoods."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from torch import nn
+
+from probgen.distributions.discretized import DiscretizedLogistic
+from probgen.models.base import GenerativeModel, register_model
+from probgen.nn import MLP, ConvDecoder, ConvEncoder, activation
+
+if TYPE_CHECKING:
+    from probgen.demo_registry import DemoEntry
+
+__all__ = ["VAE", "LIKELIHOODS", "demo_entries"]
+
+LIKELIHOODS = ("bernoulli", "gaussian", "discretized_logistic")
+_DATA_SPACE = {"bernoulli": "discrete", "gaussian": "continuous", "discretized_logistic": "discrete"}
+_SUPPORT = {"bernoulli": "binary", "gaussian": "real", "discretized_logistic": "count"}
+_PARAMS_PER_DIM = {"bernoulli": 1, "gaussian": 1, "discretized_logistic": 2}
+_MIN_LOG_SCALE = -7.0  # discretized logistic: a floor on log s, as in PixelCNN++
+
+
+@register_model("vae")
+class VAE(GenerativeModel):
+    r"""A VAE: z ~ N(0, I), x ~ p_θ(x | z [, y]); guide z ~ q_φ(z | x [, y]) (Kingma & Welling, 2014).
+
+    ELBO: E_q[log p(x | z)] - β KL(q(z | x) || p(z)); β != 1 only in training mode (beta-VAE,
+    Higgins et al., 2017), so evaluation (``model.eval()``) always scores the true bound on log p(x).
+    With ``num_classes`` it is a conditional VAE (Sohn et al., 2015): ``model(x, y)`` with integer
+    labels ``y`` fed to both networks, scoring log p(x | y).
+
+    Arguments:
+        data_shape: the shape of one example, e.g. ``(784,)`` or ``(1, 28, 28)``.
+        latent_dim: the size of z.
+        hidden_features: hidden layer sizes of the MLP encoder and decoder (``()``: linear
+            networks, e.g. probabilistic PCA; the conv networks use the last one as the width of
+            their dense layer).
+        likelihood: ``"bernoulli"`` (binary data), ``"gaussian"`` (real data) or
+            ``"discretized_logistic"`` (integers 0..num_bins-1, e.g. 8-bit pixels).
+        network: ``"mlp"`` or ``"conv"`` (``data_shape`` must then be ``(C, H, W)``).
+        observation_scale: Gaussian likelihood: a fixed standard deviation, or None to learn one
+            per data dimension.
+        num_bins: discretized likelihood: the number of values.
+        beta: weight of the KL term in training.
+        num_classes: labels ``0..num_classes-1`` for a conditional VAE (None: unconditional).
+
+    Example:
+        >>> vae = VAE((64,), latent_dim=4, hidden_features=(32,))
+        >>> vae.sample(3).shape
+        torch.Size([3, 64])
+    """
+
+    has_guide = True
+
+    def __init__(self, data_shape: Sequence[int] = (784,), *, latent_dim: int = 20,
+                 hidden_features: Sequence[int] = (400,), likelihood: str = "bernoulli",
+                 network: str = "mlp", activation: str = "relu", channels: int = 32,
+                 observation_scale: float | None = None, num_bins: int = 256, beta: float = 1.0,
+                 num_classes: int | None = None) -> None:
+        data_shape = [int(s) for s in (data_shape if isinstance(data_shape, Sequence) else [data_shape])]
+        hidden_features = [int(h) for h in hidden_features]
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"unknown likelihood {likelihood!r}; choose one of {LIKELIHOODS}")
+        if network not in ("mlp", "conv"):
+            raise ValueError(f"network must be 'mlp' or 'conv', got {network!r}")
+        if network == "conv" and len(data_shape) != 3:
+            raise ValueError(f"a conv VAE needs data_shape (channels, height, width), got "
+                             f"{tuple(data_shape)}; reshape images, e.g. x.reshape(-1, 1, 28, 28)")
+        if int(latent_dim) <= 0 or min(data_shape, default=0) <= 0 or min(hidden_features,
+                                                                        default=1) <= 0:
+            raise ValueError("latent_dim, data_shape and hidden_features must be positive, got "
+                             f"{latent_dim}, {data_shape}, {hidden_features}")
+        if network == "conv" and not hidden_features:
+            raise ValueError("a conv VAE needs hidden_features=(width,) for its dense layer")
+        if not beta > 0:
+            raise ValueError(f"beta must be > 0, got {beta}")
+        if observation_scale is not None and not observation_scale > 0:
+            raise ValueError(f"observation_scale must be > 0 or None (learned), got {observation_scale}")
+        if num_classes is not None and int(num_classes) < 2:
+            raise ValueError(f"num_classes must be >= 2 (or None), got {num_classes}")
+        super().__init__(data_shape=data_shape, latent_dim=int(latent_dim),
+                         hidden_features=hidden_features, likelihood=likelihood, network=network,
+                         activation=activation, channels=int(channels),
+                         observation_scale=observation_scale, num_bins=int(num_bins),
+                         beta=float(beta), num_classes=None if num_classes is None else int(num_classes))
+        self.data_shape = tuple(data_shape)
+        self.latent_dim = int(latent_dim)
+        self.likelihood = likelihood
+        self.beta = float(beta)
+        self.num_classes = None if num_classes is None else int(num_classes)
+        self.num_bins = int(num_bins)
+        self.observation_scale = observation_scale
+        self.data_space = _DATA_SPACE[likelihood]
+        self.support = _SUPPORT[likelihood]
+        num_data = math.prod(self.data_shape)
+        num_labels = self.num_classes or 0
+        per_dim = _PARAMS_PER_DIM[likelihood]
+        if network == "mlp":
+            self.encoder_body: nn.Module = MLP(num_data + num_labels, 2 * self.latent_dim,
+                                               hidden_features, activation)
+            self.decoder_body: nn.Module = MLP(self.latent_dim + num_labels, per_dim * num_data,
+                                               hidden_features[::-1], activation)
+        else:
+            c, h, w = self.data_shape
+            width = hidden_features[-1]
+            self.encoder_body = nn.Sequential(
+                ConvEncoder(self.data_shape, width, channels, activation), _act(activation))
+            self.encoder_head = nn.Linear(width + num_labels, 2 * self.latent_dim)
+            self.decoder_body = ConvDecoder(self.latent_dim + num_labels, (per_dim * c, h, w),
+                                            channels=channels, activation=activation)
+        self.network = network
+        if likelihood == "gaussian" and observation_scale is None:
+            self.log_observation_scale = nn.Parameter(torch.zeros(self.data_shape))
+        self.register_buffer("_zero", torch.zeros(()), persistent=False)
+
+    # --- networks ----------------------------------------------------------------------
+    def _labels(self, y: torch.Tensor | None, batch_shape: torch.Size) -> torch.Tensor | None:
+        if self.num_classes is None:
+            return None
+        if y is None:
+            raise ValueError("this is a conditional VAE (num_classes set): pass labels, model(x, y)")
+        onehot = nn.functional.one_hot(y.long(), self.num_classes).to(self._zero.dtype)
+        return onehot.expand(*batch_shape, self.num_classes)
+
+    def _encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self._zero.dtype)
+        if self.likelihood == "discretized_logistic":
+            x = 2.0 * x / (self.num_bins - 1) - 1.0
+        return x
+
+    def posterior(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dist.Distribution:
+        r"""The amortized posterior q(z | x [, y]): a diagonal Normal with event shape ``(latent_dim,)``.
+
+        The hook for richer posteriors: override or replace this method (e.g. an amortized flow)
+        and the guide uses it unchanged.
+        """
+        x = self._encoder_input(x)
+        batch_shape = x.shape[: x.dim() - len(self.data_shape)]
+        labels = self._labels(y, batch_shape)
+        if self.network == "mlp":
+            features = x.reshape(*batch_shape, -1)
+            if labels is not None:
+                features = torch.cat([features, labels], -1)
+            out = self.encoder_body(features)
+        else:
+            features = self.encoder_body(x)
+            if labels is not None:
+                features = torch.cat([features, labels], -1)
+            out = self.encoder_head(features)
+        loc, log_scale = out.split(self.latent_dim, -1)  # (*batch, latent_dim) each
+        return dist.Normal(loc, log_scale.exp(), validate_args=False).to_event(1)
+
+    def prior(self, batch_shape: torch.Size | tuple[int, ...]) -> dist.Distribution:
+        """p(z) = N(0, I), event shape ``(latent_dim,)``."""
+        zeros = self._zero.expand(*batch_shape, self.latent_dim)
+        return dist.Normal(zeros, torch.ones_like(zeros), validate_args=False).to_event(1)
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> dist.Distribution:
+        r"""The likelihood p(x | z [, y]) with event shape ``data_shape``, batch shape ``z.shape[:-1]``.
+
+        Its arguments are valid by construction and data are checked once at the boundary
+        (:meth:`validate`, called by ``fit`` and ``evaluate``), so per-step validation is off.
+        """
+        batch_shape = z.shape[:-1]
+        labels = self._labels(y, batch_shape)
+        if labels is not None:
+            z = torch.cat([z, labels], -1)
+        out = self.decoder_body(z)
+        event_dims = len(self.data_shape)
+        if self.likelihood == "bernoulli":
+            logits = out.reshape(*batch_shape, *self.data_shape)
+            return dist.Bernoulli(logits=logits, validate_args=False).to_event(event_dims)
+        if self.likelihood == "gaussian":
+            loc = out.reshape(*batch_shape, *self.data_shape)
+            if self.observation_scale is None:
+                scale = self.log_observation_scale.exp().expand_as(loc)
+            else:
+                scale = torch.full_like(loc, float(self.observation_scale))
+            return dist.Normal(loc, scale, validate_args=False).to_event(event_dims)
+        params = out.reshape(*batch_shape, 2, -1)  # (*batch, 2, prod(data_shape))
+        loc = params[..., 0, :].reshape(*batch_shape, *self.data_shape)
+        log_scale = params[..., 1, :].reshape(*batch_shape, *self.data_shape).clamp(min=_MIN_LOG_SCALE)
+        return DiscretizedLogistic(loc, log_scale.exp(), self.num_bins,
+                                   validate_args=False).to_event(event_dims)
+
+    def _kl_scale(self):
+        """poutine.scale(beta) around z in training; no handler at all when beta is 1."""
+        if self.training and self.beta != 1.0:
+            return poutine.scale(scale=self.beta)
+        return nullcontext()
+
+    # --- the program -------------------------------------------------------------------
+    def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        """z ~ N(0, I); x ~ p(x | z [, y]), in a plate ``"data"`` over the first dimension of x."""
+        pyro.module(self.pyro_name, self)
+        with pyro.plate("data", x.shape[0]):
+            with self._kl_scale():
+                z = pyro.sample("z", self.prior(x.shape[:1]))
+            pyro.sample("x", self.decode(z, y), obs=x)
+
+    def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        """z ~ q(z | x [, y]) = ``self.posterior(x, y)``."""
+        pyro.module(self.pyro_name, self)
+        with pyro.plate("data", x.shape[0]):
+            with self._kl_scale():
+                pyro.sample("z", self.posterior(x, y))
+
+    def default_loss(self) -> pyro.infer.ELBO:
+        """TraceMeanField_ELBO: the Gaussian KL in closed form (lower variance, fewer log_probs)."""
+        return pyro.infer.TraceMeanField_ELBO()
+
+    # --- checks ------------------------------------------------------------------------
+    def event_shape(self) -> tuple[int, ...]:
+        return self.data_shape
+
+    def validate(self, x: Any, *, name: str = "data") -> torch.Tensor:
+        x = super().validate(x, name=name)
+        if self.likelihood == "discretized_logistic" and (x > self.num_bins - 1).any():
+            raise ValueError(f"{name} has values up to {float(x.max()):g} but the discretized "
+                             f"likelihood has {self.num_bins} bins (0..{self.num_bins - 1}); pass "
+                             "integer pixel values (not rescaled to [0, 1])")
+        return x
+
+    def validate_labels(self, y: Any, num_examples: int, *, name: str = "labels") -> torch.Tensor:
+        """Check labels for a conditional VAE: integers in 0..num_classes-1, one per example."""
+        if self.num_classes is None:
+            raise ValueError("this VAE is unconditional (num_classes=None); call it without labels")
+        y = torch.as_tensor(y)
+        if y.dim() != 1 or y.shape[0] != num_examples:
+            raise ValueError(f"{name} must have shape ({num_examples},), got {tuple(y.shape)}")
+        if y.is_floating_point() and not torch.equal(y, y.round()):
+            raise ValueError(f"{name} must be integer class indices, got fractional values")
+        if ((y < 0) | (y >= self.num_classes)).any():
+            raise ValueError(f"{name} must lie in 0..{self.num_classes - 1}, got values in "
+                             f"[{int(y.min())}, {int(y.max())}]")
+        return y.long()
+
+    # --- using a fitted model ------------------------------------------------------------
+    def _mean(self, likelihood: dist.Distribution) -> torch.Tensor:
+        base = likelihood.base_dist
+        if isinstance(base, DiscretizedLogistic):
+            return ((base.loc.clamp(-1, 1) + 1) * (self.num_bins - 1) / 2).round()
+        return base.mean
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, y: torch.Tensor | None = None, *,
+               mean: bool = False) -> torch.Tensor:
+        """Draw ``num_samples`` examples x ~ p(x | z [, y]), z ~ p(z) (``mean=True``: E[x | z])."""
+        if self.num_classes is not None:
+            if y is None:
+                raise ValueError("a conditional VAE samples given labels: sample(n, y=labels)")
+            y = self.validate_labels(y, num_samples)
+        z = self.prior((num_samples,)).sample()
+        likelihood = self.decode(z, y)
+        return self._mean(likelihood) if mean else likelihood.sample()
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The posterior mean of z given x, shape ``(n, latent_dim)``."""
+        return self.posterior(x, y).mean
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None, *,
+                    sample: bool = False) -> torch.Tensor:
+        """E[x | z] at the posterior mean of z (``sample=True``: a draw of z and of x)."""
+        posterior = self.posterior(x, y)
+        z = posterior.sample() if sample else posterior.mean
+        likelihood = self.decode(z, y)
+        return likelihood.sample() if sample else self._mean(likelihood)
+
+    @torch.no_grad()
+    def interpolate(self, x_start: torch.Tensor, x_end: torch.Tensor, num_steps: int = 8,
+                    y: torch.Tensor | None = None) -> torch.Tensor:
+        """Decoded means along the line between posterior means: shape ``(num_steps, n, *data_shape)``."""
+        z_start, z_end = self.encode(x_start, y), self.encode(x_end, y)
+        weights = torch.linspace(0, 1, num_steps, dtype=z_start.dtype, device=z_start.device)
+        z = torch.lerp(z_start, z_end, weights[:, None, None])  # (steps, n, latent_dim)
+        if y is not None:
+            y = y.expand(num_steps, *y.shape)
+        return self._mean(self.decode(z, y))
+
+
+_act = activation
+
+
+def demo_entries(smoke: bool) -> list[DemoEntry]:
+    """A small Bernoulli VAE on binarized 8x8 digits, scored with the IWAE bound."""
+    from probgen.demo_registry import DemoEntry
+
+    def run(data, out_dir: str):
+        import probgen
+
+        (x_train,), (x_test,) = data.train[:1], data.test[:1]
+        pyro.set_rng_seed(0)
+        vae = VAE((x_train.shape[1],), latent_dim=8, hidden_features=(64,)).to(x_train.dtype)
+        probgen.fit(vae, x_train, num_steps=100 if smoke else 3000, batch_size=128,
+                    optim=pyro.optim.Adam({"lr": 3e-3}), seed=0, progress=False)
+        return probgen.evaluate(vae, x_test, estimator="iwae", k=50 if smoke else 1000)
+
+    return [DemoEntry("digits", "vae (iwae bound)", run)]
