@@ -84,6 +84,8 @@ def _build_model(name: str, data: torch.Tensor, options: dict[str, Any]):
     for feature_arg in ("num_features", "features", "input_dim", "num_visible", "data_dim"):
         if feature_arg in parameters and feature_arg not in options and data.dim() == 2:
             options[feature_arg] = int(data.shape[1])
+    if "data_shape" in parameters and "data_shape" not in options:
+        options["data_shape"] = list(data.shape[1:])
     try:
         return cls(**options)
     except TypeError as error:

@@ -133,7 +133,8 @@ class _Optimizer:
                 self.torch_optim.load_state_dict(self.pending_state["state_dict"])
                 self.pending_state = None
         self.torch_optim.step()
-        self.torch_optim.zero_grad(set_to_none=True)
+        for p in params.values():
+            p.grad = None
 
     def get_state(self) -> dict:
         if not self.single:
