@@ -27,6 +27,7 @@ ESTIMATORS: dict[str, str] = {
     "ais": "probgen.evaluate.ais:evaluate_ais",
     "vlb": "probgen.models.diffusion:evaluate_vlb",
     "prob_flow_ode": "probgen.models.diffusion:evaluate_ode",
+    "dequantized": "probgen.data.transforms:evaluate_dequantized",
 }
 _GENERIC = ("exact", "elbo", "iwae")
 _MEMORY_BUDGET = 2**22  # particles × examples evaluated in one vectorized pass

@@ -1,0 +1,338 @@
+"""Flows: (a) probgen's wrapper overhead vs raw zuko and raw nflows; (b) density estimation.
+
+(a) One Adam training step (log_prob, backward, step) on a batch of 512 × D=8, for MAF and NSF
+with 5 transforms and hidden (128, 128): the raw zuko flow, probgen's Flow around the same zuko
+weights (target <= 1.05x raw zuko), probgen's FlowModel scored through a Pyro SVI step, and the
+nflows flow of the same architecture. Runs are interleaved (rotated order) and the best of 6
+repeats is kept (on shared cores, noise only adds time); the per-call cost on one example
+isolates the Python-side overhead of each layer.
+
+(b) Exact / bounded test log-likelihoods of each flow kind on
+  - digits (bundled 8×8 UCI digits, 17 grey levels 0..16, 1438/359 split, 144 of train for
+    early stopping): trained on uniformly dequantized (x + u) / 17 through a logit transform;
+    reported as the dequantization lower
+    bound on the discrete log-likelihood, in bits/dim on the [0, 17)^64 scale (k=1 and k=64);
+    peer: independent per-pixel categorical (exact discrete log-likelihood).
+  - MiniBooNE (partial: the MAF paper's val/test splits only): trained on 90% of val (10% for
+    early stopping), tested on test; peer: a full-covariance Gaussian.
+The published MAF rows (MNIST 1.89 bits/dim; MiniBooNE -11.75 nats, full training set) are
+reference rows from Papamakarios et al. (2017), not comparable runs.
+
+    python benchmarks/flows.py            # full run (about 6 CPU-minutes; longer on shared cores)
+    python benchmarks/flows.py --part digits --kinds zuko:nsf   # one piece; other rows kept
+    python benchmarks/flows.py --smoke    # seconds
+    python benchmarks/flows.py --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import print_table, write_results  # noqa: E402
+from probgen.data.bundled import load_dataset, train_test_split  # noqa: E402
+from probgen.data.transforms import dequantized_log_likelihood, uniform_dequantize  # noqa: E402
+from probgen.distributions.flow import Flow  # noqa: E402
+from probgen.evaluate.result import LogLikelihood  # noqa: E402
+from probgen.models.flow import FlowModel  # noqa: E402
+
+LN2 = math.log(2.0)
+CLOCK = {"fn": time.perf_counter, "name": "wall (perf_counter)"}
+
+
+def use_cpu_clock(device: str) -> None:
+    """On CPU with one thread, time the process's CPU seconds: immune to other jobs' load."""
+    if device == "cpu" and torch.get_num_threads() == 1:
+        CLOCK.update(fn=time.process_time, name="process CPU time (1 thread)")
+
+
+# --- (a) wrapper overhead ------------------------------------------------------------------
+def step_time(log_prob, parameters, data: torch.Tensor, steps: int) -> float:
+    optimizer = torch.optim.Adam(parameters, lr=1e-4)
+    for _ in range(3):  # warm-up
+        optimizer.zero_grad()
+        (-log_prob(data).mean()).backward()
+        optimizer.step()
+    if data.is_cuda:
+        torch.cuda.synchronize()
+    start = CLOCK["fn"]()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        (-log_prob(data).mean()).backward()
+        optimizer.step()
+    if data.is_cuda:
+        torch.cuda.synchronize()
+    return (CLOCK["fn"]() - start) / steps
+
+
+def svi_step_time(model: FlowModel, data: torch.Tensor, steps: int) -> float:
+    import pyro
+    from pyro.infer import SVI, Trace_ELBO
+
+    pyro.clear_param_store()
+    svi = SVI(model.model, lambda x: None, pyro.optim.Adam({"lr": 1e-4}), Trace_ELBO())
+    for _ in range(3):
+        svi.step(data)
+    if data.is_cuda:
+        torch.cuda.synchronize()
+    start = CLOCK["fn"]()
+    for _ in range(steps):
+        svi.step(data)
+    if data.is_cuda:
+        torch.cuda.synchronize()
+    return (CLOCK["fn"]() - start) / steps
+
+
+def call_overhead_us(log_prob, x: torch.Tensor, calls: int) -> float:
+    """Microseconds per log_prob call on one example: the Python-side cost of each layer."""
+    with torch.no_grad():
+        for _ in range(10):
+            log_prob(x)
+        start = CLOCK["fn"]()
+        for _ in range(calls):
+            log_prob(x)
+    return 1e6 * (CLOCK["fn"]() - start) / calls
+
+
+def overhead(device: str, smoke: bool) -> list[dict]:
+    import zuko
+    from nflows.flows import Flow as NflowsFlow  # noqa: F401  (import cost outside the timing)
+
+    features, transforms, hidden, batch = 8, 5, (128, 128), 512
+    steps, repeats, calls = (3, 1, 20) if smoke else (10, 6, 200)
+    data = torch.randn(batch, features, device=device)
+    rows = []
+    for kind, zuko_cls in (("maf", zuko.flows.MAF), ("nsf", zuko.flows.NSF)):
+        torch.manual_seed(0)
+        raw = zuko_cls(features, transforms=transforms, hidden_features=hidden).to(device)
+        wrapped = Flow(features, kind=kind, transforms=transforms, hidden=hidden).to(device)
+        wrapped.network.load_state_dict(copy.deepcopy(raw.state_dict()))
+        model = FlowModel(features, kind=kind, transforms=transforms, hidden=hidden).to(device)
+        nflows = Flow(features, backend="nflows", kind=kind, transforms=transforms,
+                      hidden=hidden).to(device)
+        contenders = {
+            "raw zuko": (lambda x, raw=raw: raw().log_prob(x), raw.parameters),
+            "probgen Flow (zuko)": (lambda x, w=wrapped: w().log_prob(x), wrapped.parameters),
+            "raw nflows": (lambda x, n=nflows.network: n.log_prob(x), nflows.parameters),
+        }
+        svi_name = "probgen FlowModel (Pyro SVI step)"
+        times: dict[str, list[float]] = {name: [] for name in [*contenders, svi_name]}
+        for repeat in range(repeats):  # interleaved and rotated: load hits every contender alike
+            names = list(times)
+            names = names[repeat % len(names):] + names[:repeat % len(names)]
+            for name in names:
+                if name == svi_name:
+                    times[name].append(svi_step_time(model, data, steps))
+                else:
+                    log_prob, parameters = contenders[name]
+                    times[name].append(step_time(log_prob, parameters(), data, steps))
+        one = data[:1]
+        per_call = {name: call_overhead_us(log_prob, one, calls)
+                    for name, (log_prob, _) in contenders.items()}
+        base = min(times["raw zuko"])
+        for name, values in times.items():
+            rows.append({"part": "overhead", "kind": kind, "implementation": name,
+                         "ms_per_step": 1e3 * min(values), "ratio_vs_raw_zuko": min(values) / base,
+                         "median_ms": 1e3 * statistics.median(values),
+                         "us_per_call_batch1": per_call.get(name),
+                         "all_ms": [1e3 * v for v in values]})
+    return rows
+
+
+# --- (b) density estimation ------------------------------------------------------------------
+def train(model: FlowModel, sample_batch, validate, *, steps: int, lr: float,
+          patience: int) -> dict:
+    """Adam on -log p(batch); keep the parameters with the best validation log-likelihood."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    best, best_state, since, history = -math.inf, None, 0, []
+    start = CLOCK["fn"]()
+    for step in range(1, steps + 1):
+        optimizer.zero_grad()
+        loss = -model.log_prob(sample_batch()).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 50.0)
+        optimizer.step()
+        if step % 100 == 0 or step == steps:
+            with torch.no_grad():
+                score = float(validate())
+            history.append((step, score))
+            if score > best:
+                best, best_state, since = score, copy.deepcopy(model.state_dict()), 0
+            else:
+                since += 1
+                if since >= patience:
+                    break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return {"train_seconds": CLOCK["fn"]() - start, "steps": step, "best_val": best}
+
+
+def per_pixel_categorical(train_x: torch.Tensor, test_x: torch.Tensor, levels: int) -> LogLikelihood:
+    """Peer: independent categorical per pixel, add-one smoothing; exact discrete log-mass."""
+    counts = torch.stack([(train_x == v).sum(0) for v in range(levels)], -1).double() + 1.0
+    log_probs = (counts / counts.sum(-1, keepdim=True)).log()  # (D, levels)
+    pixels = torch.arange(test_x.shape[1])
+    per_example = log_probs[pixels, test_x.long()].sum(-1)  # (n, D) -> (n,)
+    return LogLikelihood(per_example, kind="exact", estimator="exact", num_dims=test_x.shape[1],
+                         data_space="discrete")
+
+
+def digits_rows(kinds, device: str, smoke: bool) -> list[dict]:
+    levels = 17
+    data = load_dataset("digits").data.float()
+    train_index, test_index = train_test_split(len(data), 0.2, seed=0)
+    train_x, test_x = data[train_index].to(device), data[test_index].to(device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    rows = []
+    peer = per_pixel_categorical(train_x.cpu(), test_x.cpu(), levels)
+    rows.append(row("digits", "per-pixel categorical (peer)", peer, levels=levels))
+    for backend, kind in kinds:
+        torch.manual_seed(0)
+        model = FlowModel(64, backend=backend, kind=kind, transforms=5, hidden=(128, 128),
+                          domain="unit_interval", logit_alpha=0.05).to(device)
+        valid_x = train_x[:144]  # early stopping on a slice of train (test is never seen)
+        fit_x = train_x[144:]
+
+        def batch(fit_x=fit_x):
+            index = torch.randint(0, len(fit_x), (128,), device=device)
+            return uniform_dequantize(fit_x[index], levels, generator=generator)
+
+        def validate(model=model, valid_x=valid_x):
+            return dequantized_log_likelihood(model.log_prob, valid_x, num_levels=levels,
+                                              generator=generator).mean
+
+        info = train(model, batch, validate, steps=60 if smoke else 800, lr=1e-3, patience=4)
+        model.eval()
+        for k in (1,) if smoke else (1, 64):
+            ll = dequantized_log_likelihood(model.log_prob, test_x, num_levels=levels,
+                                            num_samples=k, generator=generator)
+            rows.append(row("digits", f"{backend} {kind}", ll, levels=levels, **info))
+    rows.append({"part": "density", "dataset": "digits", "model": "MAF (5), MNIST — published",
+                 "bits_per_dim": 1.89, "kind": "reference",
+                 "note": "Papamakarios et al. 2017, 28×28 MNIST, 256 levels: not the same data"})
+    return rows
+
+
+def miniboone_rows(kinds, device: str, smoke: bool, data_dir: Path) -> list[dict]:
+    val = torch.from_numpy(np.load(data_dir / "val.npy")).float().to(device)
+    test = torch.from_numpy(np.load(data_dir / "test.npy")).float().to(device)
+    order = torch.randperm(len(val), generator=torch.Generator().manual_seed(0)).to(device)
+    stop_x, fit_x = val[order[: len(val) // 10]], val[order[len(val) // 10:]]
+    rows = []
+    mean, cov = fit_x.double().mean(0), torch.cov(fit_x.double().T)
+    gaussian = torch.distributions.MultivariateNormal(mean, cov + 1e-6 * torch.eye(43, device=device,
+                                                                                  dtype=torch.float64))
+    rows.append(row("miniboone", "full-cov Gaussian (peer)", LogLikelihood(
+        gaussian.log_prob(test.double()), kind="exact", estimator="exact", num_dims=43,
+        data_space="continuous")))
+    for backend, kind in kinds:
+        torch.manual_seed(0)
+        model = FlowModel(43, backend=backend, kind=kind, transforms=5,
+                          hidden=(128, 128)).to(device)
+
+        def batch(fit_x=fit_x):
+            return fit_x[torch.randint(0, len(fit_x), (128,), device=device)]
+
+        def validate(model=model, stop_x=stop_x):
+            return model.log_prob(stop_x).mean()
+
+        info = train(model, batch, validate, steps=60 if smoke else 800, lr=1e-3, patience=4)
+        model.eval()
+        with torch.no_grad():
+            ll = LogLikelihood(model.log_prob(test), kind="exact", estimator="exact",
+                               num_dims=43, data_space="continuous")
+        rows.append(row("miniboone", f"{backend} {kind}", ll, **info))
+    rows.append({"part": "density", "dataset": "miniboone", "model": "MAF (5) — published",
+                 "mean_ll": -11.75, "stderr": 0.44, "kind": "reference",
+                 "note": "Papamakarios et al. 2017, trained on the full train split"})
+    return rows
+
+
+def row(dataset: str, model: str, ll: LogLikelihood, levels: int | None = None, **extra) -> dict:
+    out = {"part": "density", "dataset": dataset, "model": model, "kind": ll.kind,
+           "estimator": ll.estimator, "data_space": ll.data_space, "mean_ll": ll.mean,
+           "stderr": ll.stderr, "bits_per_dim": ll.bits_per_dim,
+           "bits_per_dim_stderr": ll.bits_per_dim_stderr, "k": ll.settings.get("num_samples")}
+    if levels:
+        out["levels"] = levels
+    out.update(extra)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="seconds-long run")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--part", choices=["all", "overhead", "density", "digits", "miniboone"],
+                        default="all", help="run one part; rows of the others are kept")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--kinds", default=None,
+                        help="comma-separated backend:kind list, e.g. zuko:maf,nflows:nsf")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    use_cpu_clock(args.device)
+    kinds = [("zuko", "maf"), ("zuko", "nsf"), ("zuko", "realnvp"), ("nflows", "maf"),
+             ("nflows", "nsf")]
+    if args.smoke:
+        kinds = [("zuko", "maf"), ("nflows", "maf")]
+    if args.kinds:
+        kinds = [tuple(item.split(":")) for item in args.kinds.split(",")]
+    rows: list[dict] = []
+    if args.part in ("all", "overhead"):
+        rows += overhead(args.device, args.smoke)
+        print_table([r for r in rows if r["part"] == "overhead"],
+                    ["kind", "implementation", "ms_per_step", "ratio_vs_raw_zuko", "median_ms",
+                     "us_per_call_batch1"])
+    if args.part in ("all", "density", "digits"):
+        rows += digits_rows(kinds, args.device, args.smoke)
+    if args.part in ("all", "density", "miniboone"):
+        data_dir = Path(os.environ.get("PROBGEN_SHARED_DATA", Path(__file__).resolve().parents[2]
+                                       / "shared" / "data")) / "miniboone_partial"
+        if not data_dir.is_dir():
+            data_dir = Path("/work/shared/data/miniboone_partial")
+        if data_dir.is_dir():
+            rows += miniboone_rows(kinds, args.device, args.smoke, data_dir)
+        else:
+            print(f"skipping MiniBooNE: {data_dir} not found")
+    if any(r["part"] == "density" for r in rows):
+        print_table([r for r in rows if r["part"] == "density"],
+                    ["dataset", "model", "kind", "data_space", "k", "mean_ll", "stderr",
+                     "bits_per_dim", "steps", "train_seconds"])
+    if args.smoke:  # keep the full run's results/flows.json
+        print("smoke run: results/flows.json left unchanged")
+        return
+    if args.part != "all":  # keep the other part's rows from an earlier run
+        import json
+
+        from benchmarks._common import RESULTS
+
+        previous = RESULTS / "flows.json"
+        if previous.exists():
+            def key(r: dict) -> tuple:
+                return (r["part"], r.get("dataset"), r.get("kind") if r["part"] == "overhead"
+                        else None, r.get("implementation"), r.get("model"), r.get("k"))
+
+            new = {key(r) for r in rows}
+            rows = [r for r in json.loads(previous.read_text()) if key(r) not in new] + rows
+    write_results("flows", rows, smoke=args.smoke,
+                  device=args.device, threads=torch.get_num_threads(), clock=CLOCK["name"],
+                  overhead_setup="D=8, 5 transforms, hidden (128, 128), batch 512, Adam",
+                  density_setup="5 transforms, hidden (128, 128), batch 128, Adam 1e-3, "
+                                "early stopping every 100 steps (patience 4), max 800 steps "
+                                "(a CPU budget on 2 shared cores, not convergence)")
+
+
+if __name__ == "__main__":
+    main()
