@@ -1,0 +1,139 @@
+"""AIS partition functions against exact enumeration and closed forms."""
+
+import math
+
+import pytest
+import torch
+
+from probgen.evaluate.ais import (
+    ais_log_partition,
+    ais_log_partition_energy,
+    beta_schedule,
+    evaluate_ais,
+    evaluate_rbm_exact,
+    exact_log_partition,
+)
+from probgen.infer.contrastive import train_cd
+from probgen.models.ebm import RBM, GaussianRBM
+
+
+def random_rbm(num_visible, num_hidden, scale=0.5, seed=0, cls=RBM):
+    torch.manual_seed(seed)
+    rbm = cls(num_visible, num_hidden, init_scale=scale, seed=seed).double()
+    with torch.no_grad():
+        rbm.visible_bias.normal_(0.0, 0.5)
+        rbm.hidden_bias.normal_(0.0, 0.5)
+    return rbm
+
+
+def prototype_data(num_examples, num_visible, seed=0):
+    """Noisy copies of three binary prototypes: a data set an RBM can learn."""
+    generator = torch.Generator().manual_seed(seed)
+    prototypes = torch.bernoulli(torch.full((3, num_visible), 0.5), generator=generator)
+    which = torch.randint(3, (num_examples,), generator=generator)
+    flips = torch.bernoulli(torch.full((num_examples, num_visible), 0.05), generator=generator)
+    return (prototypes[which] + flips) % 2
+
+
+def test_beta_schedule_runs_from_zero_to_one_increasing():
+    betas = beta_schedule(1000)
+    assert betas.shape == (1000,)
+    assert betas[0] == 0 and betas[-1] == 1
+    assert (betas[1:] > betas[:-1]).all()
+    # most of the temperatures sit near beta = 1, as in Salakhutdinov & Murray (2008)
+    assert (betas >= 0.9).float().mean() > 0.6
+
+
+def test_ais_log_z_within_3_stderr_of_exact_on_random_rbm():
+    rbm = random_rbm(12, 10, scale=0.5)
+    exact = float(exact_log_partition(rbm).detach())
+    estimate = ais_log_partition(rbm, num_chains=200, num_betas=300, seed=1)
+    assert 0 < estimate.stderr < 0.1
+    assert abs(estimate.log_z - exact) < 3 * estimate.stderr
+
+
+def test_ais_log_z_within_3_stderr_of_exact_on_trained_rbm():
+    torch.manual_seed(0)
+    data = prototype_data(200, 14).double()
+    rbm = RBM(14, 8, seed=0).double()
+    train_cd(rbm, data, k=1, num_steps=100, batch_size=20, lr=0.2, seed=0, progress=False)
+    exact = float(exact_log_partition(rbm).detach())
+    estimate = ais_log_partition(rbm, num_chains=200, num_betas=400, seed=2)
+    assert rbm.weight.abs().max() > 0.5  # training moved the weights far from the init
+    assert abs(estimate.log_z - exact) < 3 * estimate.stderr
+
+
+def test_ais_stderr_shrinks_with_more_chains():
+    rbm = random_rbm(12, 10, scale=0.8, seed=3)
+    few = ais_log_partition(rbm, num_chains=50, num_betas=200, seed=0)
+    many = ais_log_partition(rbm, num_chains=800, num_betas=200, seed=0)
+    # stderr ~ 1/sqrt(chains): 16x the chains should give about a quarter of the error
+    assert many.stderr < few.stderr / 2.5
+    exact = float(exact_log_partition(rbm).detach())
+    assert abs(many.log_z - exact) < 3 * many.stderr
+
+
+def test_gaussian_rbm_ais_matches_exact():
+    rbm = random_rbm(5, 6, scale=0.4, seed=4, cls=GaussianRBM)
+    exact = float(exact_log_partition(rbm).detach())
+    estimate = ais_log_partition(rbm, num_chains=200, num_betas=300, seed=0,
+                                 base_data=torch.randn(50, 5, dtype=torch.float64))
+    assert abs(estimate.log_z - exact) < 3 * estimate.stderr
+
+
+def test_mala_ais_on_quadratic_energy_matches_closed_form():
+    loc = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    scale = torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64)
+
+    def energy(x):
+        return 0.5 * (((x - loc) / scale) ** 2).sum(-1)
+
+    exact = float(0.5 * torch.log(2 * math.pi * scale**2).sum())
+    base_loc, base_scale = torch.zeros(3, dtype=torch.float64), torch.full((3,), 2.0, dtype=torch.float64)
+    estimate = ais_log_partition_energy(energy, base_loc, base_scale, num_chains=200,
+                                        num_betas=200, step_size=0.3, seed=0)
+    assert estimate.settings["acceptance_rate"] > 0.5
+    assert abs(estimate.log_z - exact) < 3 * estimate.stderr + 1e-3
+
+
+def test_mala_ais_on_gaussian_rbm_free_energy_matches_enumeration():
+    rbm = random_rbm(2, 5, scale=0.6, seed=5, cls=GaussianRBM)
+    exact = float(exact_log_partition(rbm).detach())
+    ones = torch.ones(2, dtype=torch.float64)
+    estimate = ais_log_partition_energy(lambda v: rbm.free_energy(v).detach(), 0 * ones, 1.5 * ones,
+                                        num_chains=100, num_betas=100, step_size=0.5, seed=0)
+    assert abs(estimate.log_z - exact) < 3 * estimate.stderr + 1e-3
+
+
+def test_evaluate_ais_is_labelled_estimate_with_chain_stderr():
+    rbm = random_rbm(10, 6, seed=6)
+    data = prototype_data(40, 10, seed=1).double()
+    ll = evaluate_ais(rbm, (data,), num_chains=100, num_betas=200, seed=0)
+    exact = evaluate_rbm_exact(rbm, (data,))
+    assert ll.kind == "estimate" and ll.estimator == "ais" and exact.kind == "exact"
+    assert ll.settings == {"num_chains": 100, "num_betas": 200}
+    assert ll.data_space == "discrete" and ll.num_dims == 10
+    assert ll.estimator_stderr > 0
+    # every example shares the one log Z estimate: per-example offsets are constant
+    offsets = ll.per_example - exact.per_example
+    assert torch.allclose(offsets, offsets[0].expand_as(offsets))
+    assert abs(float(offsets[0])) < 3 * ll.estimator_stderr
+
+
+def test_evaluate_rbm_exact_normalizes_over_all_states():
+    from probgen.evaluate.ais import binary_states
+
+    rbm = random_rbm(7, 25, seed=7)  # wide hidden layer: enumerates the 7 visible units
+    states = binary_states(7, dtype=torch.float64)
+    ll = evaluate_rbm_exact(rbm, (states,))
+    assert torch.logsumexp(ll.per_example, 0).abs() < 1e-10
+
+
+def test_evaluate_ais_rejects_other_models_and_bad_data():
+    rbm = random_rbm(4, 3)
+    with pytest.raises(ValueError, match="binary"):
+        evaluate_ais(rbm, (torch.full((3, 4), 0.5, dtype=torch.float64),), num_chains=4, num_betas=4)
+    with pytest.raises(TypeError, match="energy-based"):
+        evaluate_ais(torch.nn.Linear(2, 2), (torch.zeros(2, 2),))
+    with pytest.raises(ValueError, match="at most 20"):
+        exact_log_partition(RBM(30, 30))
