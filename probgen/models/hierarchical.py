@@ -1,0 +1,412 @@
+"""Hierarchical (ladder) VAEs: L stochastic layers, top-down generation, precision-weighted inference."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.distributions.util import scale_and_mask
+from pyro.infer import ELBO
+from torch import nn
+from torch.distributions import kl_divergence
+
+from probgen.distributions.discretized import DiscretizedLogistic
+from probgen.guides.amortized import AmortizedFlowPosterior
+from probgen.models.base import GenerativeModel, register_model
+from probgen.nn import MLP, ConvDecoder, ConvEncoder, activation
+
+if TYPE_CHECKING:
+    from probgen.demo_registry import DemoEntry
+
+__all__ = ["HierarchicalVAE", "LadderELBO", "precision_weighted", "demo_entries"]
+
+LIKELIHOODS = ("bernoulli", "gaussian", "discretized_logistic")
+TOP_POSTERIORS = (None, "iaf", "nsf")
+_DATA_SPACE = {"bernoulli": "discrete", "gaussian": "continuous", "discretized_logistic": "discrete"}
+_SUPPORT = {"bernoulli": "binary", "gaussian": "real", "discretized_logistic": "count"}
+_PARAMS_PER_DIM = {"bernoulli": 1, "gaussian": 1, "discretized_logistic": 2}
+_LOG_SCALE_RANGE = (-10.0, 10.0)  # keeps precisions finite in float32; inactive in normal use
+_MIN_LOG_SCALE = -7.0  # discretized logistic: a floor on log s, as in PixelCNN++
+
+
+def _normal(params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split ``(..., 2D)`` network outputs into a loc and a positive scale, each ``(..., D)``."""
+    loc, log_scale = params.chunk(2, -1)
+    return loc, log_scale.clamp(*_LOG_SCALE_RANGE).exp()
+
+
+def precision_weighted(loc_up: torch.Tensor, scale_up: torch.Tensor, loc_down: torch.Tensor,
+                       scale_down: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""σ² = 1 / (σ̂⁻² + σ_p⁻²), μ = (μ̂ σ̂⁻² + μ_p σ_p⁻²) σ² (Sønderby et al., 2016, eq. 19-20).
+
+    Merges the bottom-up (data) Gaussian with the top-down (prior) Gaussian of one layer; the
+    result is their normalized product. Shapes broadcast (particles × data × latent_dim).
+    """
+    precision_up, precision_down = scale_up.pow(-2), scale_down.pow(-2)
+    variance = 1.0 / (precision_up + precision_down)
+    return (loc_up * precision_up + loc_down * precision_down) * variance, variance.sqrt()
+
+
+def _widths(entry: int | Sequence[int]) -> list[int]:
+    return [int(entry)] if isinstance(entry, int) else [int(w) for w in entry]
+
+
+class _Body(nn.Sequential):
+    """Hidden layers only (each followed by the activation); the identity when ``widths`` is empty."""
+
+    def __init__(self, in_features: int, widths: Sequence[int], act: str) -> None:
+        layers: list[nn.Module] = []
+        for size_in, size_out in zip([in_features, *widths[:-1]], widths):
+            layers += [nn.Linear(size_in, size_out), activation(act)]
+        super().__init__(*layers)
+        self.out_features = widths[-1] if widths else in_features
+
+
+@register_model("hierarchical_vae")
+class HierarchicalVAE(GenerativeModel):
+    r"""A ladder VAE: p(x, z) = p(z_L) Π_{l<L} p(z_l | z_{l+1}) p(x | z_1) (Sønderby et al., 2016).
+
+    Generation runs top-down: z_L ~ N(0, I), z_l ~ N(μ_p(z_{l+1}), σ_p(z_{l+1})), x ~ p(x | z_1).
+    Inference is a ladder: a bottom-up pass d_l = f_l(d_{l-1}) gives Gaussian "data" terms
+    (μ̂_l, σ̂_l) at every layer; q(z_L | x) = N(μ̂_L, σ̂_L) (or an IAF/NSF flow conditioned on
+    d_L, ``top_posterior``), and each lower q(z_l | z_{l+1}, x) is the precision-weighted merge
+    of (μ̂_l, σ̂_l) with the generative top-down N(μ_p(z_{l+1}), σ_p(z_{l+1})), whose networks
+    the model and guide share. Sites are ``"z1"`` (next to the data) ... ``"zL"`` and ``"x"``.
+
+    KL warm-up and free bits (posterior-collapse counter-measures) live in :class:`LadderELBO`,
+    the loss ``probgen.fit`` uses by default, and act only while ``self.training``, so
+    ``probgen.evaluate`` (which calls ``model.eval()``) always reports the true bound.
+
+    Arguments:
+        data_shape: the shape of one example, ``(D,)`` or ``(C, H, W)`` (``network="conv"``).
+        latent_dims: the size of each stochastic layer, bottom (z_1) to top (z_L).
+        hidden_features: per layer, the hidden widths of its deterministic block (an int is one
+            layer, ``()`` a linear map); the top-down and output networks use them reversed.
+        likelihood: ``"bernoulli"``, ``"gaussian"`` or ``"discretized_logistic"``.
+        network: ``"mlp"`` or ``"conv"`` (convolutional first block and output network).
+        observation_scale: Gaussian likelihood: fixed std, or None to learn one per dimension.
+        warmup_steps: KL weight β rises linearly from 0 to 1 over this many training steps.
+        free_bits: minimum KL per latent dimension and example, in nats, per layer (Kingma
+            et al., 2016): a layer's KL below λ·D_l gets no gradient.
+        top_posterior: None (Gaussian), ``"iaf"`` or ``"nsf"`` for q(z_L | x).
+
+    Example:
+        >>> vae = HierarchicalVAE((64,), latent_dims=(8, 4), hidden_features=(32, 16))
+        >>> vae.sample(3).shape
+        torch.Size([3, 64])
+    """
+
+    has_guide = True
+
+    def __init__(self, data_shape: Sequence[int] = (784,), *, latent_dims: Sequence[int] = (64, 32),
+                 hidden_features: Sequence[int | Sequence[int]] = ((512, 512), (256, 256)),
+                 likelihood: str = "bernoulli", network: str = "mlp", activation: str = "relu",
+                 channels: int = 32, observation_scale: float | None = None, num_bins: int = 256,
+                 warmup_steps: int = 0, free_bits: float = 0.0, top_posterior: str | None = None,
+                 flow_transforms: int = 2, flow_hidden: Sequence[int] = (128, 128)) -> None:
+        data_shape = [int(s) for s in (data_shape if isinstance(data_shape, Sequence) else [data_shape])]
+        latent_dims = [int(d) for d in latent_dims]
+        hidden = [_widths(entry) for entry in hidden_features]
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"unknown likelihood {likelihood!r}; choose one of {LIKELIHOODS}")
+        if network not in ("mlp", "conv"):
+            raise ValueError(f"network must be 'mlp' or 'conv', got {network!r}")
+        if not latent_dims or min(latent_dims) <= 0:
+            raise ValueError(f"latent_dims must list at least one positive size, got {latent_dims}")
+        if len(hidden) != len(latent_dims):
+            raise ValueError(f"hidden_features needs one entry per stochastic layer ({len(latent_dims)}"
+                             f"), got {len(hidden)}: e.g. hidden_features=((512, 512), (256, 256))")
+        if min(data_shape, default=0) <= 0 or any(w <= 0 for ws in hidden for w in ws):
+            raise ValueError(f"data_shape and hidden widths must be positive, got {data_shape}, {hidden}")
+        if network == "conv" and (len(data_shape) != 3 or not hidden[0]):
+            raise ValueError("a conv hierarchical VAE needs data_shape (C, H, W) and a non-empty "
+                             f"hidden_features[0] (its dense width); got {data_shape}, {hidden[0]}")
+        if top_posterior not in TOP_POSTERIORS:
+            raise ValueError(f"top_posterior must be one of {TOP_POSTERIORS}, got {top_posterior!r}")
+        if int(warmup_steps) < 0 or not float(free_bits) >= 0:
+            raise ValueError(f"warmup_steps and free_bits must be >= 0, got {warmup_steps}, {free_bits}")
+        if observation_scale is not None and not observation_scale > 0:
+            raise ValueError(f"observation_scale must be > 0 or None (learned), got {observation_scale}")
+        super().__init__(data_shape=data_shape, latent_dims=latent_dims, hidden_features=hidden,
+                         likelihood=likelihood, network=network, activation=activation,
+                         channels=int(channels), observation_scale=observation_scale,
+                         num_bins=int(num_bins), warmup_steps=int(warmup_steps),
+                         free_bits=float(free_bits), top_posterior=top_posterior,
+                         flow_transforms=int(flow_transforms),
+                         flow_hidden=[int(w) for w in flow_hidden])
+        self.data_shape, self.latent_dims = tuple(data_shape), tuple(latent_dims)
+        self.num_layers = len(latent_dims)
+        self.likelihood, self.network, self.num_bins = likelihood, network, int(num_bins)
+        self.observation_scale = observation_scale
+        self.warmup_steps, self.free_bits = int(warmup_steps), float(free_bits)
+        self.top_posterior = top_posterior
+        self.data_space, self.support = _DATA_SPACE[likelihood], _SUPPORT[likelihood]
+        num_data = math.prod(self.data_shape)
+        per_dim = _PARAMS_PER_DIM[likelihood]
+        # bottom-up: d_l = body_l(d_{l-1}), (μ̂_l, log σ̂_l) = head_l(d_l)
+        self.up_bodies, self.up_heads = nn.ModuleList(), nn.ModuleList()
+        features = num_data
+        for layer, (size, widths) in enumerate(zip(latent_dims, hidden)):
+            if layer == 0 and network == "conv":
+                body: nn.Module = nn.Sequential(ConvEncoder(self.data_shape, widths[-1], channels,
+                                                            activation), _activation(activation))
+                body.out_features = widths[-1]
+            else:
+                body = _Body(features, widths, activation)
+            features = body.out_features
+            self.up_bodies.append(body)
+            top_is_flow = layer == self.num_layers - 1 and top_posterior is not None
+            self.up_heads.append(nn.Identity() if top_is_flow else nn.Linear(features, 2 * size))
+        if top_posterior is not None:
+            self.top_flow = AmortizedFlowPosterior(latent_dims[-1], features, top_posterior,
+                                                   transforms=int(flow_transforms),
+                                                   hidden=tuple(int(w) for w in flow_hidden))
+        # top-down: p(z_l | z_{l+1}) for l < L, and p(x | z_1)
+        self.down = nn.ModuleList(MLP(latent_dims[layer + 1], 2 * latent_dims[layer],
+                                      hidden[layer][::-1], activation)
+                                  for layer in range(self.num_layers - 1))
+        if network == "mlp":
+            self.decoder: nn.Module = MLP(latent_dims[0], per_dim * num_data, hidden[0][::-1],
+                                          activation)
+        else:
+            c, h, w = self.data_shape
+            self.decoder = ConvDecoder(latent_dims[0], (per_dim * c, h, w), channels=channels,
+                                       activation=activation)
+        if likelihood == "gaussian" and observation_scale is None:
+            self.log_observation_scale = nn.Parameter(torch.zeros(self.data_shape))
+        self.register_buffer("training_steps", torch.zeros((), dtype=torch.long))  # for warm-up
+        self.register_buffer("_zero", torch.zeros(()), persistent=False)
+
+    @property
+    def latent_names(self) -> tuple[str, ...]:
+        """Sample-site names bottom to top: ``("z1", ..., "zL")``."""
+        return tuple(f"z{layer + 1}" for layer in range(self.num_layers))
+
+    # --- networks ----------------------------------------------------------------------
+    def bottom_up(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Deterministic features d_1..d_L of the ladder's bottom-up pass, each ``(*batch, F_l)``."""
+        x = x.to(self._zero.dtype)
+        if self.likelihood == "discretized_logistic":
+            x = 2.0 * x / (self.num_bins - 1) - 1.0
+        batch_shape = x.shape[: x.dim() - len(self.data_shape)]
+        features = x if self.network == "conv" else x.reshape(*batch_shape, -1)
+        out = []
+        for body in self.up_bodies:
+            features = body(features)
+            out.append(features)
+        return out
+
+    def top_down(self, layer: int, z_above: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loc, scale) of p(z_l | z_{l+1}) for 0-based ``layer`` < L - 1."""
+        return _normal(self.down[layer](z_above))
+
+    def prior(self, batch_shape: torch.Size | tuple[int, ...]) -> dist.Distribution:
+        """p(z_L) = N(0, I), event shape ``(latent_dims[-1],)``."""
+        zeros = self._zero.expand(*batch_shape, self.latent_dims[-1])
+        return dist.Normal(zeros, torch.ones_like(zeros), validate_args=False).to_event(1)
+
+    def top_posterior_dist(self, features: list[torch.Tensor]) -> dist.Distribution:
+        """q(z_L | x): a diagonal Normal from d_L, or the amortized flow with context d_L."""
+        if self.top_posterior is not None:
+            return self.top_flow(features[-1])
+        loc, scale = _normal(self.up_heads[-1](features[-1]))
+        return dist.Normal(loc, scale, validate_args=False).to_event(1)
+
+    def merged_posterior(self, layer: int, features: list[torch.Tensor],
+                         z_above: torch.Tensor) -> dist.Distribution:
+        """q(z_l | z_{l+1}, x): the precision-weighted merge of bottom-up and top-down Gaussians."""
+        loc, scale = precision_weighted(*_normal(self.up_heads[layer](features[layer])),
+                                        *self.top_down(layer, z_above))
+        return dist.Normal(loc, scale, validate_args=False).to_event(1)
+
+    def decode(self, z1: torch.Tensor) -> dist.Distribution:
+        """p(x | z_1), event shape ``data_shape``, batch shape ``z1.shape[:-1]``."""
+        batch_shape = z1.shape[:-1]
+        out = self.decoder(z1)
+        event_dims = len(self.data_shape)
+        if self.likelihood == "bernoulli":
+            logits = out.reshape(*batch_shape, *self.data_shape)
+            return dist.Bernoulli(logits=logits, validate_args=False).to_event(event_dims)
+        if self.likelihood == "gaussian":
+            loc = out.reshape(*batch_shape, *self.data_shape)
+            if self.observation_scale is None:
+                scale = self.log_observation_scale.exp().expand_as(loc)
+            else:
+                scale = torch.full_like(loc, float(self.observation_scale))
+            return dist.Normal(loc, scale, validate_args=False).to_event(event_dims)
+        params = out.reshape(*batch_shape, 2, -1)  # (*batch, 2, prod(data_shape))
+        loc = params[..., 0, :].reshape(*batch_shape, *self.data_shape)
+        log_scale = params[..., 1, :].reshape(*batch_shape, *self.data_shape)
+        return DiscretizedLogistic(loc, log_scale.clamp(min=_MIN_LOG_SCALE).exp(), self.num_bins,
+                                   validate_args=False).to_event(event_dims)
+
+    # --- the program -------------------------------------------------------------------
+    def model(self, x: torch.Tensor) -> None:
+        """z_L ~ N(0, I); z_l ~ p(z_l | z_{l+1}); x ~ p(x | z_1), in a plate ``"data"``."""
+        pyro.module(self.pyro_name, self)
+        names = self.latent_names
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample(names[-1], self.prior(x.shape[:1]))
+            for layer in reversed(range(self.num_layers - 1)):
+                loc, scale = self.top_down(layer, z)
+                z = pyro.sample(names[layer], dist.Normal(loc, scale, validate_args=False).to_event(1))
+            pyro.sample("x", self.decode(z), obs=x)
+
+    def guide(self, x: torch.Tensor) -> None:
+        """z_L ~ q(z_L | x), then z_l ~ q(z_l | z_{l+1}, x) down the ladder."""
+        pyro.module(self.pyro_name, self)
+        names = self.latent_names
+        features = self.bottom_up(x)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample(names[-1], self.top_posterior_dist(features))
+            for layer in reversed(range(self.num_layers - 1)):
+                z = pyro.sample(names[layer], self.merged_posterior(layer, features, z))
+
+    def default_loss(self) -> LadderELBO:
+        """:class:`LadderELBO`: analytic per-layer KLs, with warm-up and free bits in training."""
+        return LadderELBO(self)
+
+    def kl_weight(self) -> float:
+        """β of the KL term at the current training step (1 in eval mode or without warm-up)."""
+        if not self.training or self.warmup_steps == 0:
+            return 1.0
+        return min(1.0, (int(self.training_steps) + 1) / self.warmup_steps)
+
+    # --- checks and use ----------------------------------------------------------------
+    def event_shape(self) -> tuple[int, ...]:
+        return self.data_shape
+
+    def validate(self, x: Any, *, name: str = "data") -> torch.Tensor:
+        x = super().validate(x, name=name)
+        if self.likelihood == "discretized_logistic" and (x > self.num_bins - 1).any():
+            raise ValueError(f"{name} has values up to {float(x.max()):g} but the discretized "
+                             f"likelihood has {self.num_bins} bins (0..{self.num_bins - 1}); pass "
+                             "integer pixel values (not rescaled to [0, 1])")
+        return x
+
+    @torch.no_grad()
+    def sample(self, num_samples: int) -> torch.Tensor:
+        """Ancestral samples x ~ p(x | z_1), z ~ p(z) down the hierarchy, ``(n, *data_shape)``."""
+        z = self.prior((num_samples,)).sample()
+        for layer in reversed(range(self.num_layers - 1)):
+            loc, scale = self.top_down(layer, z)
+            z = dist.Normal(loc, scale).sample()
+        return self.decode(z).sample()
+
+    @torch.no_grad()
+    def posterior_means(self, x: torch.Tensor, *, num_samples: int = 100
+                        ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        r"""E_q[z_l | x] per layer (bottom to top) and its Monte Carlo variance, each ``(n, D_l)``.
+
+        Exact (variance 0) for a Gaussian top layer; below it, and for a flow top layer, the
+        mean over ``num_samples`` draws of z_{l+1} of the merged mean μ_q(z_{l+1})
+        (Rao-Blackwellized), whose estimator variance is the sample variance / num_samples.
+        """
+        features = self.bottom_up(x)
+        top = self.top_posterior_dist(features)
+        z = top.sample((num_samples,))  # (S, n, D_L)
+        if self.top_posterior is None:
+            estimates = [(top.mean, torch.zeros_like(top.mean))]
+        else:
+            estimates = [(z.mean(0), z.var(0) / num_samples)]
+        for layer in reversed(range(self.num_layers - 1)):
+            posterior = self.merged_posterior(layer, features, z)
+            means = posterior.mean  # (S, n, D_l)
+            estimates.insert(0, (means.mean(0), means.var(0) / num_samples))
+            z = posterior.sample()
+        return estimates
+
+    def active_units(self, x: torch.Tensor, threshold: float = 1e-2, *,
+                     num_samples: int = 100) -> list[int]:
+        r"""Active units per layer: #{u : Cov_x(E_q[u | x]) > threshold} (Burda et al., 2016).
+
+        Where E_q[u | x] is a Monte Carlo estimate, the estimator's own variance (averaged over
+        x) is subtracted from the variance over x, so noise does not count as activity.
+        """
+        x = self.validate(x)
+        if x.shape[0] < 2:
+            raise ValueError("active_units needs at least 2 examples to estimate a variance over x")
+        return [int((mean.var(0) - noise.mean(0) > threshold).sum())
+                for mean, noise in self.posterior_means(x, num_samples=num_samples)]
+
+
+_activation = activation
+
+
+class LadderELBO(ELBO):
+    r"""-[E_q log p(x | z) - β_t Σ_l max(λ D_l n, KL_l)]: ELBO with KL warm-up and free bits.
+
+    β_t = min(1, t / warmup_steps) (Sønderby et al., 2016); free bits λ nats per latent
+    dimension and example floor each layer's KL (Kingma et al., 2016). Both act only while
+    ``vae.training``; otherwise this is the ELBO with each layer's KL(q(z_l|·) || p(z_l|·)) in
+    closed form given the upper layers' samples (a Monte Carlo log q - log p for a flow layer).
+    ``loss_and_grads`` advances ``vae.training_steps`` (saved with the model, so warm-up resumes).
+    """
+
+    def __init__(self, vae: HierarchicalVAE, num_particles: int = 1) -> None:
+        super().__init__(num_particles=num_particles)
+        self.vae = vae
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        beta = self.vae.kl_weight()
+        free_bits = self.vae.free_bits if self.vae.training else 0.0
+        loss = 0.0
+        for _ in range(self.num_particles):
+            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+                *args, **kwargs)
+            model_trace.compute_log_prob(site_filter=lambda name, site: site["is_observed"])
+            log_likelihood = sum(site["log_prob_sum"] for site in model_trace.nodes.values()
+                                 if site["type"] == "sample" and site["is_observed"])
+            kl_total = 0.0
+            for name, size in zip(self.vae.latent_names, self.vae.latent_dims):
+                q_site, p_site = guide_trace.nodes[name], model_trace.nodes[name]
+                try:
+                    kl = kl_divergence(q_site["fn"], p_site["fn"])
+                except NotImplementedError:  # e.g. a flow: one-sample log q - log p
+                    kl = q_site["fn"].log_prob(q_site["value"]) - p_site["fn"].log_prob(q_site["value"])
+                kl = scale_and_mask(kl, q_site["scale"], q_site["mask"])
+                kl_layer = kl.sum()
+                if free_bits > 0:
+                    examples = scale_and_mask(torch.ones_like(kl), q_site["scale"], q_site["mask"]).sum()
+                    kl_layer = torch.maximum(kl_layer, free_bits * size * examples)
+                kl_total = kl_total + kl_layer
+            loss = loss - (log_likelihood - beta * kl_total) / self.num_particles
+        return loss
+
+    def _get_trace(self, model, guide, args, kwargs):
+        raise NotImplementedError("LadderELBO computes its traces in differentiable_loss")
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        with torch.no_grad():
+            return float(self.differentiable_loss(model, guide, *args, **kwargs))
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        loss.backward()
+        if self.vae.training:
+            self.vae.training_steps += 1
+        return float(loss.detach())
+
+
+def demo_entries(smoke: bool) -> list[DemoEntry]:
+    """A 2-layer ladder VAE on binarized 8x8 digits, scored with the IWAE bound."""
+    from probgen.demo_registry import DemoEntry
+
+    def run(data, out_dir: str):
+        import probgen
+
+        (x_train,), (x_test,) = data.train[:1], data.test[:1]
+        pyro.set_rng_seed(0)
+        vae = HierarchicalVAE((x_train.shape[1],), latent_dims=(16, 8),
+                              hidden_features=((64,), (32,)), warmup_steps=300).to(x_train.dtype)
+        probgen.fit(vae, x_train, num_steps=150 if smoke else 3000, batch_size=128,
+                    optim=pyro.optim.Adam({"lr": 3e-3}), seed=0, progress=False)
+        return probgen.evaluate(vae, x_test, estimator="iwae", k=50 if smoke else 1000, seed=0)
+
+    return [DemoEntry("digits", "ladder vae, 2 layers (iwae bound)", run)]
