@@ -11,11 +11,14 @@ torch.set_num_threads(1)  # small models: one thread beats two (no OpenMP waits)
 @pytest.fixture(autouse=True)
 def clean_pyro():
     """Each test starts with an empty param store, validation on, and a fixed seed."""
+    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
     pyro.clear_param_store()
     pyro.enable_validation(True)
     pyro.set_rng_seed(0)
     yield
     pyro.clear_param_store()
+    torch.set_default_dtype(dtype)  # no test leaks global state into the next
+    torch.set_num_threads(threads)
 
 
 def shared_data_dir() -> Path | None:

@@ -108,6 +108,71 @@ CASES: list[Case] = [
     Case("GaussianMixture (fit)", "integer data with NaN-free but wrong rank", lambda: probgen.fit(_gmm(), torch.ones(5, 3, 2).double(), num_steps=1, progress=False), ValueError, "expects"),
 ]
 
+def _hmm():
+    from probgen.models.hmm import HMM
+
+    return HMM(3, "gaussian", num_features=2).double()
+
+
+def _vae():
+    from probgen.models.vae import VAE
+
+    return VAE((6,), latent_dim=2, hidden_features=(8,))
+
+
+def _rbm():
+    from probgen.models.ebm import RBM
+
+    return RBM(6, 3).double()
+
+
+def _flow():
+    from probgen.models.flow import FlowModel
+
+    return FlowModel(3, kind="maf", transforms=1, hidden=(8,)).double()
+
+
+def _family_cases() -> list[Case]:
+    from probgen.data.sequences import pad_sequences
+    from probgen.infer.baum_welch import baum_welch
+    from probgen.infer.em import fit_em
+    from probgen.infer.mcmc import run_mcmc
+
+    ragged = [torch.randn(4, 2).double(), torch.randn(2, 2).double()]
+    seqs = torch.randn(2, 5, 2).double()
+    return [
+        Case("fit_em (GMM)", "NaN", lambda: fit_em(_gmm(), NAN.double(), num_iters=2), ValueError, "NaN"),
+        Case("fit_em (GMM)", "wrong feature count", lambda: fit_em(_gmm(), torch.randn(9, 5).double(), num_iters=2), ValueError, "\(3,\)"),
+        Case("GaussianMixture", "zero components", lambda: __import__("probgen.models.mixture", fromlist=["x"]).GaussianMixture(0, 2), ValueError, "num_components"),
+        Case("HMM.log_prob", "ragged sequences without padding", lambda: _hmm().log_prob(ragged), (ValueError, TypeError), "pad|ragged|lengths"),
+        Case("HMM.log_prob", "lengths longer than the padded time", lambda: _hmm().log_prob(seqs, torch.tensor([7, 2])), ValueError, "length"),
+        Case("HMM.log_prob", "wrong feature size", lambda: _hmm().log_prob(torch.randn(2, 5, 3).double()), ValueError, "feature|\(2,\)"),
+        Case("HMM (evaluate)", "NaN inside observed steps", lambda: probgen.evaluate(_hmm(), (torch.full((1, 3, 2), float("nan")).double(), torch.tensor([3]))), ValueError, "NaN"),
+        Case("baum_welch", "negative lengths", lambda: baum_welch(_hmm(), seqs, torch.tensor([-1, 2]), num_iterations=1), ValueError, "length"),
+        Case("pad_sequences", "empty list", lambda: pad_sequences([]), ValueError, "empty|at least one"),
+        Case("VAE (fit)", "non-binary data for Bernoulli", lambda: probgen.fit(_vae(), torch.rand(10, 6), num_steps=1, progress=False), ValueError, "binar"),
+        Case("VAE (evaluate)", "wrong feature count", lambda: probgen.evaluate(_vae(), torch.ones(4, 7), estimator="iwae", k=2), ValueError, "\(6,\)"),
+        Case("VAE (evaluate)", "k = 0", lambda: probgen.evaluate(_vae(), torch.ones(4, 6), estimator="iwae", k=0), ValueError, "k must be"),
+        Case("RBM (evaluate)", "non-binary data", lambda: probgen.evaluate(_rbm(), torch.full((3, 6), 0.5).double(), estimator="exact"), ValueError, "whole numbers|binary"),
+        Case("RBM (evaluate ais)", "zero chains", lambda: probgen.evaluate(_rbm(), torch.ones(3, 6).double(), estimator="ais", num_chains=0), ValueError, "num_chains|chains"),
+        Case("FlowModel (evaluate)", "wrong feature count", lambda: probgen.evaluate(_flow(), torch.randn(4, 2).double()), ValueError, "\(3,\)"),
+        Case("FlowModel (fit)", "Inf", lambda: probgen.fit(_flow(), torch.full((4, 3), float("inf")).double(), num_steps=1, progress=False), ValueError, "Inf"),
+        Case("FlowModel", "unknown kind", lambda: __import__("probgen.models.flow", fromlist=["x"]).FlowModel(3, kind="glow9"), ValueError, "kind|glow9"),
+        Case("run_mcmc", "unknown kernel", lambda: run_mcmc(program, GOOD, kernel="gibbs9", num_samples=2, warmup_steps=1), ValueError, "kernel"),
+        Case("probgen.load", "a fit checkpoint is not a model", lambda: probgen.load(_fit_checkpoint()), probgen.checkpoint.CheckpointError, "not a saved model"),
+    ]
+
+
+def _fit_checkpoint() -> str:
+    import tempfile
+
+    path = tempfile.mktemp(suffix=".pt")
+    probgen.fit(program, GOOD, num_steps=1, progress=False, checkpoint=path)
+    return path
+
+
+CASES += _family_cases()
+
 CLI_CASES = [
     ("probgen fit", "unknown model name", ["fit", "nosuchmodel", "--data", "iris"], "unknown model"),
     ("probgen fit", "missing data file", ["fit", "gmm", "--data", "/no/such.npy"], "neither a bundled"),

@@ -10,7 +10,15 @@ import torch
 
 import probgen
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64_by_default():
+    """Exact quantities are checked in float64; restored afterwards for other test modules."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def poisson_mixture(x):

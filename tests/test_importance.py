@@ -9,7 +9,15 @@ import torch
 
 import probgen
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64_by_default():
+    """Exact quantities are checked in float64; restored afterwards for other test modules."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 NOISE = 0.5
 
 
@@ -109,3 +117,29 @@ def test_global_guide_site_is_refused():
 
     with pytest.raises(ValueError, match="global"):
         probgen.evaluate(global_model, torch.randn(3), guide=guide, estimator="iwae", k=2)
+
+
+def test_sites_whose_log_prob_is_only_a_bound_are_labelled_honestly():
+    """A site flagged log_prob_is_bound (a diffusion VLB) is never reported as exact, and inside
+    IWAE's log-mean-exp it makes the result an estimate, not a bound."""
+
+    class BoundNormal(dist.Normal):
+        log_prob_is_bound = True
+
+    def bound_model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", BoundNormal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, NOISE), obs=x)
+
+    def observed_bound(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", BoundNormal(0.0, 1.0), obs=x)
+
+    x = torch.randn(4)
+    with pytest.raises(ValueError, match="only a bound"):
+        probgen.evaluate(observed_bound, x, estimator="exact")
+    assert probgen.evaluate(observed_bound, x, guide=lambda x: None, estimator="elbo").kind == \
+        "lower_bound"
+    guide = make_guide(0.5, 1.0)
+    assert probgen.evaluate(bound_model, x, guide=guide, estimator="elbo").kind == "lower_bound"
+    assert probgen.evaluate(bound_model, x, guide=guide, estimator="iwae", k=4).kind == "estimate"

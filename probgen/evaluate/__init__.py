@@ -28,6 +28,8 @@ ESTIMATORS: dict[str, str] = {
     "vlb": "probgen.models.diffusion:evaluate_vlb",
     "prob_flow_ode": "probgen.models.diffusion:evaluate_ode",
     "dequantized": "probgen.data.transforms:evaluate_dequantized",
+    "diffusion_elbo": "probgen.models.latent_diffusion:evaluate_diffusion_elbo",
+    "diffusion_iwae": "probgen.models.latent_diffusion:evaluate_diffusion_iwae",
 }
 _GENERIC = ("exact", "elbo", "iwae")
 _MEMORY_BUDGET = 2**22  # particles × examples evaluated in one vectorized pass
@@ -161,6 +163,10 @@ def _evaluate(model, batch, guide, estimator, k, batch_size, data_space, num_dim
     if data_space is None:
         data_space = model.data_space if bundled else _infer_data_space(program, probe, info)
     data_id = data_fingerprint(*batch)
+    if estimator == "exact" and info.bound_sites:
+        raise ValueError(f"sites {list(info.bound_sites)} have a log_prob that is only a bound "
+                         "(log_prob_is_bound, e.g. a diffusion prior's VLB); use estimator='elbo' "
+                         "or the family's own estimator ('vlb', 'diffusion_elbo')")
     if estimator == "exact":
         use_fast = bundled and fast and model.has_exact_log_prob
         if not use_fast:
@@ -190,5 +196,8 @@ def _evaluate(model, batch, guide, estimator, k, batch_size, data_space, num_dim
         bad = int((~torch.isfinite(per_example)).sum())
         raise FloatingPointError(f"{bad} example(s) got a non-finite bound; the guide may put "
                                  "mass where the model has none (check supports and scales)")
-    return LogLikelihood(per_example, kind="lower_bound", estimator=estimator, num_dims=num_dims,
+    # A stochastic bound inside IWAE's log-mean-exp is no longer a bound (Jensen goes the wrong
+    # way); the ELBO of a bound stays a bound.
+    kind = "estimate" if info.bound_sites and estimator == "iwae" else "lower_bound"
+    return LogLikelihood(per_example, kind=kind, estimator=estimator, num_dims=num_dims,
                          data_space=data_space, settings={"k": k}, data_id=data_id)

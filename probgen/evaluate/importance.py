@@ -50,6 +50,10 @@ def log_importance_weights(model: Callable, guide: Callable, batch: tuple[torch.
     if missing:
         raise ValueError(f"the guide does not sample the model's continuous latents {missing}")
     log_p = log_density_per_example(model_trace, [_PARTICLES, info.data_plate])
+    has_latents = any(site["type"] == "sample" and not site_is_subsample(site)
+                      for site in guide_trace.nodes.values())
+    if not has_latents:  # nothing to propose: the weight is the joint itself
+        return log_p
     log_q = log_density_per_example(guide_trace, [_PARTICLES, info.data_plate], warn_masked=False)
     return log_p - log_q
 

@@ -34,6 +34,7 @@ class ProgramInfo:
     enumerable: tuple[str, ...]
     global_latents: tuple[str, ...]
     max_plate_nesting: int
+    bound_sites: tuple[str, ...] = ()  # sites whose log_prob is only a bound (diffusion VLB)
 
     @property
     def latents(self) -> tuple[str, ...]:
@@ -44,7 +45,7 @@ class ProgramInfo:
         """True when every latent is a finite-support discrete site inside the data plate."""
         return (not self.continuous_latents
                 and set(self.discrete_latents) == set(self.enumerable)
-                and not self.global_latents)
+                and not self.global_latents and not self.bound_sites)
 
 
 def _plates(site: dict) -> list:
@@ -62,7 +63,7 @@ def inspect_program(model: Callable, batch: tuple[torch.Tensor, ...], *,
     size = int(batch[0].shape[0])
     with poutine.block(), torch.no_grad():
         trace = poutine.trace(model).get_trace(*batch)
-    observed, continuous, discrete, enumerable, nesting = [], [], [], [], 0
+    observed, continuous, discrete, enumerable, bound, nesting = [], [], [], [], [], 0
     candidates: dict[str, int] = {}
     sizes_seen: dict[str, int] = {}
     for name, site in trace.nodes.items():
@@ -70,6 +71,8 @@ def inspect_program(model: Callable, batch: tuple[torch.Tensor, ...], *,
             continue
         frames = _plates(site)
         nesting = max([nesting] + [-f.dim for f in frames])
+        if getattr(site["fn"], "log_prob_is_bound", False):
+            bound.append(name)
         if site["is_observed"]:
             if name.startswith("_") and site["infer"].get("is_auxiliary"):
                 continue
@@ -106,7 +109,7 @@ def inspect_program(model: Callable, batch: tuple[torch.Tensor, ...], *,
             raise ValueError(f"observed site '{name}' is outside the data plate '{data_plate}'; "
                              "every observation must sit inside the plate over examples")
     return ProgramInfo(data_plate, size, tuple(observed), tuple(continuous), tuple(discrete),
-                       tuple(enumerable), tuple(global_latents), nesting)
+                       tuple(enumerable), tuple(global_latents), nesting, tuple(bound))
 
 
 def find_data_frame(trace, data_plate: str, expected_size: int):

@@ -1,0 +1,220 @@
+"""Diffusion benchmark: bits/dim on dequantized 8×8 digits (diffusion vs GMM vs flow), the
+latent-diffusion VAE's bound vs a plain VAE with the same budget, and sampling time per step count.
+
+    python benchmarks/diffusion.py            # full run (CPU, several minutes)
+    python benchmarks/diffusion.py --smoke    # seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import pyro
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import print_table, timed, write_results  # noqa: E402
+from probgen.data.bundled import load_dataset, train_test_split  # noqa: E402
+from probgen.diffusion.training import train  # noqa: E402
+from probgen.models.diffusion import DiffusionDensity, evaluate_ode, evaluate_vlb  # noqa: E402
+from probgen.models.latent_diffusion import (  # noqa: E402
+    LatentDiffusionVAE,
+    evaluate_diffusion_elbo,
+    evaluate_diffusion_iwae,
+    two_stage_fit,
+)
+
+LEVELS = 17  # the digits have grey levels 0..16
+REFERENCES = [  # published CIFAR-10 test bits/dim, for GPU runs of the same estimators
+    {"task": "cifar10 (reference)", "model": "DDPM (Ho et al., 2020)", "kind": "lower_bound",
+     "bits_per_dim": 3.70, "note": "paper, <= 3.70 (L_simple model: 3.75)"},
+    {"task": "cifar10 (reference)", "model": "VDM (Kingma et al., 2021)", "kind": "lower_bound",
+     "bits_per_dim": 2.65, "note": "paper, no augmentation"},
+]
+
+
+def digits(device: str, seed: int = 0):
+    data = load_dataset("digits").data.to(torch.float32)
+    train_index, test_index = train_test_split(len(data), 0.2, seed=seed)
+    return data[train_index].to(device), data[test_index].to(device)
+
+
+def dequantize(counts: torch.Tensor, copies: int, generator: torch.Generator) -> torch.Tensor:
+    """k + u, u ~ U(0, 1)^d: a density on [0, 17)^d whose bits/dim bound the discrete ones."""
+    repeated = counts.repeat(copies, 1)
+    noise = torch.rand(repeated.shape, generator=generator).to(counts.device)
+    return repeated + noise
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def row(task, name, ll, seconds, **extra):
+    log(f"{name}: {ll!r} (train {seconds:.0f} s)")
+    return {"task": task, "model": name, "kind": ll.kind, "estimator": ll.estimator,
+            "nats": ll.mean, "stderr": ll.stderr, "bits_per_dim": ll.bits_per_dim,
+            "train_s": round(seconds, 1), "estimator_settings": ll.settings, **extra}
+
+
+def density_rows(args, train_x, test_x):
+    generator = torch.Generator().manual_seed(0)
+    train_deq = dequantize(train_x, 1 if args.smoke else 8, generator)
+    test_deq = dequantize(test_x, 1, generator)
+    task = "digits 8x8 dequantized (17 levels)"
+    rows = []
+
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    model = DiffusionDensity(features=64, hidden_features=(256,) * 3, shift=LEVELS / 2,
+                             scale=LEVELS / 2, dequantized=True, logsnr_max=8.0,
+                             logsnr_min=-10.0).to(args.device)
+    seconds, _ = timed(lambda: train(model, train_deq, num_steps=args.steps, batch_size=256,
+                                     lr=2e-3, seed=0))
+    ll_vlb = evaluate_vlb(model, (test_deq,), num_samples=4 if args.smoke else 32, seed=0)
+    rows.append(row(task, "diffusion (VDM, continuous)", ll_vlb, seconds))
+    ll_t = evaluate_vlb(model, (test_deq,), num_samples=4 if args.smoke else 32,
+                        num_steps=1000, seed=0)
+    rows.append(row(task, "diffusion, same net, T=1000 bound", ll_t, 0.0))
+    subset = test_deq[: 8 if args.smoke else 50]
+    ode_seconds, ll_ode = timed(lambda: evaluate_ode(model, (subset,), exact=False, atol=1e-4,
+                                                     rtol=1e-4, seed=0))
+    rows.append(row(task, f"diffusion, prob-flow ODE (n={len(subset)})", ll_ode, 0.0,
+                    eval_s=round(ode_seconds, 1)))
+
+    from probgen.infer.em import GaussianMixturePrior, fit_em
+    from probgen.models.mixture import GaussianMixture, heldout_log_likelihood
+
+    for k in (1, 10):
+        gmm = GaussianMixture(k, 64, "full").double().to(args.device)
+        seconds, _ = timed(lambda gmm=gmm: fit_em(gmm, train_deq.double(), num_iters=10 if args.smoke else 100,
+                                                  prior=GaussianMixturePrior(), seed=0))
+        # a density of the dequantized data: label it so (same numbers, right data space)
+        ll = heldout_log_likelihood(gmm, test_deq.double()).shifted(0.0, data_space="dequantized")
+        rows.append(row(task, f"gmm full K={k} (MAP EM)", ll, seconds))
+    try:
+        from probgen import fit
+        from probgen.models.flow import FlowModel
+
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        flow = FlowModel.standardized(train_deq.cpu(), kind="maf", transforms=4,
+                                      hidden=(256, 256)).to(args.device)
+        seconds, _ = timed(lambda: fit(flow, train_deq, num_steps=args.steps, batch_size=256,
+                                       optim=1e-3, seed=0, progress=False))
+        ll = flow_ll(flow, test_deq)
+        rows.append(row(task, "flow (MAF, 4 transforms)", ll, seconds))
+    except (ImportError, TypeError, ValueError) as error:  # the flow family is optional here
+        print(f"flow skipped: {error}")
+    return rows, model
+
+
+def flow_ll(flow, x):
+    from probgen.evaluate.result import LogLikelihood
+
+    with torch.no_grad():
+        values = flow.log_prob(x)
+    return LogLikelihood(values, kind="exact", estimator="exact", num_dims=x.shape[-1],
+                         data_space="dequantized")
+
+
+def latent_rows(args, train_x, test_x):
+    train_bin, test_bin = (train_x >= 8).float(), (test_x >= 8).float()
+    task = "digits 8x8 binarized (>= 8)"
+    settings = dict(features=64, latent_features=8, hidden_features=(256, 256),
+                    denoiser_features=(128, 128, 128), prior_samples=4)
+    rows = []
+    for name, prior, two_stage in (("plain VAE (N(0,I) prior)", "gaussian", False),
+                                   ("latent diffusion, end to end", "diffusion", False),
+                                   ("latent diffusion, two-stage", "diffusion", True)):
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        vae = LatentDiffusionVAE(prior=prior, **settings).to(args.device)
+        if two_stage:
+            seconds, _ = timed(lambda vae=vae: two_stage_fit(
+                vae, train_bin, vae_steps=args.steps // 2, prior_steps=args.steps // 2,
+                batch_size=256, lr=2e-3, seed=0))
+        else:
+            seconds, _ = timed(lambda vae=vae: train(vae, train_bin, num_steps=args.steps,
+                                                     batch_size=256, lr=2e-3, seed=0))
+        k = 4 if args.smoke else 32
+        ll = evaluate_diffusion_elbo(vae, (test_bin,), num_particles=k, seed=0)
+        rows.append(row(task, name, ll, seconds))
+        iwae = evaluate_diffusion_iwae(vae, (test_bin,), k=k, seed=0)
+        rows.append(row(task, name + f", IWAE-{k}", iwae, 0.0))
+    return rows
+
+
+def sampling_rows(args, model):
+    rows = []
+    n = 256 if args.smoke else 1000
+    for sampler, steps in (("ddim", 10), ("ddim", 50), ("ddim", 200), ("ancestral", 50),
+                           ("ancestral", 200), ("ancestral", 1000)):
+        if args.smoke and steps > 50:
+            continue
+        seconds, _ = timed(lambda s=sampler, k=steps: model.sample(n, sampler=s, num_steps=k))
+        log(f"sampling {sampler} {steps}: {seconds:.2f} s")
+        rows.append({"task": "sampling digits", "model": f"{sampler}, {steps} steps",
+                     "num_samples": n, "seconds": round(seconds, 3),
+                     "ms_per_step": round(1000 * seconds / steps, 2)})
+    seconds, _ = timed(lambda: model.sample(n, sampler="ode", atol=1e-4, rtol=1e-4))
+    rows.append({"task": "sampling digits", "model": "prob-flow ODE (dopri5, tol 1e-4)",
+                 "num_samples": n, "seconds": round(seconds, 3)})
+    return rows
+
+
+def report(parts: dict[str, list[dict]], args) -> None:
+    density, latent, sampling = (parts.get(k, []) for k in ("density", "latent", "sampling"))
+    likelihood_rows = density + latent + [dict(r) for r in REFERENCES]
+    print_table(likelihood_rows, ["task", "model", "kind", "nats", "stderr", "bits_per_dim",
+                                  "train_s"])
+    plain = [r for r in latent if r["model"] == "plain VAE (N(0,I) prior)"]
+    hybrid = [r for r in latent if r["model"] == "latent diffusion, end to end"]
+    if plain and hybrid:
+        print(f"latent diffusion - plain VAE (ELBO, nats): {hybrid[0]['nats'] - plain[0]['nats']:+.2f}")
+    if sampling:
+        print_table(sampling, ["task", "model", "num_samples", "seconds", "ms_per_step"])
+    if not args.smoke:  # smoke runs check the script; they never overwrite the results
+        write_results("diffusion", likelihood_rows + sampling, steps=args.steps,
+                      device=args.device, threads=torch.get_num_threads())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="seconds-long run")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per model")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--part", choices=("all", "density", "latent", "report"), default="all",
+                        help="run one part (writes /tmp/diffusion_PART.json), or merge them")
+    args = parser.parse_args()
+    args.steps = args.steps or (20 if args.smoke else 2000)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    train_x, test_x = digits(args.device)
+    parts: dict[str, list[dict]] = {}
+    if args.part in ("all", "density"):
+        parts["density"], model = density_rows(args, train_x, test_x)
+        parts["sampling"] = sampling_rows(args, model)
+    if args.part in ("all", "latent"):
+        parts["latent"] = latent_rows(args, train_x, test_x)
+    if args.part in ("density", "latent"):
+        for name, rows in parts.items():
+            Path(f"/tmp/diffusion_{name}.json").write_text(json.dumps(rows, default=str))
+        return
+    if args.part == "report":
+        for name in ("density", "latent", "sampling"):
+            path = Path(f"/tmp/diffusion_{name}.json")
+            if path.exists():
+                parts[name] = json.loads(path.read_text())
+    report(parts, args)
+
+
+if __name__ == "__main__":
+    main()
