@@ -11,7 +11,6 @@ import torch
 import probgen
 
 
-
 @pytest.fixture(autouse=True)
 def float64_by_default():
     """Exact quantities are checked in float64; restored afterwards for other test modules."""
