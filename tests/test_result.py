@@ -71,3 +71,11 @@ def test_shift_moves_mean_not_stderr(values, offset):
     moved = ll.shifted(offset)
     assert moved.mean == pytest.approx(ll.mean + offset, abs=1e-6)
     assert moved.stderr == pytest.approx(ll.stderr, abs=1e-6)
+
+
+def test_fingerprint_survives_a_cast_to_the_model_dtype():
+    from probgen.evaluate.result import data_fingerprint
+
+    x = torch.randn(5, 3, dtype=torch.float64)
+    assert data_fingerprint(x) == data_fingerprint(x.float()) == data_fingerprint(x.float().double())
+    assert data_fingerprint(x) != data_fingerprint(x + 1e-3)

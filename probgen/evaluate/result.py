@@ -18,12 +18,15 @@ DATA_SPACES: tuple[str, ...] = ("discrete", "continuous", "dequantized")
 
 
 def data_fingerprint(*tensors: torch.Tensor) -> str:
-    """A short hash of held-out data, so results on different data are never paired."""
+    """A short hash of held-out data, so results on different data are never paired.
+
+    Hashed at float32 precision, so the same data cast to a model's dtype keeps its fingerprint.
+    """
     import hashlib
 
     digest = hashlib.sha1()
     for tensor in tensors:
-        array = tensor.detach().to("cpu", torch.float64).contiguous().numpy()
+        array = tensor.detach().to("cpu", torch.float32).contiguous().numpy()
         digest.update(str(tuple(array.shape)).encode())
         digest.update(array.tobytes())
     return digest.hexdigest()[:16]
