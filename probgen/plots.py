@@ -92,7 +92,7 @@ def plot_comparison(table: Any, path: str | None = None, *, title: str | None = 
     ax.set_xlabel("mean log-likelihood per example (nats), ±2 stderr")
     handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=k)
                for k, c in KIND_COLOURS.items() if any(r.result.kind == k for r in rows)]
-    ax.legend(handles=handles, loc="lower left", fontsize=8)
+    ax.legend(handles=handles, loc="best", fontsize=8, framealpha=0.6)
     ax.set_title(title or f"held-out log-likelihood ({table.data_space} data)")
     return _finish(fig, path)
 
