@@ -7,16 +7,6 @@ import torch
 from probgen.infer.baum_welch import baum_welch, initialize_from_data
 from probgen.models.hmm import HMM
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: on a loaded machine OpenMP threads only add waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 CONFIGS = {
     "categorical": dict(emission="categorical", num_categories=4),
     "bernoulli": dict(emission="bernoulli", num_features=5),

@@ -23,14 +23,6 @@ from probgen.models.mixture import GaussianMixture
 COVARIANCES = ["full", "diag"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: OpenMP fan-out only costs time (badly so on an oversubscribed machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def simulate(num_examples: int = 1500, seed: int = 0, separation: float = 4.0):
     """Three 2-D components with known weights, means and covariances (float64)."""

@@ -17,14 +17,6 @@ KINDS = [("zuko", kind) for kind in flow_kinds("zuko")] + [
 SLOW = {"cnf"}  # an ODE solve per Jacobian column
 INVERTED_NUMERICALLY = {"cnf", "unaf", "naf"}  # sampling solves an ODE or bisects
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small flows run fastest on one thread (and the CI machine's cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 
 @pytest.fixture(autouse=True)

@@ -13,16 +13,6 @@ from probgen.evaluate.result import LogLikelihood
 from probgen.models.flow import FlowModel, demo_entries
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small flows run fastest on one thread (and the CI machine's cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-
 def gaussian_data(n: int, seed: int) -> tuple[torch.Tensor, torch.distributions.Distribution]:
     target = torch.distributions.MultivariateNormal(
         torch.tensor([1.0, -1.0], dtype=torch.float64),

@@ -9,16 +9,6 @@ import probgen
 from probgen.models.flow_vae import FlowVAE
 from probgen.models.vae import VAE
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: one thread is ~100x faster than two on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # z (2-d) -> x (3-d) linear-Gaussian (probabilistic PCA); nearly parallel columns of W make
 # the exact posterior strongly correlated (correlation -0.98), which a diagonal Gaussian misses.
 W = torch.tensor([[1.0, 0.9], [1.0, 1.1], [0.2, 0.0]], dtype=torch.float64)

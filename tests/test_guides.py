@@ -17,15 +17,6 @@ import probgen
 from probgen.guides import AmortizedFlowPosterior, FlowGuide
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small flows run fastest on one thread (and the CI machine's cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def per_particle_elbo(model, guide, num_particles: int, *args) -> torch.Tensor:
     """log p(x, z) - log q(z) for z ~ q, one value per particle (vectorized in a plate)."""
     def total(trace):

@@ -11,16 +11,6 @@ import probgen
 from probgen.models.hierarchical import HierarchicalVAE, LadderELBO, precision_weighted
 from probgen.models.vae import VAE
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: one thread is ~100x faster than two on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # z2 (1-d) -> z1 (2-d) -> x (3-d), all linear-Gaussian; W has orthogonal columns so the exact
 # posterior q(z1 | z2, x) is a precision-weighted merge of diagonal Gaussians.
 A = torch.tensor([[1.5], [-0.7]], dtype=torch.float64)

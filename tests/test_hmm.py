@@ -25,16 +25,6 @@ from probgen.models.hmm import (
     forward_log_likelihood,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: on a loaded machine OpenMP threads only add waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 ROOT = Path(__file__).resolve().parents[1]
 EMISSION_CONFIGS = {
     "categorical": dict(emission="categorical", num_categories=4),

@@ -17,14 +17,6 @@ from probgen.models.mixture import GaussianMixture, demo_entries, select_num_com
 COVARIANCES = ["full", "diag"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: OpenMP fan-out only costs time (badly so on an oversubscribed machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def random_mixture(covariance: str, num_components: int = 3, num_features: int = 4,
                    seed: int = 0) -> GaussianMixture:

@@ -22,16 +22,6 @@ from probgen.distributions.flow import Flow
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Small flows run fastest on one thread (and the CI machine's cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-
-@pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
 

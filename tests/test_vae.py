@@ -15,15 +15,6 @@ import probgen
 from probgen.models.vae import VAE, demo_entries
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: extra threads only add contention on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --- probabilistic PCA: a linear-Gaussian VAE whose log p(x) is closed form -------------------
 def ppca_vae(seed: int = 0, num_dims: int = 5, latent_dim: int = 2, noise: float = 0.5):
     """A VAE set to pPCA x ~ N(b, W Wᵀ + s² I), its exact encoder, data and exact log p(x).

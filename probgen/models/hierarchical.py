@@ -15,7 +15,7 @@ from pyro.infer import ELBO
 from torch import nn
 from torch.distributions import kl_divergence
 
-from probgen.distributions.discretized import DiscretizedLogistic
+from probgen.distributions.likelihoods import observation_distribution
 from probgen.guides.amortized import AmortizedFlowPosterior
 from probgen.models.base import GenerativeModel, register_model
 from probgen.nn import MLP, ConvDecoder, ConvEncoder, activation
@@ -31,7 +31,6 @@ _DATA_SPACE = {"bernoulli": "discrete", "gaussian": "continuous", "discretized_l
 _SUPPORT = {"bernoulli": "binary", "gaussian": "real", "discretized_logistic": "count"}
 _PARAMS_PER_DIM = {"bernoulli": 1, "gaussian": 1, "discretized_logistic": 2}
 _LOG_SCALE_RANGE = (-10.0, 10.0)  # keeps precisions finite in float32; inactive in normal use
-_MIN_LOG_SCALE = -7.0  # discretized logistic: a floor on log s, as in PixelCNN++
 
 
 def _normal(params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -228,22 +227,11 @@ class HierarchicalVAE(GenerativeModel):
         """p(x | z_1), event shape ``data_shape``, batch shape ``z1.shape[:-1]``."""
         batch_shape = z1.shape[:-1]
         out = self.decoder(z1)
-        event_dims = len(self.data_shape)
-        if self.likelihood == "bernoulli":
-            logits = out.reshape(*batch_shape, *self.data_shape)
-            return dist.Bernoulli(logits=logits, validate_args=False).to_event(event_dims)
-        if self.likelihood == "gaussian":
-            loc = out.reshape(*batch_shape, *self.data_shape)
-            if self.observation_scale is None:
-                scale = self.log_observation_scale.exp().expand_as(loc)
-            else:
-                scale = torch.full_like(loc, float(self.observation_scale))
-            return dist.Normal(loc, scale, validate_args=False).to_event(event_dims)
-        params = out.reshape(*batch_shape, 2, -1)  # (*batch, 2, prod(data_shape))
-        loc = params[..., 0, :].reshape(*batch_shape, *self.data_shape)
-        log_scale = params[..., 1, :].reshape(*batch_shape, *self.data_shape)
-        return DiscretizedLogistic(loc, log_scale.clamp(min=_MIN_LOG_SCALE).exp(), self.num_bins,
-                                   validate_args=False).to_event(event_dims)
+        return observation_distribution(
+            out, batch_shape, self.data_shape, self.likelihood,
+            observation_scale=self.observation_scale,
+            log_observation_scale=getattr(self, "log_observation_scale", None),
+            num_bins=self.num_bins)
 
     # --- the program -------------------------------------------------------------------
     def model(self, x: torch.Tensor) -> None:

@@ -14,6 +14,7 @@ from pyro import poutine
 from torch import nn
 
 from probgen.distributions.discretized import DiscretizedLogistic
+from probgen.distributions.likelihoods import observation_distribution
 from probgen.models.base import GenerativeModel, register_model
 from probgen.nn import MLP, ConvDecoder, ConvEncoder, activation
 
@@ -26,7 +27,6 @@ LIKELIHOODS = ("bernoulli", "gaussian", "discretized_logistic")
 _DATA_SPACE = {"bernoulli": "discrete", "gaussian": "continuous", "discretized_logistic": "discrete"}
 _SUPPORT = {"bernoulli": "binary", "gaussian": "real", "discretized_logistic": "count"}
 _PARAMS_PER_DIM = {"bernoulli": 1, "gaussian": 1, "discretized_logistic": 2}
-_MIN_LOG_SCALE = -7.0  # discretized logistic: a floor on log s, as in PixelCNN++
 
 
 @register_model("vae")
@@ -175,22 +175,11 @@ class VAE(GenerativeModel):
         if labels is not None:
             z = torch.cat([z, labels], -1)
         out = self.decoder_body(z)
-        event_dims = len(self.data_shape)
-        if self.likelihood == "bernoulli":
-            logits = out.reshape(*batch_shape, *self.data_shape)
-            return dist.Bernoulli(logits=logits, validate_args=False).to_event(event_dims)
-        if self.likelihood == "gaussian":
-            loc = out.reshape(*batch_shape, *self.data_shape)
-            if self.observation_scale is None:
-                scale = self.log_observation_scale.exp().expand_as(loc)
-            else:
-                scale = torch.full_like(loc, float(self.observation_scale))
-            return dist.Normal(loc, scale, validate_args=False).to_event(event_dims)
-        params = out.reshape(*batch_shape, 2, -1)  # (*batch, 2, prod(data_shape))
-        loc = params[..., 0, :].reshape(*batch_shape, *self.data_shape)
-        log_scale = params[..., 1, :].reshape(*batch_shape, *self.data_shape).clamp(min=_MIN_LOG_SCALE)
-        return DiscretizedLogistic(loc, log_scale.exp(), self.num_bins,
-                                   validate_args=False).to_event(event_dims)
+        return observation_distribution(
+            out, batch_shape, self.data_shape, self.likelihood,
+            observation_scale=self.observation_scale,
+            log_observation_scale=getattr(self, "log_observation_scale", None),
+            num_bins=self.num_bins)
 
     def _kl_scale(self):
         """poutine.scale(beta) around z in training; no handler at all when beta is 1."""
