@@ -54,9 +54,9 @@ def _loop(step: Callable[[], object], num_steps: int, sync: Callable[[], None]) 
     return out
 
 
-def raw_step_fn(vae: VAE, x: torch.Tensor, lr: float) -> Callable[[], float]:
+def raw_step_fn(vae: VAE, x: torch.Tensor, lr: float, fused: bool = False) -> Callable[[], float]:
     """The hand-written ELBO step: encoder, reparameterized z, Bernoulli decoder, analytic KL."""
-    optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
+    optimizer = torch.optim.Adam(vae.parameters(), lr=lr, **({"fused": True} if fused else {}))
     latent_dim = vae.latent_dim
 
     def step() -> float:
@@ -148,6 +148,8 @@ def fit_variant(vae: VAE, x: torch.Tensor, lr: float, sync, warmup: int):
 
 VARIANTS = {
     "raw_pytorch": stepper(raw_step_fn),
+    # the same step with torch's fused Adam kernel, which probgen.fit uses where it applies
+    "raw_pytorch_fused_adam": stepper(lambda v, x, lr: raw_step_fn(v, x, lr, fused=True)),
     "svi_trace_elbo": stepper(lambda v, x, lr: svi_step_fn(v, x, lr, Trace_ELBO())),
     "svi_meanfield": stepper(lambda v, x, lr: svi_step_fn(v, x, lr, TraceMeanField_ELBO())),
     "svi_jit_trace_elbo": stepper(lambda v, x, lr: svi_step_fn(v, x, lr, JitTrace_ELBO())),

@@ -111,32 +111,34 @@ def test_callback_can_stop_early():
     assert result.stopped_early and len(result.losses) == 10
 
 
-def test_divergence_stops_and_keeps_last_good_parameters(tmp_path):
+@pytest.mark.parametrize("bad_step,good_step", [(5, 0), (10, 0), (11, 10), (13, 10)])
+def test_divergence_stops_and_keeps_last_good_parameters(tmp_path, bad_step, good_step):
+    assert probgen.infer.svi.ROLLBACK_EVERY == 10
     calls = {"n": 0}
-    seen = {}
+    seen = {-1: 0.0}  # loc after each step; step -1: the initial value
 
     def model(x):
         calls["n"] += 1
         loc = pyro.param("loc", torch.tensor(0.0))
         with pyro.plate("data", len(x)):
             pyro.sample("x", dist.Normal(loc, 1.0), obs=x)
-        if calls["n"] > 6:  # step 5 (the 7th call counts the inspection trace)
+        if calls["n"] > bad_step + 1:  # the first call is fit's inspection trace
             pyro.factor("blow_up", torch.tensor(-float("inf")))
 
     def remember(state):
         seen[state.step] = pyro.param("loc").item()
 
     checkpoint = tmp_path / "run.pt"
-    with pytest.raises(TrainingDiverged, match="step 5") as caught:
+    with pytest.raises(TrainingDiverged, match=f"step {bad_step}.*rolled back to step "
+                       f"{good_step}") as caught:
         probgen.fit(model, torch.full((10,), 5.0), num_steps=50, optim=0.1, progress=False,
                     checkpoint=checkpoint, callbacks=[remember])
-    # Step 4 had a finite loss at the parameters left by step 3; those are kept and saved.
-    assert pyro.param("loc").item() == pytest.approx(seen[3])
-    assert math.isfinite(pyro.param("loc").item())
-    assert caught.value.step == 5 and len(caught.value.result.losses) == 5
+    # The snapshot at good_step holds the parameters left by step good_step - 1 (finite loss).
+    assert pyro.param("loc").item() == seen[good_step - 1]
+    assert caught.value.step == bad_step and len(caught.value.result.losses) == bad_step
     saved = probgen.checkpoint.load_checkpoint(checkpoint)
-    assert saved["step"] == 4
-    assert saved["param_store"]["params"]["loc"].item() == pytest.approx(seen[3])
+    assert saved["step"] == good_step and len(saved["losses"]) == good_step
+    assert saved["param_store"]["params"]["loc"].item() == seen[good_step - 1]
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -155,3 +157,44 @@ def test_model_without_data_plate_is_explained():
 
     with pytest.raises(ValueError, match="pyro.plate"):
         probgen.fit(model, torch.randn(8), num_steps=1, progress=False)
+
+
+def test_fit_steps_only_the_parameters_its_program_used():
+    pyro.param("bystander", torch.tensor(1.0))
+    bystander = pyro.get_param_store().get_param("bystander").unconstrained()
+    bystander.grad = torch.tensor(5.0)  # a stale gradient left by someone else's code
+    probgen.fit(normal_model, torch.full((20,), 2.0), num_steps=30, optim=0.1, progress=False)
+    assert pyro.param("bystander").item() == 1.0 and bystander.grad is None
+    assert pyro.param("loc").item() > 1.5
+
+
+def test_fit_matches_a_hand_written_adam_loop():
+    """fit = Trace_ELBO gradients + Adam, step for step (fused kernel or not)."""
+    x = torch.randn(30) + 1.0
+    probgen.fit(normal_model, x, num_steps=40, optim=0.05, loss="trace", progress=False, seed=0)
+    fitted = {name: pyro.param(name).detach().clone() for name in ("loc", "scale")}
+
+    pyro.clear_param_store()
+    loc = torch.tensor(0.0, requires_grad=True)
+    log_scale = torch.tensor(0.0, requires_grad=True)
+    optimizer = torch.optim.Adam([loc, log_scale], lr=0.05)
+    for _ in range(40):
+        loss = -dist.Normal(loc, log_scale.exp()).log_prob(x).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert fitted["loc"].item() == pytest.approx(loc.item(), abs=1e-6)
+    assert fitted["scale"].item() == pytest.approx(log_scale.exp().item(), abs=1e-6)
+    assert abs(loc.item() - 0.0) > 0.5  # 40 steps of lr 0.05 moved it
+
+
+@pytest.mark.parametrize("args,expected", [
+    ({"lr": 0.1}, True), ({"lr": 0.1, "foreach": True}, False), ({"lr": 0.1, "fused": False}, False),
+])
+def test_fused_kernel_only_where_it_applies(args, expected):
+    from probgen.infer.svi import _fusable
+
+    real = [torch.zeros(3, requires_grad=True)]
+    assert _fusable(torch.optim.Adam, args, real) is expected
+    assert not _fusable(torch.optim.Adagrad, {"lr": 0.1}, real)
+    assert not _fusable(torch.optim.Adam, {"lr": 0.1}, [torch.zeros(3, dtype=torch.complex64)])

@@ -272,3 +272,19 @@ def test_demo_entry_scores_digits_with_the_iwae_bound(tmp_path):
     ll = entries[0].run(data, str(tmp_path))
     assert ll.kind == "lower_bound" and ll.estimator == "iwae" and ll.data_space == "discrete"
     assert -64 * math.log(2) < ll.mean < 0
+
+
+def test_model_and_guide_register_every_parameter_once_between_them():
+    """The model registers the decoder side, the guide the rest: Pyro's own SVI trains them all."""
+    vae = VAE((12,), latent_dim=2, hidden_features=(8,), likelihood="gaussian")
+    x = torch.randn(16, 12)
+    traces = [pyro.poutine.trace(half, param_only=True).get_trace(x)
+              for half in (vae.model, vae.guide)]
+    names = [set(trace.nodes) for trace in traces]
+    expected = {f"{vae.pyro_name}$$${name}" for name, _ in vae.named_parameters()}
+    assert names[0].isdisjoint(names[1]) and names[0] | names[1] == expected
+    assert f"{vae.pyro_name}$$$log_observation_scale" in names[0]
+    before = [p.detach().clone() for p in vae.parameters()]
+    svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())
+    svi.step(x)
+    assert all(not torch.equal(b, p) for b, p in zip(before, vae.parameters()))

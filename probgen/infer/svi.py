@@ -32,6 +32,7 @@ from probgen.models.base import GenerativeModel
 
 __all__ = ["fit", "FitResult", "FitState", "TrainingDiverged"]
 
+ROLLBACK_EVERY = 10  # steps between in-memory snapshots that divergence rolls back to
 _LOSSES = {"trace": Trace_ELBO, "trace_enum": TraceEnum_ELBO, "mean_field": TraceMeanField_ELBO}
 
 
@@ -98,12 +99,25 @@ def _make_optim(optim: Any) -> pyro.optim.PyroOptim:
                     f"optimizer, got {type(optim).__name__}")
 
 
+_FUSED = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
+
+
+def _fusable(constructor: Any, args: dict, params: Any) -> bool:
+    """Whether torch's fused kernel applies: Adam/AdamW/SGD, no foreach/fused choice made,
+    real floating parameters on CPU or CUDA (one kernel for all tensors instead of ~10 ops each).
+    """
+    return (constructor in _FUSED and "fused" not in args and "foreach" not in args
+            and not args.get("differentiable", False)
+            and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params))
+
+
 class _Optimizer:
     """One torch optimizer over every parameter (the fast path), else Pyro's per-parameter ones.
 
     Pyro's optimizers keep one torch optimizer per tensor; stepping a single optimizer over all
     of them (parameters in name order, so checkpoints line up) is the same algorithm with less
-    Python per step. Per-parameter options (a callable ``optim_args``) or gradient clipping use
+    Python per step, and Adam/AdamW/SGD use torch's fused kernel (``fused=True``) where it
+    applies. Per-parameter options (a callable ``optim_args``) or gradient clipping use
     Pyro's optimizer unchanged.
     """
 
@@ -124,8 +138,11 @@ class _Optimizer:
         new = sorted(name for name in params if name not in set(self.names))
         if new:
             if self.torch_optim is None:
+                args = dict(self.pyro_optim.pt_optim_args)
+                if _fusable(self.pyro_optim.pt_optim_constructor, args, params.values()):
+                    args["fused"] = True
                 self.torch_optim = self.pyro_optim.pt_optim_constructor(
-                    [params[n] for n in new], **self.pyro_optim.pt_optim_args)
+                    [params[n] for n in new], **args)
             else:
                 self.torch_optim.add_param_group({"params": [params[n] for n in new]})
             self.names += new
@@ -147,6 +164,31 @@ class _Optimizer:
             self.pyro_optim.set_state(state["state"])
         elif state.get("state_dict") is not None:
             self.pending_state = state  # loaded once the same parameters are seen
+
+
+def _params_with_grads(store: pyro.params.param_store.ParamStoreDict) -> dict[str, torch.Tensor]:
+    """The param store's (unconstrained) tensors that this step gave a gradient, one per tensor.
+
+    What Pyro's SVI finds by tracing every ``pyro.param`` site, without the trace: fit clears
+    the store's gradients before its first step, so a gradient means this program used it.
+    """
+    params, seen = {}, set()
+    for name, value in store.named_parameters():
+        if value.grad is not None and id(value) not in seen:
+            seen.add(id(value))
+            params[name] = value
+    return params
+
+
+def _traced_params(trace: poutine.Trace) -> dict[str, torch.Tensor]:
+    """Every param site of a param-only trace, unconstrained, one per tensor."""
+    params, seen = {}, set()
+    for site in trace.nodes.values():
+        value = site["value"].unconstrained()
+        if id(value) not in seen:  # a module's parameter can appear under two names
+            seen.add(id(value))
+            params[site["name"]] = value
+    return params
 
 
 def _make_loss(loss: Any, info: ProgramInfo, enumerated: bool, num_particles: int) -> ELBO:
@@ -241,8 +283,9 @@ def fit(
             one process on the same global batch (see :mod:`probgen.infer.distributed`).
 
     Raises:
-        TrainingDiverged: the loss became non-finite; parameters are rolled back to the last
-            step with a finite loss (and saved to ``checkpoint`` when given).
+        TrainingDiverged: the loss became non-finite; parameters are rolled back to the latest
+            snapshot (taken every ``ROLLBACK_EVERY`` = 10 steps, at a finite loss) and saved to
+            ``checkpoint`` when given.
 
     Example:
         >>> def model(x):
@@ -351,10 +394,14 @@ def fit(
         parallel.prepare(guide, first, bundled, base_seed, start_step, resumed=start_step > 0)
         whole_shard = tuple(parallel.shard(t) for t in batch_all)
 
-    snapshot_names: list[str] = []
+    snapshot_names: list[str] = []  # parameters at last_good_step, whose loss was finite
+    snapshot_targets: list[torch.Tensor] = []
     snapshot: list[torch.Tensor] = []
     last_good_step = start_step
     validate_first_step_only = pyro.infer.util.is_validation_enabled()
+    store = pyro.get_param_store()
+    for _, value in store.named_parameters():
+        value.grad = None  # a gradient after a step then means this program used the parameter
     stopped_early = False
 
     def result() -> FitResult:
@@ -363,7 +410,8 @@ def fit(
 
     def save(step: int) -> None:
         if checkpoint is not None and (parallel is None or parallel.is_main):
-            atomic_save(_checkpoint_state(step, losses, pyro_optim, bundled, run_config), checkpoint)
+            atomic_save(_checkpoint_state(step, losses[:step], pyro_optim, bundled, run_config),
+                        checkpoint)
         if checkpoint is not None and parallel is not None:
             parallel.barrier()  # the file exists on return, on every rank
 
@@ -387,15 +435,16 @@ def fit(
         factor = (size / int(batch[0].shape[0]) if parallel is None
                   else parallel.plate_scale(size, global_count))
         # Data were validated at the boundary; Pyro's per-site checks run on the first step.
-        with poutine.trace(param_only=True) as param_capture, pyro.validation_enabled(
-                validate_first_step_only and step == start_step):
-            loss_value = elbo.loss_and_grads(scaled(loss_model, factor), scaled(guide, factor), *batch)
-        params, seen = {}, set()
-        for site in param_capture.trace.nodes.values():
-            value = site["value"].unconstrained()
-            if id(value) not in seen:  # a module's parameter can appear under two names
-                seen.add(id(value))
-                params[site["name"]] = value
+        with pyro.validation_enabled(validate_first_step_only and step == start_step):
+            if parallel is None:
+                loss_value = elbo.loss_and_grads(scaled(loss_model, factor), scaled(guide, factor),
+                                                 *batch)
+                params = _params_with_grads(store)
+            else:  # every rank reduces the same parameters, with or without a gradient
+                with poutine.trace(param_only=True) as param_capture:
+                    loss_value = elbo.loss_and_grads(scaled(loss_model, factor),
+                                                     scaled(guide, factor), *batch)
+                params = _traced_params(param_capture.trace)
         loss_value = float(loss_value)
         if parallel is not None:  # mean of rank gradients = the single-process gradient
             loss_value = parallel.average_gradients_(params, loss_value)
@@ -403,23 +452,25 @@ def fit(
             for value in params.values():
                 value.grad = None
             with torch.no_grad():
-                for name, value in zip(snapshot_names, snapshot):
-                    params[name].copy_(value)
+                for target, value in zip(snapshot_targets, snapshot):
+                    target.copy_(value)
             save(last_good_step)
             raise TrainingDiverged(
                 f"loss became {loss_value} at step {step}; parameters were rolled back to step "
-                f"{last_good_step}, the last with a finite loss"
+                f"{last_good_step} (snapshots are kept every {ROLLBACK_EVERY} steps, at a finite "
+                "loss)"
                 f"{f' (saved to {checkpoint})' if checkpoint else ''}. Likely causes: a learning "
                 "rate too high (try optim=1e-3), a scale parameter without a positive constraint, "
                 "unnormalized data, or a guide proposing values outside the model's support",
                 step, result())
-        with torch.no_grad():  # remember the parameters that produced this finite loss
-            if list(params) != snapshot_names:
-                snapshot_names = list(params)
-                snapshot = [value.detach().clone() for value in params.values()]
-            else:
-                torch._foreach_copy_(snapshot, [value.detach() for value in params.values()])
-        last_good_step = step
+        names = list(params)
+        if names != snapshot_names:  # new parameters: a fresh snapshot, now
+            snapshot_names, snapshot_targets = names, [value.detach() for value in params.values()]
+            snapshot = [value.clone() for value in snapshot_targets]
+            last_good_step = step
+        elif (step - start_step) % ROLLBACK_EVERY == 0:  # a copy per step would cost ~5%
+            torch._foreach_copy_(snapshot, snapshot_targets)
+            last_good_step = step
         pyro_optim.step(params)
         losses.append(loss_value)
         if show and step % 10 == 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from typing import Any, ClassVar
 
+import pyro
 import torch
 from torch import nn
 
@@ -89,6 +90,19 @@ class GenerativeModel(nn.Module):
         self.pyro_name = f"{type(self).__name__.lower()}{next(_instance_counter)}"
 
     # --- the program -------------------------------------------------------------------
+    def register_params(self, only: tuple[str, ...] | None = None, *,
+                        exclude: tuple[str, ...] = ()) -> None:
+        """``pyro.module(self.pyro_name, self)`` for some attributes: the same names, fewer sites.
+
+        A model half that uses only the decoder registers the decoder (``only=...``) and the
+        guide registers the rest (``exclude=`` the same names), so every parameter is still
+        registered on every step, with half the ``pyro.param`` messages per program.
+        """
+        for name, param in self.named_parameters():
+            attribute = name.split(".", 1)[0]
+            if (only is None or attribute in only) and attribute not in exclude and param.requires_grad:
+                pyro.param(f"{self.pyro_name}$$${name}", param)
+
     def model(self, *batch: torch.Tensor) -> None:
         raise NotImplementedError
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyro
 import pyro.distributions as dist
@@ -60,6 +60,8 @@ class VAE(GenerativeModel):
     """
 
     has_guide = True
+    # what the model half uses; the guide registers every other parameter
+    decoder_attributes: ClassVar[tuple[str, ...]] = ("decoder_body", "log_observation_scale")
 
     def __init__(self, data_shape: Sequence[int] = (784,), *, latent_dim: int = 20,
                  hidden_features: Sequence[int] = (400,), likelihood: str = "bernoulli",
@@ -190,7 +192,7 @@ class VAE(GenerativeModel):
     # --- the program -------------------------------------------------------------------
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         """z ~ N(0, I); x ~ p(x | z [, y]), in a plate ``"data"`` over the first dimension of x."""
-        pyro.module(self.pyro_name, self)
+        self.register_params(self.decoder_attributes)
         with pyro.plate("data", x.shape[0]):
             with self._kl_scale():
                 z = pyro.sample("z", self.prior(x.shape[:1]))
@@ -198,7 +200,7 @@ class VAE(GenerativeModel):
 
     def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         """z ~ q(z | x [, y]) = ``self.posterior(x, y)``."""
-        pyro.module(self.pyro_name, self)
+        self.register_params(exclude=self.decoder_attributes)
         with pyro.plate("data", x.shape[0]):
             with self._kl_scale():
                 pyro.sample("z", self.posterior(x, y))
