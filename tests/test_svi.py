@@ -1,6 +1,5 @@
 """probgen.fit on programs written here: parameter recovery, mini-batches, guides, divergence."""
 
-import math
 
 import pyro
 import pyro.distributions as dist
