@@ -150,6 +150,60 @@ def latent_rows(args, train_x, test_x):
     return rows
 
 
+def latent_mnist_rows(args):
+    """Binarized MNIST (Larochelle & Murray, 50k/10k): the hybrid against the plain VAE.
+
+    Same networks, batch and number of probgen.fit steps for every model; the two-stage hybrid
+    splits its steps between the VAE and the prior. Test bound on all 10,000 test images.
+    """
+    import probgen
+    from benchmarks._mnist import shared_data
+    from probgen.data.mnist import load_binarized_mnist
+
+    folder = shared_data() / "binarized_mnist" if shared_data() else None
+    train_x = load_binarized_mnist("train", path=folder).float().to(args.device)
+    test_x = load_binarized_mnist("test", path=folder).float().to(args.device)
+    steps = args.mnist_steps
+    if args.smoke:
+        train_x, test_x, steps = train_x[:512], test_x[:64], 10
+    task = "binarized MNIST (static, 10k test)"
+    settings = dict(features=784, latent_features=args.mnist_latent, hidden_features=(512, 256),
+                    denoiser_features=(256, 256, 256), prior_samples=1)
+
+    def fit(model, data, num_steps, **_):
+        return probgen.fit(model, data, num_steps=num_steps, batch_size=128, optim=1e-3,
+                           seed=0, progress=False).losses
+
+    rows = []
+    for name in args.mnist_models.split(","):
+        prior, two_stage = {"plain": ("gaussian", False), "hybrid": ("diffusion", False),
+                            "two_stage": ("diffusion", True)}[name]
+        label = {"plain": "plain VAE (N(0,I) prior)", "hybrid": "latent diffusion, end to end",
+                 "two_stage": "latent diffusion, two-stage"}[name]
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        vae = LatentDiffusionVAE(prior=prior, **settings).to(args.device)
+        if two_stage:
+            seconds, _ = timed(lambda vae=vae: two_stage_fit(
+                vae, train_x, vae_steps=steps // 2, prior_steps=steps - steps // 2, fit=fit))
+        else:
+            seconds, _ = timed(lambda vae=vae: fit(vae, train_x, steps))
+        log(f"{label}: trained {steps} steps in {seconds:.0f} s")
+        k = 4 if args.smoke else 16
+        ll = evaluate_diffusion_elbo(vae, (test_x,), num_particles=k, prior_samples=4, seed=0)
+        extra = {}
+        if name == "plain":
+            plain = ll
+        elif "plain" in locals():  # paired over the same test images
+            difference = ll.per_example - plain.per_example
+            extra = {"minus_plain_nats": float(difference.mean()),
+                     "minus_plain_stderr": float(difference.std() / len(difference) ** 0.5)}
+        rows.append(row(task, label, ll, seconds, train_steps=steps, batch_size=128,
+                        config=dict(vae.config), **extra))
+        Path(f"/tmp/diffusion_latent_mnist_{name}.json").write_text(json.dumps(rows[-1:], default=str))
+    return rows
+
+
 def sampling_rows(args, model):
     rows = []
     n = 256 if args.smoke else 1000
@@ -190,7 +244,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=None, help="training steps per model")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
-    parser.add_argument("--part", choices=("all", "density", "latent", "report"), default="all",
+    parser.add_argument("--mnist-steps", type=int, default=20000,
+                        help="probgen.fit steps per model on binarized MNIST")
+    parser.add_argument("--mnist-latent", type=int, default=16)
+    parser.add_argument("--mnist-models", default="plain,hybrid,two_stage")
+    parser.add_argument("--part", choices=("all", "density", "latent", "latent_mnist", "report"),
+                        default="all",
                         help="run one part (writes /tmp/diffusion_PART.json), or merge them")
     args = parser.parse_args()
     args.steps = args.steps or (20 if args.smoke else 2000)
@@ -204,12 +263,14 @@ def main() -> None:
         parts["sampling"] = sampling_rows(args, model)
     if args.part in ("all", "latent"):
         parts["latent"] = latent_rows(args, train_x, test_x)
-    if args.part in ("density", "latent"):
+    if args.part in ("all", "latent_mnist"):
+        parts["latent_mnist"] = latent_mnist_rows(args)
+    if args.part in ("density", "latent", "latent_mnist"):
         for name, rows in parts.items():
             Path(f"/tmp/diffusion_{name}.json").write_text(json.dumps(rows, default=str))
         return
     if args.part == "report":
-        for name in ("density", "latent", "sampling"):
+        for name in ("density", "latent", "latent_mnist", "sampling"):
             path = Path(f"/tmp/diffusion_{name}.json")
             if path.exists():
                 parts[name] = json.loads(path.read_text())

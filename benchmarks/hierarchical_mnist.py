@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from pyro.infer import RenyiELBO
 
 import probgen
 from benchmarks._common import RESULTS, machine_info, print_table, write_results
+from benchmarks._mnist import shared_data, train
 from probgen.data.mnist import DynamicBinarizer, load_mnist
 from probgen.models.flow_vae import FlowVAE
 from probgen.models.hierarchical import HierarchicalVAE
@@ -58,41 +58,6 @@ def build(name: str, warmup_steps: int, free_bits: float) -> torch.nn.Module:
         return FlowVAE((784,), latent_dim=50, hidden_features=(200, 200), activation="tanh",
                        posterior="iaf", flow_transforms=2, flow_hidden=(200, 200))
     raise SystemExit(f"unknown model {name!r}; choose from {MODELS}")
-
-
-def shared_data() -> Path | None:
-    for candidate in (os.environ.get("PROBGEN_SHARED_DATA"),
-                      Path(probgen.__file__).parents[2] / "shared" / "data", "/work/shared/data"):
-        if candidate and Path(candidate).is_dir():
-            return Path(candidate)
-    return None
-
-
-def train(vae, loss: pyro.infer.ELBO, x_train: torch.Tensor, binarize, *, epochs: int,
-          minutes: float | None, batch_size: int, lr: float, seed: int) -> tuple[float, float, list]:
-    """Adam on mini-batches, each binarized afresh; returns (epochs, seconds, loss per epoch)."""
-    optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
-    n, started, steps, history = len(x_train), time.perf_counter(), 0, []
-    out_of_time = False
-    vae.train()
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=generator).to(x_train.device)
-        total, seen = 0.0, 0
-        for start in range(0, n, batch_size):
-            batch = binarize(x_train[order[start:start + batch_size]])
-            seen += len(batch)
-            optimizer.zero_grad()
-            total += loss.loss_and_grads(vae.model, vae.guide, batch)
-            optimizer.step()
-            steps += 1
-            out_of_time = minutes is not None and time.perf_counter() - started > 60 * minutes
-            if out_of_time:
-                break
-        history.append(total / seen)  # mean -ELBO per example (training objective)
-        if out_of_time:
-            break
-    return steps / math.ceil(n / batch_size), time.perf_counter() - started, history
 
 
 def main() -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from pyro.infer import RenyiELBO
 
 import probgen
 from benchmarks._common import RESULTS, machine_info, print_table, write_results
+from benchmarks._mnist import shared_data, train
 from probgen.data.mnist import DynamicBinarizer, load_binarized_mnist, load_mnist
 from probgen.models.vae import VAE
 
@@ -37,16 +37,6 @@ PUBLISHED = [
      "k": 5000, "nll_nats": 87.10, "source": "published figure quoted in probgen issue 5"},
 ]
 MODELS = ("vae", "iwae", "vae_static")
-
-
-def shared_data() -> Path | None:
-    import os
-
-    for candidate in (os.environ.get("PROBGEN_SHARED_DATA"),
-                      Path(probgen.__file__).parents[2] / "shared" / "data", "/work/shared/data"):
-        if candidate and Path(candidate).is_dir():
-            return Path(candidate)
-    return None
 
 
 def load_data(name: str, device: str, smoke: bool, seed: int):
@@ -68,34 +58,6 @@ def load_data(name: str, device: str, smoke: bool, seed: int):
     return train.to(device), test.to(device), binarize
 
 
-def train(vae: VAE, loss: pyro.infer.ELBO, x_train: torch.Tensor, binarize, *, epochs: int,
-          minutes: float | None, batch_size: int, lr: float, seed: int) -> tuple[float, float, list]:
-    """torch Adam on the ELBO's gradients; returns (epochs done, seconds, per-epoch loss/example)."""
-    optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
-    n = len(x_train)
-    steps_per_epoch = math.ceil(n / batch_size)
-    started, steps, history = time.perf_counter(), 0, []
-    vae.train()
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=generator).to(x_train.device)
-        total, seen = 0.0, 0
-        for start in range(0, n, batch_size):
-            batch = x_train[order[start:start + batch_size]]
-            batch = binarize(batch) if binarize is not None else batch
-            optimizer.zero_grad()
-            total += loss.loss_and_grads(vae.model, vae.guide, batch)  # backward() inside
-            optimizer.step()
-            seen += len(batch)
-            steps += 1
-            if minutes is not None and time.perf_counter() - started > 60 * minutes:
-                break
-        history.append(total / seen)  # mean loss per example seen this epoch
-        if minutes is not None and time.perf_counter() - started > 60 * minutes:
-            break
-    return steps / steps_per_epoch, time.perf_counter() - started, history
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="a seconds-long run")
@@ -107,6 +69,8 @@ def main() -> None:
                         help="wall-clock training budget per model, comma-separated (e.g. 8,7,5)")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--final-lr", type=float, default=None,
+                        help="cosine decay of the learning rate to this value over training")
     parser.add_argument("--iwae-k", type=int, default=50, help="particles for IWAE training")
     parser.add_argument("--eval-k", type=int, default=5000)
     parser.add_argument("--num-test", type=int, default=None,
@@ -143,7 +107,8 @@ def main() -> None:
             loss = vae.default_loss()
             objective = f"elbo ({type(loss).__name__})"
         done, seconds, history = train(vae, loss, x_train, binarize, epochs=epochs, minutes=budget,
-                                       batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+                                       batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                       final_lr=args.final_lr)
         torch.save(vae.state_dict(), save_dir / f"{name}.pt")
         print(f"{name}: {done:.2f} epochs in {seconds:.0f} s, final train loss {history[-1]:.2f}")
         subset = torch.randperm(len(x_test), generator=torch.Generator().manual_seed(args.seed))
@@ -182,7 +147,7 @@ def main() -> None:
                        "num_test", "epochs", "train_seconds"])
     if not args.smoke:
         write_results("mnist_vae", rows, device=args.device, batch_size=args.batch_size,
-                      lr=args.lr, seed=args.seed, iwae_k=args.iwae_k, eval_k=eval_k,
+                      lr=args.lr, final_lr=args.final_lr, seed=args.seed, iwae_k=args.iwae_k, eval_k=eval_k,
                       torch_threads=torch.get_num_threads(),
                       goal="probgen VAE <= 86.5 nats, IWAE-trained <= 84.5 (dynamic, IWAE-5000)")
         (RESULTS / "mnist_vae.partial.json").unlink(missing_ok=True)

@@ -136,3 +136,33 @@ def test_registry_config_samples_and_errors():
     with pytest.raises(ValueError, match="binary"):
         evaluate_diffusion_elbo(model, (torch.full((2, 5), 0.5),))
     pyro.clear_param_store()
+
+
+def test_gaussian_residual_prior_starts_as_the_plain_vae():
+    """Untrained, the residual diffusion prior's VLB is log N(z; 0, I) to 1e-2 nats for any z."""
+    torch.manual_seed(0)
+    hybrid = LatentDiffusionVAE(features=20, latent_features=8, hidden_features=(16,),
+                                denoiser_features=(16,))
+    z = torch.randn(500, 8) * 1.7 + 0.3  # far from N(0, I), where a plain 0-network is wrong
+    exact = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+    with torch.no_grad():
+        gap = exact - hybrid.prior().log_prob(z)
+    assert gap.abs().max() < 1e-2
+    plain_net = LatentDiffusionVAE(features=20, latent_features=8, hidden_features=(16,),
+                                   denoiser_features=(16,), gaussian_residual=False)
+    plain_net.load_state_dict(hybrid.state_dict())
+    with torch.no_grad():
+        assert (exact - plain_net.prior().log_prob(z)).mean() > 1.0  # ε̂ = 0 is far off
+
+
+def test_diffusion_iwae_warns_when_its_estimate_is_impossible(monkeypatch):
+    """log p(x) <= 0 for binary x: an estimate above 0 is the VLB's variance, and is said so."""
+    torch.manual_seed(0)
+    model = LatentDiffusionVAE(features=16, latent_features=2, hidden_features=(8,),
+                               denoiser_features=(8,))
+    x = torch.bernoulli(torch.full((6, 16), 0.5))
+    monkeypatch.setattr(model, "log_weights",
+                        lambda chunk, k, prior_samples=None: torch.full((k, len(chunk)), 5.0))
+    with pytest.warns(RuntimeWarning, match="exceeds log 1"):
+        result = evaluate_diffusion_iwae(model, (x,), k=4, seed=0)
+    assert result.kind == "estimate"

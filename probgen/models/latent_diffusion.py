@@ -11,6 +11,7 @@ gives no guaranteed bound (Jensen's inequality points the wrong way for the inne
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,7 +24,7 @@ from probgen.diffusion.schedules import make_schedule
 from probgen.distributions.diffusion import DiffusionPrior
 from probgen.evaluate.result import LogLikelihood, data_fingerprint
 from probgen.models.base import GenerativeModel, register_model
-from probgen.nn.denoiser import MLPDenoiser
+from probgen.nn.denoiser import GaussianResidualDenoiser, MLPDenoiser
 from probgen.nn.mlp import MLP
 
 __all__ = ["LatentDiffusionVAE", "PRIORS", "two_stage_fit", "evaluate_diffusion_elbo",
@@ -45,6 +46,9 @@ class LatentDiffusionVAE(GenerativeModel):
             :class:`probgen.models.diffusion.DiffusionDensity`).
         prior: ``"diffusion"``, or ``"gaussian"`` for a plain VAE with the same networks.
         prior_samples: (t, ε) draws per z in the VLB during training and ELBO evaluation.
+        gaussian_residual: the prior's ε-network predicts a residual on the N(0, I)-optimal
+            denoiser (:class:`~probgen.nn.denoiser.GaussianResidualDenoiser`), so the hybrid
+            starts as the plain VAE and its bound starts at the plain VAE's.
 
     Example:
         >>> vae = LatentDiffusionVAE(features=16, latent_features=2, hidden_features=(32,),
@@ -63,14 +67,15 @@ class LatentDiffusionVAE(GenerativeModel):
                  denoiser_features: Sequence[int] = (128, 128), time_features: int = 32,
                  schedule: str = "cosine", logsnr_min: float = -10.0, logsnr_max: float = 10.0,
                  num_steps: int | None = None, prior: str = "diffusion",
-                 prior_samples: int = 1) -> None:
+                 prior_samples: int = 1, gaussian_residual: bool = True) -> None:
         if prior not in PRIORS:
             raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
         super().__init__(features=int(features), latent_features=int(latent_features),
                          hidden_features=list(hidden_features),
                          denoiser_features=list(denoiser_features), time_features=time_features,
                          schedule=schedule, logsnr_min=logsnr_min, logsnr_max=logsnr_max,
-                         num_steps=num_steps, prior=prior, prior_samples=int(prior_samples))
+                         num_steps=num_steps, prior=prior, prior_samples=int(prior_samples),
+                         gaussian_residual=bool(gaussian_residual))
         self.encoder = MLP(features, 2 * latent_features, hidden_features, activation="silu")
         self.decoder = MLP(latent_features, features, tuple(reversed(list(hidden_features))),
                            activation="silu")
@@ -91,7 +96,9 @@ class LatentDiffusionVAE(GenerativeModel):
             zeros = torch.zeros(latent, dtype=self.decoder[0].weight.dtype,
                                 device=self.decoder[0].weight.device)
             return dist.Normal(zeros, 1.0).to_event(1)
-        return DiffusionPrior(self.denoiser, self.schedule, latent,
+        denoiser = (GaussianResidualDenoiser(self.denoiser, self.schedule)
+                    if self.config.get("gaussian_residual", False) else self.denoiser)
+        return DiffusionPrior(denoiser, self.schedule, latent,
                               num_steps=self.config["num_steps"],
                               num_samples=num_samples or self.config["prior_samples"],
                               sample_steps=sample_steps)
@@ -214,6 +221,12 @@ def evaluate_diffusion_iwae(model: LatentDiffusionVAE, batch: tuple[Tensor, ...]
     values = _run(model, x, batch_size, seed, lambda chunk: torch.logsumexp(
         model.log_weights(chunk, int(k), prior_samples=prior_samples), 0) - math.log(int(k)))
     exact_prior = not model.uses_diffusion()
+    impossible = int((values > 0).sum())
+    if impossible and not exact_prior:
+        warnings.warn(f"the diffusion IWAE estimate exceeds log 1 = 0 on {impossible} of "
+                      f"{len(values)} binary examples: the stochastic VLB's variance dominates "
+                      "it. Report evaluate_diffusion_elbo (a bound) instead, or raise "
+                      "prior_samples", RuntimeWarning, stacklevel=2)
     return LogLikelihood(values, kind="lower_bound" if exact_prior else "estimate",
                          estimator="iwae" if exact_prior else "diffusion_iwae",
                          num_dims=x.shape[-1], data_space="discrete",
