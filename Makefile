@@ -33,8 +33,8 @@ examples: install
 	$(BIN)/python -m pytest tests/test_examples.py
 
 bench: install
-	@for script in benchmarks/[a-z]*.py; do case $$script in *report.py) continue;; esac; echo "== $$script"; $(BIN)/python $$script || exit 1; done
-	$(BIN)/python benchmarks/report.py
+	@for script in benchmarks/[a-z]*.py; do case $$script in *report.py) continue;; esac; echo "== $$script"; $(BIN)/python -m benchmarks.$$(basename $$script .py) || exit 1; done
+	$(BIN)/python -m benchmarks.report
 
 lint: install
 	$(BIN)/ruff check probgen tests benchmarks examples
