@@ -4,8 +4,10 @@ Variants (all on the same VAE architecture, data and batch): the hand-written st
 with Trace_ELBO / TraceMeanField_ELBO / their Jit versions and ``pyro.optim.Adam`` (one torch
 optimizer per parameter tensor); the same ELBOs' ``differentiable_loss`` stepped by one
 ``torch.optim.Adam`` over ``vae.parameters()`` (Pyro's semantics, one optimizer for all
-tensors); ``probgen.fit`` itself with the VAE's ``default_loss()`` (timed by a callback); and
-diagnostics (``diag_*``) that each remove one piece of Pyro machinery, to price it.
+tensors); ``probgen.fit`` itself with the VAE's ``default_loss()`` (timed by a callback); the
+hand-written step with torch's fused Adam (``raw_pytorch_fused_adam``, the optimizer fit uses);
+and diagnostics (``diag_*``) that each remove one piece of Pyro machinery or undo one piece of
+fit's speed-up (fused Adam, snapshot every 10 steps, per-half registration), to price it.
 
 Each step is timed in CPU time of this process (``time.process_time``) as well as wall time: on
 a machine shared with other jobs, wall time measures the neighbours, CPU time measures the step.
@@ -128,8 +130,11 @@ def stepper(make: Callable[..., Callable[[], float]]):
     return build
 
 
-def fit_variant(vae: VAE, x: torch.Tensor, lr: float, sync, warmup: int):
+def fit_variant(vae: VAE, x: torch.Tensor, lr: float, sync, warmup: int,
+                optim: dict | None = None):
     """probgen.fit as users call it; a callback stamps the clocks after each step."""
+    optim = optim or {"lr": lr}
+
     def run(num_steps: int) -> Timings:
         stamps = [_clocks()]
 
@@ -137,13 +142,32 @@ def fit_variant(vae: VAE, x: torch.Tensor, lr: float, sync, warmup: int):
             sync()
             stamps.append(_clocks())
 
-        probgen.fit(vae, x, num_steps=num_steps + 1, optim={"lr": lr}, seed=0, progress=False,
+        probgen.fit(vae, x, num_steps=num_steps + 1, optim=optim, seed=0, progress=False,
                     callbacks=[stamp])
         # The first step carries fit's setup (program inspection); drop it.
         return [((c1 - c0) * 1e3, (w1 - w0) * 1e3)
                 for (c0, w0), (c1, w1) in zip(stamps[1:-1], stamps[2:])]
     run(warmup)
     return run
+
+
+def whole_module_registration(vae: VAE) -> VAE:
+    """Diagnostic: model and guide each register the whole VAE (``pyro.module(name, self)``)."""
+    vae.register_params = lambda *args, **kwargs: pyro.module(vae.pyro_name, vae)
+    return vae
+
+
+def snapshot_every_step(run: Callable[[int], Timings]) -> Callable[[int], Timings]:
+    """Diagnostic: fit's divergence snapshot copied every step instead of every 10."""
+    import probgen.infer.svi as svi
+
+    def timed(num_steps: int) -> Timings:
+        saved, svi.ROLLBACK_EVERY = svi.ROLLBACK_EVERY, 1
+        try:
+            return run(num_steps)
+        finally:
+            svi.ROLLBACK_EVERY = saved
+    return timed
 
 
 VARIANTS = {
@@ -160,6 +184,13 @@ VARIANTS = {
     "torch_adam_jit_meanfield": stepper(
         lambda v, x, lr: torch_optim_step_fn(v, x, lr, JitTraceMeanField_ELBO())),
     "probgen_fit": fit_variant,
+    # probgen.fit with one piece of its speed-up undone, to price each
+    "diag_fit_unfused_adam": lambda v, x, lr, sync, warmup: fit_variant(
+        v, x, lr, sync, warmup, optim={"lr": lr, "foreach": False}),
+    "diag_fit_snapshot_every_step": lambda v, x, lr, sync, warmup: snapshot_every_step(
+        fit_variant(v, x, lr, sync, warmup)),
+    "diag_fit_whole_module_registration": lambda v, x, lr, sync, warmup: fit_variant(
+        whole_module_registration(v), x, lr, sync, warmup),
     # What probgen.fit could do: one torch optimizer, Pyro validation on the first step only.
     "proposed_fit_step_trace_elbo": stepper(
         lambda v, x, lr: validation_off(torch_optim_step_fn(v, x, lr, Trace_ELBO()))),
