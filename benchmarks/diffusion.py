@@ -224,9 +224,14 @@ def sampling_rows(args, model):
 
 def report(parts: dict[str, list[dict]], args) -> None:
     density, latent, sampling = (parts.get(k, []) for k in ("density", "latent", "sampling"))
-    likelihood_rows = density + latent + [dict(r) for r in REFERENCES]
+    latent_mnist = parts.get("latent_mnist", [])
+    likelihood_rows = density + latent + latent_mnist + [dict(r) for r in REFERENCES]
     print_table(likelihood_rows, ["task", "model", "kind", "nats", "stderr", "bits_per_dim",
                                   "train_s"])
+    for r in latent_mnist:
+        if "minus_plain_nats" in r:
+            print(f"MNIST {r['model']} - plain VAE (paired, nats): {r['minus_plain_nats']:+.2f} "
+                  f"± {r['minus_plain_stderr']:.2f}")
     plain = [r for r in latent if r["model"] == "plain VAE (N(0,I) prior)"]
     hybrid = [r for r in latent if r["model"] == "latent diffusion, end to end"]
     if plain and hybrid:
