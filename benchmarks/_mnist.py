@@ -22,6 +22,15 @@ def shared_data() -> Path | None:
     return None
 
 
+def model_budgets(models: str, minutes: str | None) -> tuple[list[str], list[float | None]]:
+    """``--models a,b`` and ``--minutes 6,5`` as (names, minutes per model or None)."""
+    names = models.split(",")
+    budgets = [float(m) for m in minutes.split(",")] if minutes else [None] * len(names)
+    if len(budgets) != len(names):
+        raise SystemExit("--minutes needs one budget per model")
+    return names, budgets
+
+
 def train(vae: torch.nn.Module, loss: pyro.infer.ELBO, x_train: torch.Tensor, binarize, *,
           epochs: int, minutes: float | None, batch_size: int, lr: float, seed: int,
           final_lr: float | None = None) -> tuple[float, float, list]:

@@ -25,7 +25,7 @@ from pyro.infer import RenyiELBO
 
 import probgen
 from benchmarks._common import RESULTS, machine_info, print_table, write_results
-from benchmarks._mnist import shared_data, train
+from benchmarks._mnist import model_budgets, shared_data, train
 from probgen.data.mnist import DynamicBinarizer, load_mnist
 from probgen.models.flow_vae import FlowVAE
 from probgen.models.hierarchical import HierarchicalVAE
@@ -88,10 +88,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = args.models.split(",")
-    minutes = [float(m) for m in args.minutes.split(",")] if args.minutes else [None] * len(names)
-    if len(minutes) != len(names):
-        raise SystemExit("--minutes needs one budget per model")
+    names, minutes = model_budgets(args.models, args.minutes)
     epochs, eval_k = (1, 20) if args.smoke else (args.epochs, args.eval_k)
     num_test = 8 if args.smoke else args.num_test
     data = shared_data()

@@ -9,7 +9,7 @@ import torch
 
 from probgen.distributions.discretized import DiscretizedLogistic
 
-__all__ = ["LIKELIHOODS", "MIN_LOG_SCALE", "observation_distribution"]
+__all__ = ["LIKELIHOODS", "MIN_LOG_SCALE", "check_bins", "observation_distribution"]
 
 LIKELIHOODS = ("bernoulli", "gaussian", "discretized_logistic")
 MIN_LOG_SCALE = -7.0  # discretized logistic: a floor on log s, as in PixelCNN++
@@ -40,3 +40,12 @@ def observation_distribution(out: torch.Tensor, batch_shape: torch.Size, data_sh
     log_scale = params[..., 1, :].reshape(*batch_shape, *data_shape).clamp(min=MIN_LOG_SCALE)
     return DiscretizedLogistic(loc, log_scale.exp(), num_bins,
                                validate_args=False).to_event(event_dims)
+
+
+def check_bins(x: torch.Tensor, likelihood: str, num_bins: int, name: str = "data") -> torch.Tensor:
+    """Refuse pixel values beyond the discretized likelihood's ``num_bins`` bins; returns x."""
+    if likelihood == "discretized_logistic" and (x > num_bins - 1).any():
+        raise ValueError(f"{name} has values up to {float(x.max()):g} but the discretized "
+                         f"likelihood has {num_bins} bins (0..{num_bins - 1}); pass integer "
+                         "pixel values (not rescaled to [0, 1])")
+    return x

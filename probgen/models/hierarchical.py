@@ -15,7 +15,7 @@ from pyro.infer import ELBO
 from torch import nn
 from torch.distributions import kl_divergence
 
-from probgen.distributions.likelihoods import observation_distribution
+from probgen.distributions.likelihoods import check_bins, observation_distribution
 from probgen.guides.amortized import AmortizedFlowPosterior
 from probgen.models.base import GenerativeModel, register_model
 from probgen.nn import MLP, ConvDecoder, ConvEncoder, activation
@@ -270,12 +270,7 @@ class HierarchicalVAE(GenerativeModel):
         return self.data_shape
 
     def validate(self, x: Any, *, name: str = "data") -> torch.Tensor:
-        x = super().validate(x, name=name)
-        if self.likelihood == "discretized_logistic" and (x > self.num_bins - 1).any():
-            raise ValueError(f"{name} has values up to {float(x.max()):g} but the discretized "
-                             f"likelihood has {self.num_bins} bins (0..{self.num_bins - 1}); pass "
-                             "integer pixel values (not rescaled to [0, 1])")
-        return x
+        return check_bins(super().validate(x, name=name), self.likelihood, self.num_bins, name)
 
     @torch.no_grad()
     def sample(self, num_samples: int) -> torch.Tensor:

@@ -14,7 +14,7 @@ from pyro import poutine
 from torch import nn
 
 from probgen.distributions.discretized import DiscretizedLogistic
-from probgen.distributions.likelihoods import observation_distribution
+from probgen.distributions.likelihoods import check_bins, observation_distribution
 from probgen.models.base import GenerativeModel, register_model
 from probgen.nn import MLP, ConvDecoder, ConvEncoder, activation
 
@@ -214,12 +214,7 @@ class VAE(GenerativeModel):
         return self.data_shape
 
     def validate(self, x: Any, *, name: str = "data") -> torch.Tensor:
-        x = super().validate(x, name=name)
-        if self.likelihood == "discretized_logistic" and (x > self.num_bins - 1).any():
-            raise ValueError(f"{name} has values up to {float(x.max()):g} but the discretized "
-                             f"likelihood has {self.num_bins} bins (0..{self.num_bins - 1}); pass "
-                             "integer pixel values (not rescaled to [0, 1])")
-        return x
+        return check_bins(super().validate(x, name=name), self.likelihood, self.num_bins, name)
 
     def validate_labels(self, y: Any, num_examples: int, *, name: str = "labels") -> torch.Tensor:
         """Check labels for a conditional VAE: integers in 0..num_classes-1, one per example."""
