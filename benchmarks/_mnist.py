@@ -11,6 +11,7 @@ import pyro
 import torch
 
 import probgen
+from probgen.checkpoint import atomic_save
 
 
 def shared_data() -> Path | None:
@@ -33,12 +34,15 @@ def model_budgets(models: str, minutes: str | None) -> tuple[list[str], list[flo
 
 def train(vae: torch.nn.Module, loss: pyro.infer.ELBO, x_train: torch.Tensor, binarize, *,
           epochs: int, minutes: float | None, batch_size: int, lr: float, seed: int,
-          final_lr: float | None = None) -> tuple[float, float, list]:
+          final_lr: float | None = None, checkpoint: Path | None = None,
+          checkpoint_every: int = 50) -> tuple[float, float, list]:
     """Fused torch Adam on the ELBO's gradients, each batch binarized afresh when ``binarize``
     is given; returns (epochs done, seconds, mean loss per example for each epoch).
 
     With ``minutes``, the first epoch's time fixes how many epochs fit the budget; the learning
-    rate then decays from ``lr`` to ``final_lr`` on a cosine over those epochs.
+    rate then decays from ``lr`` to ``final_lr`` on a cosine over those epochs. With
+    ``checkpoint``, the state_dict is saved there (atomically) every ``checkpoint_every`` epochs
+    and at the end.
     """
     optimizer = torch.optim.Adam(vae.parameters(), lr=lr, fused=True)
     generator = torch.Generator().manual_seed(seed)
@@ -69,7 +73,11 @@ def train(vae: torch.nn.Module, loss: pyro.infer.ELBO, x_train: torch.Tensor, bi
             progress = min(1.0, (epoch + 1) / (planned - 1))
             for group in optimizer.param_groups:
                 group["lr"] = final_lr + 0.5 * (lr - final_lr) * (1 + math.cos(math.pi * progress))
+        if checkpoint is not None and (epoch + 1) % checkpoint_every == 0:
+            atomic_save(vae.state_dict(), checkpoint)
         if (epoch + 1) % 25 == 0:
             print(f"epoch {epoch + 1}/{planned}: loss {history[-1]:.2f}, {elapsed:.0f} s",
                   flush=True)
+    if checkpoint is not None:
+        atomic_save(vae.state_dict(), checkpoint)
     return steps / steps_per_epoch, time.perf_counter() - started, history

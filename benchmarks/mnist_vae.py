@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -67,6 +68,9 @@ def main() -> None:
                         "(Burda et al. train 3280 passes)")
     parser.add_argument("--minutes", default=None,
                         help="wall-clock training budget per model, comma-separated (e.g. 8,7,5)")
+    parser.add_argument("--hidden", default="200,200",
+                        help="hidden layer sizes of encoder and decoder (Burda et al.: 200,200)")
+    parser.add_argument("--activation", default="tanh")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--final-lr", type=float, default=None,
@@ -79,6 +83,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--append", action="store_true",
                         help="keep rows of other models already in mnist_vae.json")
+    parser.add_argument("--init", default=None,
+                        help="start from this state_dict (e.g. IWAE fine-tuning of a trained VAE; "
+                        "with --epochs 0 it only evaluates)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save-dir", default="/tmp/probgen_mnist_vae",
                         help="where trained state_dicts go (to re-evaluate)")
@@ -86,6 +93,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     names, minutes = model_budgets(args.models, args.minutes)
+    hidden = tuple(int(h) for h in args.hidden.split(","))
+    architecture = "-".join(map(str, (784, *hidden, 50))) + f" {args.activation}, Bernoulli"
+    # Burda et al.'s network keeps the plain name; any other gets its architecture in the name.
+    suffix = "" if (hidden, args.activation) == ((200, 200), "tanh") else ", " + "-".join(
+        map(str, hidden)) + f" {args.activation}"
+    if args.init:
+        suffix += f", from {Path(args.init).stem}"
     epochs, eval_k = (1, 20) if args.smoke else (args.epochs, args.eval_k)
     num_test = 8 if args.smoke else args.num_test
     save_dir = Path(args.save_dir)
@@ -94,8 +108,10 @@ def main() -> None:
     for name, budget in zip(names, minutes):
         pyro.set_rng_seed(args.seed)
         x_train, x_test, binarize = load_data(name, args.device, args.smoke, args.seed)
-        vae = VAE((784,), latent_dim=50, hidden_features=(200, 200), activation="tanh",
+        vae = VAE((784,), latent_dim=50, hidden_features=hidden, activation=args.activation,
                   likelihood="bernoulli").to(args.device)
+        if args.init:
+            vae.load_state_dict(torch.load(args.init, map_location=args.device, weights_only=True))
         if name == "iwae":
             loss = RenyiELBO(alpha=0.0, num_particles=args.iwae_k, vectorize_particles=True,
                              max_plate_nesting=1)
@@ -105,15 +121,16 @@ def main() -> None:
             objective = f"elbo ({type(loss).__name__})"
         done, seconds, history = train(vae, loss, x_train, binarize, epochs=epochs, minutes=budget,
                                        batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                       final_lr=args.final_lr)
-        torch.save(vae.state_dict(), save_dir / f"{name}.pt")
-        print(f"{name}: {done:.2f} epochs in {seconds:.0f} s, final train loss {history[-1]:.2f}")
+                                       final_lr=args.final_lr,
+                                       checkpoint=save_dir / (re.sub(r"\W+", "_", f"{name}{suffix}") + ".pt"))
+        print(f"{name}: {done:.2f} epochs in {seconds:.0f} s, final train loss "
+              f"{history[-1] if history else float('nan'):.2f}")
         subset = torch.randperm(len(x_test), generator=torch.Generator().manual_seed(args.seed))
         subset = subset[:num_test] if num_test else subset
-        common = {"model": f"probgen VAE ({name})", "binarization":
+        common = {"model": f"probgen VAE ({name}{suffix})", "binarization":
                   "static" if name == "vae_static" else "dynamic", "epochs": round(done, 3),
                   "train_seconds": round(seconds, 1), "training_objective": objective,
-                  "train_loss_per_epoch": history, "architecture": "784-200-200-50 tanh, Bernoulli"}
+                  "train_loss_per_epoch": history, "architecture": architecture}
         started = time.perf_counter()
         elbo = probgen.evaluate(vae, x_test, estimator="elbo", k=1, seed=args.seed)
         rows.append({**common, "estimator": "elbo", "k": 1, "nll_nats": elbo.nll,

@@ -16,7 +16,7 @@ import torch
 from pyro.ops.indexing import Vindex
 
 from probgen.data.bundled import load_dataset
-from probgen.infer.mcmc import run_mcmc
+from probgen.infer.mcmc import loo_compare, run_mcmc
 
 
 def bayesian_gmm(x: torch.Tensor, num_components: int = 3) -> None:
@@ -66,15 +66,9 @@ def main() -> None:
         idata = fits[f"gmm K={k}"]
         print(f"\nK={k}: {idata.posterior.attrs['sampling_seconds']:.1f} s sampling, "
               f"{int(idata.sample_stats['diverging'].sum())} divergences")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            print(az.summary(idata, var_names=["weights"], kind="stats"))
-            loo = az.loo(idata)
-        print(f"elpd_loo = {loo.elpd_loo:.2f} ± {loo.se:.2f}  (p_loo {loo.p_loo:.1f})")
-    if len(fits) > 1:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            print(az.compare(fits)[["rank", "elpd_loo", "se", "elpd_diff", "dse"]])
+        print(az.summary(idata, var_names=["weights"], kind="stats"))
+    print("\nPSIS-LOO (higher elpd_loo is better):")
+    print(loo_compare(fits)[["rank", "elpd_loo", "se", "p_loo", "elpd_diff", "dse"]])
 
 
 if __name__ == "__main__":

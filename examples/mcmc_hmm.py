@@ -18,7 +18,7 @@ import pyro.distributions as dist
 import torch
 from pyro.ops.indexing import Vindex
 
-from probgen.infer.mcmc import run_mcmc
+from probgen.infer.mcmc import loo_compare, run_mcmc
 
 
 def bayesian_hmm(x: torch.Tensor, num_states: int = 2) -> None:
@@ -76,15 +76,9 @@ def main() -> None:
             print(f"K={k}: {warning.message}")
         fits[f"hmm K={k}"] = idata
         print(f"\nK={k}: {idata.posterior.attrs['sampling_seconds']:.1f} s sampling")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            print(az.summary(idata, var_names=["locs", "scale"], kind="stats"))
-            loo = az.loo(idata)
-        print(f"elpd_loo = {loo.elpd_loo:.2f} ± {loo.se:.2f} over {x.shape[0]} sequences")
-    if len(fits) > 1:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            print(az.compare(fits)[["rank", "elpd_loo", "se", "elpd_diff", "dse"]])
+        print(az.summary(idata, var_names=["locs", "scale"], kind="stats"))
+    print("\nPSIS-LOO (higher elpd_loo is better):")
+    print(loo_compare(fits)[["rank", "elpd_loo", "se", "p_loo", "elpd_diff", "dse"]])
 
 
 if __name__ == "__main__":

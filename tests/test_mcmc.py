@@ -10,7 +10,7 @@ import pytest
 import torch
 from pyro.ops.indexing import Vindex
 
-from probgen.infer.mcmc import pointwise_log_likelihood, run_mcmc
+from probgen.infer.mcmc import loo_compare, pointwise_log_likelihood, run_mcmc
 
 
 def normal_normal(x):
@@ -137,6 +137,28 @@ def test_loo_and_waic_run_on_a_fitted_gmm_and_hmm():
     assert hmm_data.log_likelihood["sequences"].shape == (1, 12, 3)
     assert quiet(az.waic, hmm_data).elpd_waic < 0
     assert "diverging" in hmm_data.sample_stats
+
+
+def _fit(log_likelihood: torch.Tensor):
+    return az.from_dict(posterior={"mu": torch.zeros(log_likelihood.shape[:2]).numpy()},
+                        log_likelihood={"obs": log_likelihood.numpy()})
+
+
+def test_loo_compare_matches_importance_sampled_loo_and_names_unreliable_fits():
+    generator = torch.Generator().manual_seed(0)
+    good = -1.0 + 0.05 * torch.randn(2, 400, 15, generator=generator, dtype=torch.float64)
+    worse = good - 0.5
+    heavy = good.clone()
+    heavy[..., 0] = -40 * torch.rand(2, 400, generator=generator, dtype=torch.float64) ** 4
+    # light tails: PSIS-LOO is plain importance sampling, elpd_n = -log mean_s exp(-ll_ns)
+    exact = -(torch.logsumexp(-good.reshape(800, 15), 0) - math.log(800)).sum()
+    with pytest.warns(UserWarning, match=r"heavy: 1 of 15 examples have Pareto k > 0.7"):
+        table = loo_compare({"worse": _fit(worse), "good": _fit(good), "heavy": _fit(heavy)})
+    assert list(table.index[:2]) == ["good", "worse"]
+    assert table.loc["good", "elpd_loo"] == pytest.approx(float(exact), abs=1e-3)
+    assert table.loc["worse", "elpd_diff"] == pytest.approx(7.5, abs=1e-3)
+    with pytest.raises(ValueError, match="empty"):
+        loo_compare({})
 
 
 def test_run_mcmc_warns_naming_poorly_mixed_variables():

@@ -20,7 +20,7 @@ from pyro.poutine.subsample_messenger import _Subsample
 
 from probgen.data.validate import as_batch
 
-__all__ = ["run_mcmc", "pointwise_log_likelihood", "max_plate_nesting_of"]
+__all__ = ["run_mcmc", "loo_compare", "pointwise_log_likelihood", "max_plate_nesting_of"]
 
 _DRAWS = "_mcmc_draws"
 
@@ -285,3 +285,32 @@ def run_mcmc(model: Any, data: Any = None, *, kernel: str = "nuts", num_samples:
     idata.posterior.attrs["kernel"] = kernel
     _warn_on_diagnostics(idata, num_chains, rhat_threshold, min_ess)
     return idata
+
+
+def loo_compare(fits: dict[str, Any], *, pareto_k_threshold: float = 0.7):
+    r"""PSIS-LOO of each fit and arviz's comparison table (rank, elpd_loo, se, elpd_diff, dse, ...).
+
+    elpd_loo = Σ_n log p(x_n | x_{-n}), estimated from the posterior draws' pointwise
+    log-likelihoods by Pareto-smoothed importance sampling (Vehtari et al., 2017). Instead of
+    arviz's anonymous warning, warns naming each fit with examples whose Pareto k exceeds
+    ``pareto_k_threshold`` (their LOO terms are unreliable: refit without them, or use K-fold).
+    """
+    import arviz as az
+
+    if not fits:
+        raise ValueError("loo_compare needs at least one fit, got an empty dict")
+    loos = {}
+    for name, idata in fits.items():
+        if "log_likelihood" not in idata.groups():
+            raise ValueError(f"fit {name!r} has no log_likelihood group; run_mcmc(..., "
+                             "log_likelihood=True) stores it")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # re-said below, with the fit's name
+            loos[name] = az.loo(idata, pointwise=True)
+        bad = int((loos[name].pareto_k.values > pareto_k_threshold).sum())
+        if bad:
+            warnings.warn(f"{name}: {bad} of {loos[name].n_data_points} examples have Pareto k > "
+                          f"{pareto_k_threshold}; their PSIS-LOO terms are unreliable", stacklevel=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return az.compare(loos)
