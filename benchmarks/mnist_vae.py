@@ -24,6 +24,7 @@ from pyro.infer import RenyiELBO
 import probgen
 from benchmarks._common import RESULTS, machine_info, print_table, write_results
 from benchmarks._mnist import model_budgets, shared_data, train
+from probgen.checkpoint import atomic_write_text
 from probgen.data.mnist import DynamicBinarizer, load_binarized_mnist, load_mnist
 from probgen.models.vae import VAE
 
@@ -59,6 +60,18 @@ def load_data(name: str, device: str, smoke: bool, seed: int):
     return train.to(device), test.to(device), binarize
 
 
+def parse_hidden(text: str) -> tuple[int, ...]:
+    """``--hidden 500,500`` as (500, 500)."""
+    try:
+        sizes = tuple(int(h) for h in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise SystemExit(f"--hidden {text!r}: give positive layer sizes separated by commas, "
+                         "e.g. --hidden 500,500")
+    return sizes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="a seconds-long run")
@@ -86,6 +99,8 @@ def main() -> None:
     parser.add_argument("--init", default=None,
                         help="start from this state_dict (e.g. IWAE fine-tuning of a trained VAE; "
                         "with --epochs 0 it only evaluates)")
+    parser.add_argument("--train-only", action="store_true",
+                        help="save the trained state_dict and stop: no evaluation, no results")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save-dir", default="/tmp/probgen_mnist_vae",
                         help="where trained state_dicts go (to re-evaluate)")
@@ -93,13 +108,16 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     names, minutes = model_budgets(args.models, args.minutes)
-    hidden = tuple(int(h) for h in args.hidden.split(","))
+    hidden = parse_hidden(args.hidden)
     architecture = "-".join(map(str, (784, *hidden, 50))) + f" {args.activation}, Bernoulli"
     # Burda et al.'s network keeps the plain name; any other gets its architecture in the name.
     suffix = "" if (hidden, args.activation) == ((200, 200), "tanh") else ", " + "-".join(
         map(str, hidden)) + f" {args.activation}"
+    pretraining = None
     if args.init:
         suffix += f", from {Path(args.init).stem}"
+        record = Path(args.init).with_suffix(".json")  # how the initial weights were trained
+        pretraining = json.loads(record.read_text()) if record.exists() else None
     epochs, eval_k = (1, 20) if args.smoke else (args.epochs, args.eval_k)
     num_test = 8 if args.smoke else args.num_test
     save_dir = Path(args.save_dir)
@@ -119,18 +137,31 @@ def main() -> None:
         else:
             loss = vae.default_loss()
             objective = f"elbo ({type(loss).__name__})"
+        checkpoint = save_dir / (re.sub(r"\W+", "_", f"{name}{suffix}") + ".pt")
         done, seconds, history = train(vae, loss, x_train, binarize, epochs=epochs, minutes=budget,
                                        batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                       final_lr=args.final_lr,
-                                       checkpoint=save_dir / (re.sub(r"\W+", "_", f"{name}{suffix}") + ".pt"))
+                                       final_lr=args.final_lr, checkpoint=checkpoint)
         print(f"{name}: {done:.2f} epochs in {seconds:.0f} s, final train loss "
               f"{history[-1] if history else float('nan'):.2f}")
+        stage = {"training_objective": objective, "epochs": round(done, 3),
+                 "train_seconds": round(seconds, 1), "lr": args.lr, "final_lr": args.final_lr,
+                 "final_train_loss": history[-1] if history else None,
+                 "architecture": architecture, "machine": machine_info()}
+        atomic_write_text(checkpoint.with_suffix(".json"), json.dumps(stage, indent=1))
+        if args.train_only:
+            continue
         subset = torch.randperm(len(x_test), generator=torch.Generator().manual_seed(args.seed))
         subset = subset[:num_test] if num_test else subset
         common = {"model": f"probgen VAE ({name}{suffix})", "binarization":
                   "static" if name == "vae_static" else "dynamic", "epochs": round(done, 3),
                   "train_seconds": round(seconds, 1), "training_objective": objective,
                   "train_loss_per_epoch": history, "architecture": architecture}
+        if pretraining:  # the budget is the sum of both stages
+            common.update(epochs=round(done + pretraining["epochs"], 3),
+                          train_seconds=round(seconds + pretraining["train_seconds"], 1),
+                          training_objective=f"{pretraining['training_objective']} for "
+                          f"{pretraining['epochs']:g} epochs, then {objective} for {done:g}",
+                          stages=[pretraining, stage])
         started = time.perf_counter()
         elbo = probgen.evaluate(vae, x_test, estimator="elbo", k=1, seed=args.seed)
         rows.append({**common, "estimator": "elbo", "k": 1, "nll_nats": elbo.nll,
@@ -147,6 +178,8 @@ def main() -> None:
         if not args.smoke:  # keep what is done if a later model fails
             (RESULTS / "mnist_vae.partial.json").write_text(json.dumps(
                 rows, indent=1, default=str))
+    if args.train_only:
+        return
     machine = machine_info()
     if args.append and (RESULTS / "mnist_vae.json").exists():
         previous = json.loads((RESULTS / "mnist_vae.json").read_text())

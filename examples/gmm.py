@@ -35,7 +35,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", choices=["iris", "simulated"], default="iris")
     parser.add_argument("--max-components", type=int, default=6)
-    parser.add_argument("--covariance", choices=["full", "diag"], default="full")
+    parser.add_argument("--covariance", choices=["full", "tied", "diag", "spherical"],
+                        default="full")
     parser.add_argument("--iters", type=int, default=300)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)

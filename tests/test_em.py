@@ -20,7 +20,7 @@ from probgen.infer.em import (
 )
 from probgen.models.mixture import GaussianMixture
 
-COVARIANCES = ["full", "diag"]
+COVARIANCES = ["full", "tied", "diag", "spherical"]
 
 
 
@@ -68,11 +68,11 @@ def test_one_em_step_equals_sklearn(covariance):
 
     x, _ = simulate(num_examples=500, separation=1.5)
     init = initial_parameters(x, 3, covariance=covariance, init="random_points", seed=0)
-    cov_key = "covariances" if covariance == "full" else "variances"
+    cov_key = "covariances" if covariance in ("full", "tied") else "variances"
     model = GaussianMixture(3, 2, covariance, reg_covar=1e-3).double()
     model.set_parameters(init["weights"], init["locs"], init[cov_key])
     fit_em(model, x, num_iters=3, tol=0.0, init="model")
-    precisions = (torch.linalg.inv(init[cov_key]) if covariance == "full" else 1 / init[cov_key])
+    precisions = (torch.linalg.inv(init[cov_key]) if cov_key == "covariances" else 1 / init[cov_key])
     sk = SkGaussianMixture(3, covariance_type=covariance, max_iter=3, tol=0.0, reg_covar=1e-3,
                            weights_init=init["weights"].numpy(), means_init=init["locs"].numpy(),
                            precisions_init=precisions.numpy())
@@ -95,10 +95,14 @@ def test_em_converges_to_a_stationary_point_of_its_objective(covariance, use_pri
     assert result.converged
     objective = model.log_prob(x).sum()
     if prior is not None:
+        # The parameters as differentiable tensors, shaped as parameters_dict gives them.
+        if covariance in ("full", "tied"):
+            shaped = {"covariances": model.covariance_matrix[0 if covariance == "tied" else ...]}
+        else:
+            variances = (2 * model.log_scales).exp()
+            shaped = {"variances": variances[:, 0] if covariance == "spherical" else variances}
         objective = objective + log_prior(
-            {**model.parameters_dict(), "weights": model.weights, "locs": model.locs,
-             **({"covariances": model.covariance_matrix} if covariance == "full"
-                else {"variances": (2 * model.log_scales).exp()})},
+            {"weights": model.weights, "locs": model.locs, **shaped},
             prior.resolve(x, 3, covariance))
     objective.backward()
     for name, parameter in model.named_parameters():
@@ -173,15 +177,19 @@ def test_log_prior_matches_scipy(covariance):
     params = model.parameters_dict()
     mean, kappa = resolved["mean"].numpy(), 0.3
     expected = stats.dirichlet(np.full(3, 2.5)).logpdf(params["weights"].numpy())
+    scale = resolved["scale"].numpy()
+    if covariance == "tied":  # one inverse Wishart for the shared Σ
+        expected += stats.invwishart(df=5.0, scale=scale).logpdf(params["covariances"].numpy())
     for k in range(3):
-        if covariance == "full":
-            cov = params["covariances"][k].numpy()
+        if covariance in ("full", "tied"):
+            cov = params["covariances"][k if covariance == "full" else ...].numpy()
             expected += stats.multivariate_normal(mean, cov / kappa).logpdf(params["locs"][k].numpy())
-            expected += stats.invwishart(df=5.0, scale=resolved["scale"].numpy()).logpdf(cov)
-        else:
+            if covariance == "full":
+                expected += stats.invwishart(df=5.0, scale=scale).logpdf(cov)
+        else:  # diag: an inverse gamma per variance; spherical: one per component
             var = params["variances"][k].numpy()
             expected += stats.norm(mean, np.sqrt(var / kappa)).logpdf(params["locs"][k].numpy()).sum()
-            expected += stats.invgamma(2.5, scale=resolved["scale"].numpy() / 2).logpdf(var).sum()
+            expected += stats.invgamma(2.5, scale=scale / 2).logpdf(var).sum()
     assert float(log_prior(params, resolved)) == pytest.approx(expected, abs=1e-9)
 
 

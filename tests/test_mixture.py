@@ -14,7 +14,7 @@ from scipy.special import logsumexp
 from probgen.models.base import get_model_class
 from probgen.models.mixture import GaussianMixture, demo_entries, select_num_components
 
-COVARIANCES = ["full", "diag"]
+COVARIANCES = ["full", "tied", "diag", "spherical"]
 
 
 
@@ -26,21 +26,27 @@ def random_mixture(covariance: str, num_components: int = 3, num_features: int =
     weights = torch.distributions.Dirichlet(torch.full((num_components,), 2.0, dtype=torch.float64))
     torch.manual_seed(seed)
     locs = 2 * torch.randn(num_components, num_features, **options)
-    if covariance == "full":
+    if covariance in ("full", "tied"):
         factors = torch.randn(num_components, num_features, num_features, **options)
         covariances = factors @ factors.transpose(-1, -2) / num_features + 0.2 * torch.eye(
             num_features, dtype=torch.float64)
-    else:
+        covariances = covariances if covariance == "full" else covariances[0]
+    elif covariance == "diag":
         covariances = torch.rand(num_components, num_features, **options) + 0.2
+    else:
+        covariances = torch.rand(num_components, **options) + 0.2
     model = GaussianMixture(num_components, num_features, covariance).double()
     return model.set_parameters(weights.sample(), locs, covariances)
 
 
 def full_covariances(model: GaussianMixture) -> np.ndarray:
     params = model.parameters_dict()
-    if model.covariance == "full":
-        return params["covariances"].numpy()
-    return torch.diag_embed(params["variances"]).numpy()
+    k, d = model.num_components, model.num_features
+    if model.covariance in ("full", "tied"):
+        return params["covariances"].expand(k, d, d).numpy()
+    variances = params["variances"]
+    variances = variances if model.covariance == "diag" else variances[:, None]
+    return torch.diag_embed(variances.expand(k, d)).numpy()
 
 
 def scipy_log_density(model: GaussianMixture, x: torch.Tensor) -> np.ndarray:
@@ -63,8 +69,7 @@ def sklearn_mixture(model: GaussianMixture):
     sk = SkGaussianMixture(model.num_components, covariance_type=covariance_type)
     sk.weights_ = params["weights"].numpy()
     sk.means_ = params["locs"].numpy()
-    sk.covariances_ = (params["covariances"] if covariance_type == "full"
-                       else params["variances"]).numpy()
+    sk.covariances_ = params.get("covariances", params.get("variances")).numpy()
     sk.precisions_cholesky_ = _compute_precision_cholesky(sk.covariances_, covariance_type)
     return sk
 
@@ -174,7 +179,7 @@ def test_bad_input_names_the_problem():
     with pytest.raises(ValueError, match="NaN in 1 row"):
         model.log_prob(bad)
     with pytest.raises(ValueError, match="covariance must be"):
-        GaussianMixture(2, 3, covariance="spherical")
+        GaussianMixture(2, 3, covariance="isotropic")
     with pytest.raises(ValueError, match="num_components"):
         GaussianMixture(0, 3)
     with pytest.raises(ValueError, match="positive definite"):

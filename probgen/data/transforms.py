@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.distributions import Transform, constraints
 
 from probgen.data.validate import validate_data
+from probgen.evaluate.chunks import eval_mode
 from probgen.evaluate.result import LogLikelihood, data_fingerprint
 
 __all__ = [
@@ -260,11 +261,7 @@ def evaluate_dequantized(model: nn.Module, batch: tuple[Tensor, ...], *, num_lev
     dtype = getattr(model, "dtype", None)
     if dtype is not None:
         x = x.to(dtype)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return dequantized_log_likelihood(model.log_prob, x, num_levels=num_levels,
                                           dequantizer=dequantizer, num_samples=num_samples,
                                           generator=generator)
-    finally:
-        model.train(was_training)

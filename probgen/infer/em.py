@@ -130,7 +130,8 @@ def _kmeans_plus_plus(x: Tensor, num_components: int, generator: torch.Generator
 
 def initial_parameters(x: Tensor, num_components: int, *, covariance: str = "full",
                        init: str = "kmeans++", seed: int | None = None) -> dict[str, Tensor]:
-    """Starting weights, locs and covariances (or variances) for EM, on ``x``'s device/dtype.
+    """Starting weights, locs and covariances (or variances) for EM, on ``x``'s device/dtype,
+    shaped as :meth:`GaussianMixture.covariance_shape` for ``covariance``.
 
     ``"kmeans++"``: k-means++ centers refined by 10 Lloyd steps, hard-assignment weights and
     covariances shrunk toward the data's variances; ``"random_points"``: K distinct random data
@@ -165,8 +166,12 @@ def initial_parameters(x: Tensor, num_components: int, *, covariance: str = "ful
     params = {"weights": weights, "locs": locs}
     if covariance == "full":
         params["covariances"] = covariances
-    else:
+    elif covariance == "tied":  # pooled over components
+        params["covariances"] = (weights[:, None, None] * covariances).sum(0) / weights.sum()
+    elif covariance == "diag":
         params["variances"] = covariances.diagonal(dim1=-2, dim2=-1).clone()
+    else:
+        params["variances"] = covariances.diagonal(dim1=-2, dim2=-1).mean(-1)
     return params
 
 
@@ -209,7 +214,8 @@ def fit_em(
         True
     """
     start = time.perf_counter()
-    full = model.covariance == "full"
+    full = model.covariance in ("full", "tied")  # full Σ_k: Cholesky factors, else scales
+    tied, spherical = model.covariance == "tied", model.covariance == "spherical"
     dtype = dtype or model.dtype or torch.get_default_dtype()
     x = validate_data(x, event_shape=model.event_shape(), float_dtype=dtype)
     if model.device is not None and x.device != model.device:
@@ -225,18 +231,25 @@ def fit_em(
         params = initial_parameters(x, num_components, covariance=model.covariance, init=init,
                                     seed=seed)
 
-    # Standardize: x' = (x - shift) / scale; parameters move with it.
+    # Standardize: x' = (x - shift) / scale; parameters move with it. Spherical Σ_k stay
+    # spherical only under one common scale.
     shift = x.mean(0)
     scale = x.std(0)
+    if spherical:
+        scale = scale.square().mean().sqrt().expand(num_features)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     z = (x - shift) / scale  # (N, D)
     phi = _features(z, full)  # (F, N)
     locs = (params["locs"] - shift) / scale
     outer_scale = scale[:, None] * scale[None, :] if full else scale**2
+    # Inside the loop Σ is always (K, D, D) factors or (K, D) scales; tied and spherical expand.
+    cov_shape = (num_components, num_features, num_features)[:3 if full else 2]
     if full:
-        scale_tril = torch.linalg.cholesky(params["covariances"] / outer_scale)
+        scale_tril = torch.linalg.cholesky(params["covariances"].expand(cov_shape) / outer_scale)
     else:
-        scale_tril = (params["variances"] / outer_scale).sqrt()
+        variances = params["variances"]
+        variances = variances[:, None] if spherical else variances
+        scale_tril = (variances.expand(cov_shape) / outer_scale).sqrt()
     log_weights = params["weights"].log()
     reg = torch.as_tensor(float(model.config["reg_covar"]), device=x.device, dtype=dtype)
     reg_std = reg / scale**2  # (D,): reg_covar in standardized units
@@ -254,10 +267,12 @@ def fit_em(
         out = {"weights": log_weights.exp(), "locs": locs * scale + shift}
         if full:
             tril = scale[:, None] * scale_tril  # S L is the Cholesky factor of S Σ S
+            tril = tril[0] if tied else tril
             out["covariances"] = tril @ tril.transpose(-1, -2)
             out["scale_tril"] = tril
         else:
-            out["variances"] = (scale_tril * scale) ** 2
+            variances = (scale_tril * scale) ** 2
+            out["variances"] = variances[:, 0] if spherical else variances
         return out
 
     def e_step(log_weights: Tensor, locs: Tensor, scale_tril: Tensor) -> tuple[Tensor, float, float]:
@@ -304,17 +319,31 @@ def fit_em(
         if resolved is None:
             new_log_weights = (counts / num_examples).clamp_min(torch.finfo(dtype).tiny).log()
             new_locs = means
-            new_cov = scatter + (torch.diag(reg_std) if full else reg_std)
+            if tied:  # Σ = Σ_k N_k S_k / N
+                scatter = (counts[:, None, None] * scatter).sum(0) / num_examples
+            elif spherical:  # σ_k² = mean_d S_kd
+                scatter = scatter.mean(-1, keepdim=True)
+            new_cov = (scatter + (torch.diag(reg_std) if full else reg_std)).expand(cov_shape)
         else:
             total = num_examples + num_components * (alpha - 1)
             new_log_weights = ((counts + alpha - 1) / total).clamp_min(torch.finfo(dtype).tiny).log()
             new_locs = (counts[:, None] * means + kappa * prior_mean) / (counts[:, None] + kappa)
             offset = means - prior_mean  # (K, D)
             shrink = (kappa * counts / (kappa + counts))[:, None]
-            if full:
+            # Modes of the conjugate posteriors: (Ψ + data and mean-prior scatter) / (their weight).
+            if tied:
+                numerator = prior_scale + (counts[:, None, None] * scatter + shrink[..., None]
+                                           * offset.unsqueeze(-1) * offset.unsqueeze(-2)).sum(0)
+                new_cov = (numerator / (dof + num_examples + num_features + 1 + num_components)
+                           ).expand(cov_shape)
+            elif full:
                 numerator = (prior_scale + counts[:, None, None] * scatter + shrink[..., None]
                              * offset.unsqueeze(-1) * offset.unsqueeze(-2))
                 new_cov = numerator / (dof + counts + num_features + 2)[:, None, None]
+            elif spherical:
+                numerator = prior_scale.mean() + (counts[:, None] * scatter + shrink * offset**2).sum(-1)
+                new_cov = (numerator / (dof + 2 + (counts + 1) * num_features))[:, None].expand(
+                    cov_shape)
             else:
                 numerator = prior_scale + counts[:, None] * scatter + shrink * offset**2
                 new_cov = numerator / (dof + counts + 3)[:, None]
@@ -323,7 +352,9 @@ def fit_em(
         if resolved is None:
             collapsed = collapsed & ~empty
         # An empty component keeps its parameters (its mean is 0/0); its weight goes to ~0.
-        keep = empty[:, None, None] if full else empty[:, None]
+        # A tied Σ is shared, so it always takes the new value.
+        keep = torch.zeros_like(empty) if tied else empty
+        keep = keep[:, None, None] if full else keep[:, None]
         new_locs = torch.where(empty[:, None], locs, new_locs)
         new_tril = torch.where(keep, scale_tril, new_tril)
         log_weights, locs, scale_tril = new_log_weights, new_locs, new_tril

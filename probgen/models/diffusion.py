@@ -20,6 +20,7 @@ from probgen.diffusion.ode import ode_log_prob, ode_sample
 from probgen.diffusion.samplers import sample_loop
 from probgen.diffusion.schedules import make_schedule
 from probgen.distributions.diffusion import DiffusionPrior
+from probgen.evaluate.chunks import eval_mode, map_chunks
 from probgen.evaluate.result import LogLikelihood, data_fingerprint
 from probgen.models.base import GenerativeModel, register_model
 from probgen.nn.denoiser import MLPDenoiser
@@ -153,10 +154,6 @@ def _check(model: Any, batch: tuple[Tensor, ...]) -> Tensor:
     return model.validate(batch[0])
 
 
-def _chunks(x: Tensor, batch_size: int | None) -> list[Tensor]:
-    return list(torch.split(x, batch_size or x.shape[0]))
-
-
 def evaluate_vlb(model: DiffusionDensity, batch: tuple[Tensor, ...], *, num_samples: int = 16,
                  num_steps: int | None = -1, batch_size: int | None = 1024,
                  seed: int | None = None, k: int | None = None) -> LogLikelihood:
@@ -169,16 +166,9 @@ def evaluate_vlb(model: DiffusionDensity, batch: tuple[Tensor, ...], *, num_samp
     x = _check(model, batch)
     num_samples = int(k or num_samples)
     steps = model.config["num_steps"] if num_steps == -1 else num_steps
-    if seed is not None:
-        torch.manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            values = torch.cat([model.vlb(chunk, num_samples=num_samples, num_steps=steps)
-                                for chunk in _chunks(x, batch_size)])
-    finally:
-        model.train(was_training)
+    with eval_mode(model, seed=seed), torch.no_grad():
+        values = map_chunks(lambda chunk: model.vlb(chunk, num_samples=num_samples,
+                                                    num_steps=steps), x, batch_size)
     settings = {"num_samples": int(num_samples), "num_steps": steps or "continuous",
                 "schedule": model.config["schedule"]}
     return LogLikelihood(values, kind="lower_bound", estimator="vlb", num_dims=x.shape[-1],
@@ -192,15 +182,9 @@ def evaluate_ode(model: DiffusionDensity, batch: tuple[Tensor, ...], *, exact: b
     r"""log p(x) of the probability-flow ODE: ``kind="exact"`` with the exact divergence (to the
     ODE tolerance in ``settings``), ``"estimate"`` with Hutchinson's trace estimator."""
     x = _check(model, batch)
-    if seed is not None:
-        torch.manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    try:
-        values = torch.cat([model.ode_log_prob(chunk, exact=exact, atol=atol, rtol=rtol)
-                            for chunk in _chunks(x, batch_size)])
-    finally:
-        model.train(was_training)
+    with eval_mode(model, seed=seed):  # no no_grad: the exact divergence uses autograd
+        values = map_chunks(lambda chunk: model.ode_log_prob(chunk, exact=exact, atol=atol,
+                                                             rtol=rtol), x, batch_size)
     settings = {"atol": atol, "rtol": rtol, "trace": "exact" if exact else "hutchinson"}
     return LogLikelihood(values, kind="exact" if exact else "estimate", estimator="prob_flow_ode",
                          num_dims=x.shape[-1], data_space=model.data_space, settings=settings,

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from probgen.diffusion.schedules import make_schedule
 from probgen.distributions.diffusion import DiffusionPrior
+from probgen.evaluate.chunks import eval_mode, map_chunks
 from probgen.evaluate.result import LogLikelihood, data_fingerprint
 from probgen.models.base import GenerativeModel, register_model
 from probgen.nn.denoiser import GaussianResidualDenoiser, MLPDenoiser
@@ -183,15 +184,8 @@ def _prepare(model: Any, batch: Any) -> Tensor:
 
 def _run(model: LatentDiffusionVAE, x: Tensor, batch_size: int | None, seed: int | None,
          reduce) -> Tensor:
-    if seed is not None:
-        torch.manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return torch.cat([reduce(chunk) for chunk in torch.split(x, batch_size or len(x))])
-    finally:
-        model.train(was_training)
+    with eval_mode(model, seed=seed), torch.no_grad():
+        return map_chunks(reduce, x, batch_size)
 
 
 def evaluate_diffusion_elbo(model: LatentDiffusionVAE, batch: tuple[Tensor, ...], *,

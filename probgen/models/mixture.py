@@ -24,24 +24,27 @@ __all__ = [
 ]
 
 _CHUNK_ELEMENTS = 2**24  # rows per chunk in log_prob: chunk * K * D <= this
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")  # scikit-learn's four
 
 
 @register_model("gmm")
 class GaussianMixture(GenerativeModel):
-    r"""Gaussian mixture p(x) = Σ_k π_k N(x | μ_k, Σ_k), full or diagonal Σ_k (Bishop, 2006, §9.2).
+    r"""Gaussian mixture p(x) = Σ_k π_k N(x | μ_k, Σ_k) (Bishop, 2006, §9.2), with Σ_k full,
+    tied (one full Σ shared by all components), diagonal or spherical (σ_k² I), as in scikit-learn.
 
     The Pyro program samples an assignment per example (enumerated in parallel, so
     ``TraceEnum_ELBO`` gives the exact marginal) and observes x under that component; fit it
     with :func:`probgen.fit` (gradient) or :func:`probgen.infer.em.fit_em` (EM, much faster).
 
     Parameters (unconstrained, so gradient fitting stays valid): ``logits`` ``(K,)``, ``locs``
-    ``(K, D)``, and ``scale_tril_raw`` ``(K, D, D)`` (strict lower triangle, log-diagonal) for
-    full covariances or ``log_scales`` ``(K, D)`` for diagonal ones.
+    ``(K, D)``, and ``scale_tril_raw`` (strict lower triangle, log-diagonal) of shape
+    ``(K, D, D)`` (full) or ``(1, D, D)`` (tied), or ``log_scales`` of shape ``(K, D)`` (diag) or
+    ``(K, 1)`` (spherical).
 
     Arguments:
         num_components: K.
         num_features: D.
-        covariance: ``"full"`` or ``"diag"``.
+        covariance: ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
         reg_covar: added to every covariance diagonal in maximum-likelihood EM (as scikit-learn
             does), so collapsing components stay positive definite.
 
@@ -60,22 +63,27 @@ class GaussianMixture(GenerativeModel):
         if int(num_components) < 1 or int(num_features) < 1:
             raise ValueError(f"num_components and num_features must be >= 1, got "
                              f"{num_components} and {num_features}")
-        if covariance not in ("full", "diag"):
-            raise ValueError(f"covariance must be 'full' or 'diag', got {covariance!r}")
+        if covariance not in COVARIANCE_TYPES:
+            raise ValueError(f"covariance must be one of {COVARIANCE_TYPES}, got {covariance!r}")
         if not reg_covar >= 0:
             raise ValueError(f"reg_covar must be >= 0, got {reg_covar}")
         super().__init__(num_components=int(num_components), num_features=int(num_features),
                          covariance=covariance, reg_covar=float(reg_covar))
         self.num_components, self.num_features = int(num_components), int(num_features)
         self.covariance = covariance
-        self.logits = nn.Parameter(torch.zeros(self.num_components))
+        k, d = self.num_components, self.num_features
+        self.logits = nn.Parameter(torch.zeros(k))
         # Spread initial means so components differ; fit_em re-initializes from data.
-        self.locs = nn.Parameter(torch.randn(self.num_components, self.num_features))
-        if covariance == "full":
-            self.scale_tril_raw = nn.Parameter(torch.zeros(self.num_components, self.num_features,
-                                                           self.num_features))
+        self.locs = nn.Parameter(torch.randn(k, d))
+        if covariance in ("full", "tied"):
+            self.scale_tril_raw = nn.Parameter(torch.zeros(k if covariance == "full" else 1, d, d))
         else:
-            self.log_scales = nn.Parameter(torch.zeros(self.num_components, self.num_features))
+            self.log_scales = nn.Parameter(torch.zeros(k, d if covariance == "diag" else 1))
+
+    @property
+    def is_diagonal(self) -> bool:
+        """Σ_k diagonal: ``"diag"`` or ``"spherical"``."""
+        return self.covariance in ("diag", "spherical")
 
     # --- parameters ----------------------------------------------------------------------
     @property
@@ -84,12 +92,18 @@ class GaussianMixture(GenerativeModel):
         return torch.softmax(self.logits, dim=-1)
 
     @property
+    def scales(self) -> Tensor:
+        """Standard deviations of diagonal Σ_k, shape ``(K, D)`` (diag and spherical only)."""
+        return self.log_scales.exp().expand(self.num_components, self.num_features)
+
+    @property
     def scale_tril(self) -> Tensor:
         """Cholesky factors L_k of Σ_k = L_k L_kᵀ, shape ``(K, D, D)`` (diagonal for diag)."""
-        if self.covariance == "diag":
-            return torch.diag_embed(self.log_scales.exp())
+        if self.is_diagonal:
+            return torch.diag_embed(self.scales)
         raw = self.scale_tril_raw
-        return raw.tril(-1) + torch.diag_embed(raw.diagonal(dim1=-2, dim2=-1).exp())
+        tril = raw.tril(-1) + torch.diag_embed(raw.diagonal(dim1=-2, dim2=-1).exp())
+        return tril.expand(self.num_components, -1, -1)
 
     @property
     def covariance_matrix(self) -> Tensor:
@@ -97,25 +111,35 @@ class GaussianMixture(GenerativeModel):
         tril = self.scale_tril
         return tril @ tril.transpose(-1, -2)
 
+    def covariance_shape(self) -> tuple[int, ...]:
+        """Shape of the covariance argument, as scikit-learn's ``covariances_``: ``(K, D, D)``
+        (full), ``(D, D)`` (tied), ``(K, D)`` variances (diag) or ``(K,)`` variances (spherical)."""
+        k, d = self.num_components, self.num_features
+        return {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[
+            self.covariance]
+
     def parameters_dict(self) -> dict[str, Tensor]:
-        """``weights``, ``locs`` and ``covariances`` (full) or ``variances`` (diag), detached."""
+        """``weights``, ``locs`` and ``covariances`` (full, tied) or ``variances`` (diag,
+        spherical), detached, shaped as :meth:`covariance_shape`."""
         out = {"weights": self.weights.detach(), "locs": self.locs.detach()}
-        if self.covariance == "full":
-            out["covariances"] = self.covariance_matrix.detach()
+        if not self.is_diagonal:
+            covariances = self.covariance_matrix.detach()
+            out["covariances"] = covariances if self.covariance == "full" else covariances[0]
         else:
-            out["variances"] = (2 * self.log_scales).exp().detach()
+            variances = (2 * self.log_scales).exp().detach()
+            out["variances"] = variances if self.covariance == "diag" else variances[:, 0]
         return out
 
     @torch.no_grad()
     def set_parameters(self, weights: Tensor, locs: Tensor, covariances: Tensor, *,
                        factored: bool = False) -> GaussianMixture:
-        """Set π ``(K,)``, μ ``(K, D)`` and Σ: ``(K, D, D)`` matrices (full) or ``(K, D)``
-        variances (diag); with ``factored=True`` full Σ is given as Cholesky factors."""
+        """Set π ``(K,)``, μ ``(K, D)`` and Σ shaped as :meth:`covariance_shape`; with
+        ``factored=True`` full or tied Σ is given as Cholesky factors."""
         options = dict(device=self.logits.device, dtype=self.logits.dtype)
         weights, locs, covariances = (torch.as_tensor(t).to(**options)
                                       for t in (weights, locs, covariances))
         shape = (self.num_components, self.num_features)
-        cov_shape = shape + ((self.num_features,) if self.covariance == "full" else ())
+        cov_shape = self.covariance_shape()
         if (tuple(weights.shape) != shape[:1] or tuple(locs.shape) != shape
                 or tuple(covariances.shape) != cov_shape):
             raise ValueError(f"expected weights {shape[:1]}, locs {shape} and covariances "
@@ -125,23 +149,26 @@ class GaussianMixture(GenerativeModel):
             raise ValueError("weights must be non-negative and sum to 1")
         self.logits.copy_(weights.clamp_min(torch.finfo(weights.dtype).tiny).log())
         self.locs.copy_(locs)
-        if self.covariance == "diag":
+        if self.is_diagonal:
             if (covariances <= 0).any():
                 raise ValueError("variances must be > 0")
-            self.log_scales.copy_(0.5 * covariances.log())
+            self.log_scales.copy_(0.5 * covariances.log().reshape(self.log_scales.shape))
             return self
         tril = covariances if factored else torch.linalg.cholesky_ex(covariances)[0]
         diagonal = tril.diagonal(dim1=-2, dim2=-1)
         if not (diagonal > 0).all():
             raise ValueError("covariances must be symmetric positive definite")
-        self.scale_tril_raw.copy_(tril.tril(-1) + torch.diag_embed(diagonal.log()))
+        raw = tril.tril(-1) + torch.diag_embed(diagonal.log())
+        self.scale_tril_raw.copy_(raw.reshape(self.scale_tril_raw.shape))
         return self
 
     def num_parameters(self) -> int:
-        """Free parameters: (K-1) + KD + K·D(D+1)/2 (full) or + KD (diag)."""
+        """Free parameters: (K-1) + KD + K·D(D+1)/2 (full), D(D+1)/2 (tied), KD (diag), K
+        (spherical), as scikit-learn counts them for BIC."""
         k, d = self.num_components, self.num_features
-        cov = d * (d + 1) // 2 if self.covariance == "full" else d
-        return (k - 1) + k * d + k * cov
+        cov = {"full": k * d * (d + 1) // 2, "tied": d * (d + 1) // 2, "diag": k * d,
+               "spherical": k}[self.covariance]
+        return (k - 1) + k * d + cov
 
     def event_shape(self) -> tuple[int, ...]:
         return (self.num_features,)
@@ -149,19 +176,19 @@ class GaussianMixture(GenerativeModel):
     # --- the Pyro program ----------------------------------------------------------------
     def component_distribution(self) -> dist.Distribution:
         """The K components as one batched distribution, batch shape ``(K,)``."""
-        if self.covariance == "diag":
-            return dist.Normal(self.locs, self.log_scales.exp()).to_event(1)
+        if self.is_diagonal:
+            return dist.Normal(self.locs, self.scales).to_event(1)
         return dist.MultivariateNormal(self.locs, scale_tril=self.scale_tril)
 
     def model(self, x: Tensor) -> None:
         """z_n ~ Categorical(π) (enumerated), x_n | z_n ~ N(μ_z, Σ_z), in a plate over examples."""
         pyro.module(self.pyro_name, self)
         weights, locs = self.weights, self.locs
-        scales = self.log_scales.exp() if self.covariance == "diag" else self.scale_tril
+        scales = self.scales if self.is_diagonal else self.scale_tril
         with pyro.plate("data", x.shape[0]):
             assignment = pyro.sample("assignment", dist.Categorical(weights),
                                      infer={"enumerate": "parallel"})
-            if self.covariance == "diag":
+            if self.is_diagonal:
                 likelihood = dist.Normal(locs[assignment], scales[assignment]).to_event(1)
             else:
                 likelihood = dist.MultivariateNormal(locs[assignment], scale_tril=scales[assignment])
@@ -172,10 +199,9 @@ class GaussianMixture(GenerativeModel):
         """log π_k + log N(x_n | μ_k, Σ_k), shape ``(N, K)``: one matmul for all Mahalanobis terms."""
         k, d = self.num_components, self.num_features
         log_weights = torch.log_softmax(self.logits, -1)
-        if self.covariance == "diag":
-            scales = self.log_scales.exp()  # (K, D)
-            inverse = torch.diag_embed(1 / scales)
-            log_det = self.log_scales.sum(-1)
+        if self.is_diagonal:
+            inverse = torch.diag_embed(1 / self.scales)  # (K, D, D)
+            log_det = self.log_scales.expand(k, d).sum(-1)
         else:
             tril = self.scale_tril
             eye = torch.eye(d, device=tril.device, dtype=tril.dtype).expand(k, d, d)
@@ -218,8 +244,8 @@ class GaussianMixture(GenerativeModel):
         assignment = torch.multinomial(self.weights, num_samples, replacement=True)  # (n,)
         noise = torch.randn(num_samples, self.num_features, device=self.locs.device,
                             dtype=self.locs.dtype)
-        if self.covariance == "diag":
-            return self.locs[assignment] + self.log_scales.exp()[assignment] * noise
+        if self.is_diagonal:
+            return self.locs[assignment] + self.scales[assignment] * noise
         return self.locs[assignment] + (self.scale_tril[assignment] @ noise.unsqueeze(-1)).squeeze(-1)
 
 
@@ -228,7 +254,9 @@ class GaussianMixture(GenerativeModel):
 class GaussianMixturePrior:
     r"""Conjugate prior for MAP EM: π ~ Dir(α), Σ_k ~ IW(Ψ₀, ν₀), μ_k | Σ_k ~ N(m₀, Σ_k / κ₀).
 
-    With diagonal covariances each variance gets the matching inverse gamma IG(ν₀/2, ψ₀/2).
+    With diagonal covariances each variance gets the matching inverse gamma IG(ν₀/2, ψ₀/2), with
+    spherical ones each σ_k² gets IG(ν₀/2, ψ₀/2) and μ_k | σ_k² ~ N(m₀, σ_k² I / κ₀), and a tied
+    Σ gets one IW(Ψ₀, ν₀) shared by the K means' priors.
     Defaults follow Fraley & Raftery (2007), "Bayesian regularization for normal mixture
     estimation and model-based clustering": m₀ the data mean, κ₀ = 0.01, ν₀ = D + 2,
     Ψ₀ = cov(x) / K^(2/D).
@@ -238,7 +266,8 @@ class GaussianMixturePrior:
         mean_precision: κ₀ > 0.
         mean: m₀, shape ``(D,)``; None: the data mean.
         degrees_of_freedom: ν₀ > D - 1; None: D + 2.
-        scale: Ψ₀, shape ``(D, D)`` (full) or ``(D,)`` (diag); None: cov(x) / K^(2/D).
+        scale: Ψ₀, shape ``(D, D)`` (full, tied), ``(D,)`` (diag) or ``()`` (spherical); None:
+            cov(x) / K^(2/D), its diagonal, or the mean of its diagonal.
     """
 
     weight_concentration: float = 1.0
@@ -265,10 +294,14 @@ class GaussianMixturePrior:
             centered = x - x.mean(0)
             data_cov = centered.T @ centered / max(x.shape[0] - 1, 1)  # (D, D)
             scale = data_cov / num_components ** (2.0 / num_features)
-            scale = scale if covariance == "full" else scale.diagonal().clone()
+            if covariance in ("diag", "spherical"):
+                scale = scale.diagonal().clone()
+            if covariance == "spherical":
+                scale = scale.mean()
         else:
             scale = torch.as_tensor(self.scale, **options)
-        want = (num_features, num_features) if covariance == "full" else (num_features,)
+        want = {"full": (num_features, num_features), "tied": (num_features, num_features),
+                "diag": (num_features,), "spherical": ()}[covariance]
         if tuple(mean.shape) != (num_features,) or tuple(scale.shape) != want:
             raise ValueError(f"prior mean must have shape ({num_features},) and scale {want} for "
                              f"{covariance} covariances; got {tuple(mean.shape)} and "
@@ -281,7 +314,8 @@ class GaussianMixturePrior:
 def log_prior(params: dict[str, Tensor], prior: dict[str, Tensor]) -> Tensor:
     r"""log p(θ) of mixture parameters under a resolved :class:`GaussianMixturePrior`.
 
-    params: ``weights (K,)``, ``locs (K, D)``, ``covariances (K, D, D)`` or ``variances (K, D)``.
+    params: ``weights (K,)``, ``locs (K, D)``, and ``covariances`` ``(K, D, D)`` (full) or
+    ``(D, D)`` (tied), or ``variances`` ``(K, D)`` (diag) or ``(K,)`` (spherical).
     log IW(Σ | Ψ, ν) = ν/2 log|Ψ| - νD/2 log 2 - log Γ_D(ν/2) - (ν+D+1)/2 log|Σ| - tr(ΨΣ⁻¹)/2.
     """
     weights, locs = params["weights"], params["locs"]
@@ -290,8 +324,8 @@ def log_prior(params: dict[str, Tensor], prior: dict[str, Tensor]) -> Tensor:
     log_dirichlet = (torch.lgamma(num_components * alpha) - num_components * torch.lgamma(alpha)
                      + torch.xlogy(alpha - 1, weights).sum())
     if "covariances" in params:
-        covariances = params["covariances"]
-        scale_tril = torch.linalg.cholesky(covariances)  # (K, D, D)
+        covariances = params["covariances"]  # (K, D, D), or (D, D) when tied
+        scale_tril = torch.linalg.cholesky(covariances)
         log_normal = torch.distributions.MultivariateNormal(
             prior["mean"], scale_tril=scale_tril / kappa.sqrt()).log_prob(locs).sum()
         log_det_cov = 2 * scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # (K,)
@@ -302,8 +336,9 @@ def log_prior(params: dict[str, Tensor], prior: dict[str, Tensor]) -> Tensor:
                   - torch.special.multigammaln(dof / 2, num_features)
                   - (dof + num_features + 1) / 2 * log_det_cov - trace / 2)
         return log_dirichlet + log_normal + log_iw.sum()
-    variances = params["variances"]
-    log_normal = torch.distributions.Normal(prior["mean"], (variances / kappa).sqrt()).log_prob(locs)
+    variances = params["variances"]  # (K, D), or (K,) when spherical
+    mean_variances = variances if variances.dim() == 2 else variances[:, None]
+    log_normal = torch.distributions.Normal(prior["mean"], (mean_variances / kappa).sqrt()).log_prob(locs)
     shape, rate = dof / 2, prior["scale"] / 2
     log_ig = shape * rate.log() - torch.lgamma(shape) - (shape + 1) * variances.log() - rate / variances
     return log_dirichlet + log_normal.sum() + log_ig.sum()
