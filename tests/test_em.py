@@ -155,6 +155,17 @@ def test_collapsing_component_warns_and_is_regularized(reg_covar):
     assert np.isfinite(result.log_likelihood_history).all()
 
 
+def test_tied_collapse_warns_once_about_the_shared_covariance():
+    line = torch.randn(300, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x = torch.cat([line, 2 * line], dim=1)  # on a line: every scatter matrix is singular
+    model = GaussianMixture(3, 2, "tied", reg_covar=0.0).double()
+    with pytest.warns(ComponentCollapseWarning, match="tied covariance") as caught:
+        result = fit_em(model, x, num_iters=10, tol=0.0, seed=0)
+    assert len([w for w in caught if issubclass(w.category, ComponentCollapseWarning)]) == 1
+    assert result.collapsed_components == (0,)
+    assert torch.isfinite(model.log_prob(x)).all()
+
+
 def test_prior_prevents_collapse_without_warning():
     x = torch.cat([torch.randn(100, 2, dtype=torch.float64),
                    torch.tensor([[6.0, 6.0]], dtype=torch.float64).expand(10, 2)])

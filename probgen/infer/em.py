@@ -214,7 +214,7 @@ def fit_em(
         True
     """
     start = time.perf_counter()
-    full = model.covariance in ("full", "tied")  # full Σ_k: Cholesky factors, else scales
+    full = not model.is_diagonal  # full and tied Σ_k: Cholesky factors; else scales
     tied, spherical = model.covariance == "tied", model.covariance == "spherical"
     dtype = dtype or model.dtype or torch.get_default_dtype()
     x = validate_data(x, event_shape=model.event_shape(), float_dtype=dtype)
@@ -348,7 +348,13 @@ def fit_em(
                 numerator = prior_scale + counts[:, None] * scatter + shrink * offset**2
                 new_cov = numerator / (dof + counts + 3)[:, None]
             empty = torch.zeros_like(empty)  # the prior defines every component
-        new_tril, collapsed = _factor(new_cov, reg_std if resolved is None else 0 * reg_std, full)
+        floor = reg_std if resolved is None else 0 * reg_std
+        if tied:  # one shared Σ: factor it once; a collapse is reported as component 0's
+            new_tril, collapsed = _factor(new_cov[:1], floor, full)
+            new_tril = new_tril.expand(cov_shape)
+            collapsed = torch.cat([collapsed, collapsed.new_zeros(num_components - 1)])
+        else:
+            new_tril, collapsed = _factor(new_cov, floor, full)
         if resolved is None:
             collapsed = collapsed & ~empty
         # An empty component keeps its parameters (its mean is 0/0); its weight goes to ~0.
@@ -362,9 +368,12 @@ def fit_em(
         new_collapsed = [k for k in flags[0].nonzero().flatten().tolist() if k not in collapsed_ever]
         for k in new_collapsed:
             collapsed_ever.add(k)
+            what = ("The tied covariance (shared by all components)" if tied else
+                    f"Gaussian mixture component {k}")
+            points = num_examples if tied else float(counts[k])
             warnings.warn(
-                f"Gaussian mixture component {k} collapsed at EM iteration {iteration + 1} "
-                f"({float(counts[k]):.3g} effective points): reg_covar={float(reg):g} makes up at "
+                f"{what} collapsed at EM iteration {iteration + 1} "
+                f"({points:.3g} effective points): reg_covar={float(reg):g} makes up at "
                 "least half of its variance along some direction, so its density is degenerate. "
                 "It is kept positive definite by regularization; increase reg_covar, fit with "
                 "prior=GaussianMixturePrior(), or use fewer components.",
