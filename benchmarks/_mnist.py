@@ -11,7 +11,7 @@ import pyro
 import torch
 
 import probgen
-from probgen.checkpoint import atomic_save
+from probgen.core.checkpoint import atomic_save
 
 
 def shared_data() -> Path | None:

@@ -87,7 +87,7 @@ def density_rows(args, train_x, test_x):
     rows.append(row(task, f"diffusion, prob-flow ODE (n={len(subset)})", ll_ode, 0.0,
                     eval_s=round(ode_seconds, 1)))
 
-    from probgen.infer.em import GaussianMixturePrior, fit_em
+    from probgen.models.mixture.em import GaussianMixturePrior, fit_em
     from probgen.models.mixture import GaussianMixture, heldout_log_likelihood
 
     for k in (1, 10):
@@ -115,7 +115,7 @@ def density_rows(args, train_x, test_x):
 
 
 def flow_ll(flow, x):
-    from probgen.evaluate.result import LogLikelihood
+    from probgen.core.result import LogLikelihood
 
     with torch.no_grad():
         values = flow.log_prob(x)

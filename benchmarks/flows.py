@@ -44,7 +44,7 @@ from benchmarks._common import print_table, write_results  # noqa: E402
 from probgen.data.bundled import load_dataset, train_test_split  # noqa: E402
 from probgen.data.transforms import dequantized_log_likelihood, uniform_dequantize  # noqa: E402
 from probgen.distributions.flow import Flow  # noqa: E402
-from probgen.evaluate.result import LogLikelihood  # noqa: E402
+from probgen.core.result import LogLikelihood  # noqa: E402
 from probgen.models.flow import FlowModel  # noqa: E402
 
 LN2 = math.log(2.0)

@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import print_table, timed, write_results  # noqa: E402
-from probgen.infer.em import fit_em, initial_parameters  # noqa: E402
+from probgen.models.mixture.em import fit_em, initial_parameters  # noqa: E402
 from probgen.models.mixture import GaussianMixture  # noqa: E402
 
 
@@ -175,7 +175,7 @@ def main() -> None:
         write_results("gmm", rows, examples=args.examples, features=args.features,
                       components=args.components, iters=args.iters, reg_covar=args.reg_covar,
                       threads=args.threads, thread_pools=pools, rounds=args.repeat, start_mean_log_likelihood=start_ll,
-                      init="kmeans++ (probgen.infer.em.initial_parameters, shared by all tools)",
+                      init="kmeans++ (probgen.models.mixture.em.initial_parameters, shared by all tools)",
                       numpy_version=np.__version__)
 
 

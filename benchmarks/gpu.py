@@ -49,7 +49,7 @@ def cpu_record(name: str, **match) -> dict | None:
 # --- GMM EM -------------------------------------------------------------------------------
 def bench_gmm(args, device: torch.device) -> list[dict]:
     from benchmarks.gmm import mean_log_likelihood, simulate
-    from probgen.infer.em import fit_em, initial_parameters
+    from probgen.models.mixture.em import fit_em, initial_parameters
     from probgen.models.mixture import GaussianMixture
 
     n, d, k, iters = args.gmm_examples, args.gmm_features, args.gmm_components, args.gmm_iters

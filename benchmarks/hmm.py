@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import print_table, timed, write_results  # noqa: E402
-from probgen.infer.baum_welch import baum_welch  # noqa: E402
+from probgen.models.hmm.baum_welch import baum_welch  # noqa: E402
 from probgen.models.hmm import HMM  # noqa: E402
 
 

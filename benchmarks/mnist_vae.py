@@ -27,7 +27,7 @@ from pyro.infer import RenyiELBO
 import probgen
 from benchmarks._common import RESULTS, machine_info, print_table, write_results
 from benchmarks._mnist import model_budgets, shared_data, train
-from probgen.checkpoint import atomic_write_text
+from probgen.core.checkpoint import atomic_write_text
 from probgen.data.mnist import DynamicBinarizer, load_binarized_mnist, load_mnist
 from probgen.models.vae import VAE
 

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from benchmarks._common import print_table, write_results
-from probgen.evaluate.ais import ais_log_partition, evaluate_ais
-from probgen.infer.contrastive import train_cd
+from probgen.models.ebm.ais import ais_log_partition, evaluate_ais
+from probgen.models.ebm.contrastive import train_cd
 from probgen.models.ebm import RBM
 
 # Salakhutdinov & Murray (2008), "On the quantitative analysis of deep belief networks", ICML,

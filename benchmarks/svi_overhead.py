@@ -159,7 +159,7 @@ def whole_module_registration(vae: VAE) -> VAE:
 
 def snapshot_every_step(run: Callable[[int], Timings]) -> Callable[[int], Timings]:
     """Diagnostic: fit's divergence snapshot copied every step instead of every 10."""
-    import probgen.infer.svi as svi
+    import probgen.infer.fit as svi
 
     def timed(num_steps: int) -> Timings:
         saved, svi.ROLLBACK_EVERY = svi.ROLLBACK_EVERY, 1

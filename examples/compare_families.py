@@ -11,7 +11,7 @@ import torch
 
 import probgen
 from probgen.data import load_dataset, train_test_split
-from probgen.demo_programs import gaussian_mixture_program
+from probgen.demo.programs import gaussian_mixture_program
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
     test = ((data[test_index] - mean) / std).to(args.device)
 
     results = {}
-    from probgen.infer.em import fit_em
+    from probgen.models.mixture.em import fit_em
     from probgen.models.mixture import GaussianMixture
 
     for k in (1, 2, 3):

@@ -14,7 +14,7 @@ import pyro
 import torch
 
 from probgen.data.bundled import load_dataset, train_test_split
-from probgen.infer.em import GaussianMixturePrior, fit_em
+from probgen.models.mixture.em import GaussianMixturePrior, fit_em
 from probgen.models.mixture import GaussianMixture, heldout_log_likelihood, select_num_components
 
 

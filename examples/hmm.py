@@ -17,7 +17,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 import probgen
-from probgen.infer.baum_welch import baum_welch, initialize_from_data
+from probgen.models.hmm.baum_welch import baum_welch, initialize_from_data
 from probgen.models.hmm import HMM
 
 

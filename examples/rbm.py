@@ -14,8 +14,8 @@ import argparse
 import torch
 
 from probgen.data.bundled import load_dataset, train_test_split
-from probgen.evaluate.ais import ais_log_partition, evaluate_ais, evaluate_rbm_exact
-from probgen.infer.contrastive import train_cd
+from probgen.models.ebm.ais import ais_log_partition, evaluate_ais, evaluate_rbm_exact
+from probgen.models.ebm.contrastive import train_cd
 from probgen.models.ebm import RBM
 
 

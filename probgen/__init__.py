@@ -1,13 +1,13 @@
 """probgen: fit any Pyro program, score it with a labelled log-likelihood, compare families."""
 
-__version__ = "0.1.0"
-
-from probgen import data, models  # noqa: E402
-from probgen.checkpoint import load, save  # noqa: E402
-from probgen.evaluate import LogLikelihood, compare, evaluate  # noqa: E402
-from probgen.infer import FitResult, TrainingDiverged, fit  # noqa: E402
+from probgen import data, models
+from probgen.core.result import LogLikelihood
+from probgen.core.version import __version__
+from probgen.evaluate import compare, evaluate
+from probgen.infer import FitResult, FitState, TrainingDiverged, fit
+from probgen.models.io import load, save
 
 __all__ = [
     "__version__", "fit", "evaluate", "compare", "save", "load", "LogLikelihood", "FitResult",
-    "TrainingDiverged", "data", "models",
+    "FitState", "TrainingDiverged", "data", "models",
 ]

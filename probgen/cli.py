@@ -77,7 +77,7 @@ def _parse_options(pairs: list[str]) -> dict[str, Any]:
 
 
 def _build_model(name: str, data: torch.Tensor, options: dict[str, Any]):
-    from probgen.models.base import get_model_class
+    from probgen.models.registry import get_model_class
 
     cls = get_model_class(name)
     parameters = inspect.signature(cls.__init__).parameters
@@ -182,7 +182,7 @@ def _cmd_sample(args) -> None:
 
 def _cmd_compare(args) -> None:
     import probgen
-    from probgen.evaluate.result import LogLikelihood
+    from probgen.core.result import LogLikelihood
 
     names = args.names or [Path(p).stem for p in args.results]
     if len(names) != len(args.results):
@@ -205,7 +205,7 @@ def _cmd_compare(args) -> None:
 
 
 def _cmd_demo(args) -> None:
-    from probgen.demo import run_demo
+    from probgen.demo.run import run_demo
 
     if args.device:
         os.environ["PROBGEN_DEVICE"] = args.device
@@ -276,7 +276,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from probgen.checkpoint import CheckpointError
+    from probgen.core.checkpoint import CheckpointError
 
     args = _parser().parse_args(argv)
     if getattr(args, "nproc", None):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from probgen.evaluate.ais import (
+from probgen.models.ebm.ais import (
     ais_log_partition,
     ais_log_partition_energy,
     beta_schedule,
@@ -13,7 +13,7 @@ from probgen.evaluate.ais import (
     evaluate_rbm_exact,
     exact_log_partition,
 )
-from probgen.infer.contrastive import train_cd
+from probgen.models.ebm.contrastive import train_cd
 from probgen.models.ebm import RBM, GaussianRBM
 
 
@@ -121,7 +121,7 @@ def test_evaluate_ais_is_labelled_estimate_with_chain_stderr():
 
 
 def test_evaluate_rbm_exact_normalizes_over_all_states():
-    from probgen.evaluate.ais import binary_states
+    from probgen.models.ebm.ais import binary_states
 
     rbm = random_rbm(7, 25, seed=7)  # wide hidden layer: enumerates the 7 visible units
     states = binary_states(7, dtype=torch.float64)

@@ -134,8 +134,8 @@ def _flow():
 
 def _family_cases() -> list[Case]:
     from probgen.data.sequences import pad_sequences
-    from probgen.infer.baum_welch import baum_welch
-    from probgen.infer.em import fit_em
+    from probgen.models.hmm.baum_welch import baum_welch
+    from probgen.models.mixture.em import fit_em
     from probgen.infer.mcmc import run_mcmc
 
     ragged = [torch.randn(4, 2).double(), torch.randn(2, 2).double()]
@@ -159,7 +159,7 @@ def _family_cases() -> list[Case]:
         Case("FlowModel (fit)", "Inf", lambda: probgen.fit(_flow(), torch.full((4, 3), float("inf")).double(), num_steps=1, progress=False), ValueError, "Inf"),
         Case("FlowModel", "unknown kind", lambda: __import__("probgen.models.flow", fromlist=["x"]).FlowModel(3, kind="glow9"), ValueError, "kind|glow9"),
         Case("run_mcmc", "unknown kernel", lambda: run_mcmc(program, GOOD, kernel="gibbs9", num_samples=2, warmup_steps=1), ValueError, "kernel"),
-        Case("probgen.load", "a fit checkpoint is not a model", lambda: probgen.load(_fit_checkpoint()), probgen.checkpoint.CheckpointError, "not a saved model"),
+        Case("probgen.load", "a fit checkpoint is not a model", lambda: probgen.load(_fit_checkpoint()), probgen.core.checkpoint.CheckpointError, "not a saved model"),
     ]
 
 

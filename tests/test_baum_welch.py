@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from probgen.infer.baum_welch import baum_welch, initialize_from_data
+from probgen.models.hmm.baum_welch import baum_welch, initialize_from_data
 from probgen.models.hmm import HMM
 
 CONFIGS = {

@@ -11,8 +11,9 @@ from torch import nn
 from torch.distributions import constraints
 
 import probgen
-from probgen.checkpoint import CheckpointError, atomic_save, load_checkpoint
-from probgen.models.base import GenerativeModel, register_model
+from probgen.core.checkpoint import CheckpointError, atomic_save, load_checkpoint
+from probgen.core.model import GenerativeModel
+from probgen.models.registry import register_model
 
 
 def model(x):

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from probgen.checkpoint import load_checkpoint
+from probgen.core.checkpoint import load_checkpoint
 from probgen.cli import main
 
 FIT = ["fit", "gmm", "--data", "iris", "--standardize", "--set", "num_components=2",

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from probgen.evaluate.ais import evaluate_ais, evaluate_rbm_exact
-from probgen.infer.contrastive import (
+from probgen.models.ebm.ais import evaluate_ais, evaluate_rbm_exact
+from probgen.models.ebm.contrastive import (
     ReplayBuffer,
     hmc_step,
     langevin_sample,

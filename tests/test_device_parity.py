@@ -177,7 +177,7 @@ def test_gmm_em(device, audit):
     """EM from the same start on the device equals EM on the CPU; the fitted log_prob equals
     scipy's mixture density."""
     mixture = family("probgen.models.mixture")
-    em = family("probgen.infer.em")
+    em = family("probgen.models.mixture.em")
     from scipy.stats import multivariate_normal
 
     generator = torch.Generator().manual_seed(1)
@@ -276,7 +276,7 @@ def test_flow_log_prob(device, audit):
 def test_rbm_free_energy_and_partition(device, audit):
     """F(v) = -log Σ_h exp(-E(v, h)) by enumerating h; log Z by enumeration equals AIS."""
     ebm = family("probgen.models.ebm")
-    ais = family("probgen.evaluate.ais")
+    ais = family("probgen.models.ebm.ais")
     rbm = ebm.RBM(6, 5, init_scale=0.5, seed=0).double().to(device)
     v = torch.bernoulli(torch.full((8, 6), 0.5, dtype=torch.float64),
                         generator=torch.Generator().manual_seed(0)).to(device)

@@ -14,7 +14,7 @@ import probgen
 from probgen.diffusion import CosineSchedule, GaussianMixtureDenoiser, vlb
 from probgen.diffusion.training import train
 from probgen.distributions.diffusion import DiffusionPrior
-from probgen.models.base import get_model_class
+from probgen.models.registry import get_model_class
 from probgen.models.diffusion import DiffusionDensity, evaluate_ode, evaluate_vlb
 from probgen.nn.denoiser import MLPDenoiser
 
@@ -198,7 +198,7 @@ def test_pyro_training_loop_and_simple_loss():
 
 
 def test_demo_entry_smoke():
-    from probgen.demo import DATASETS
+    from probgen.demo.run import DATASETS
     from probgen.models.diffusion import demo_entries
 
     (entry,) = demo_entries(smoke=True)

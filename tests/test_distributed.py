@@ -100,7 +100,7 @@ def test_checkpoint_written_by_rank0_resumes(torchrun_results):
     out = torchrun_results["out"]
     assert (out / "fit.pt").exists()
     assert not list(out.glob(".fit.pt.*.tmp"))
-    state = probgen.checkpoint.load_checkpoint(out / "fit.pt")
+    state = probgen.core.checkpoint.load_checkpoint(out / "fit.pt")
     assert int(state["step"]) == worker.NUM_STEPS
     for ranks in torchrun_results["ranks"]:
         assert len(ranks["first_half"]["losses"]) == worker.NUM_STEPS // 2

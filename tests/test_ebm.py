@@ -8,8 +8,8 @@ import torch
 from pyro.infer import MCMC, NUTS
 from pyro.ops.stats import effective_sample_size
 
-from probgen.evaluate.ais import binary_states, exact_log_partition
-from probgen.models.base import get_model_class
+from probgen.models.ebm.ais import binary_states, exact_log_partition
+from probgen.models.registry import get_model_class
 from probgen.models.ebm import RBM, GaussianRBM, NeuralEBM
 
 
@@ -140,7 +140,7 @@ def test_neural_ebm_energy_program_and_sampling():
 
 
 def test_demo_entry_scores_an_rbm_by_ais():
-    from probgen.demo_registry import DemoData
+    from probgen.demo.registry import DemoData
     from probgen.models.ebm import demo_entries
 
     generator = torch.Generator().manual_seed(0)

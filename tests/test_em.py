@@ -11,7 +11,7 @@ import torch
 from scipy import stats
 from scipy.optimize import linear_sum_assignment
 
-from probgen.infer.em import (
+from probgen.models.mixture.em import (
     ComponentCollapseWarning,
     GaussianMixturePrior,
     fit_em,
@@ -258,7 +258,7 @@ def test_bad_input_and_options_raise_clear_errors():
 
 
 def test_dtype_option_computes_in_float64_for_a_float32_model(monkeypatch):
-    import probgen.infer.em as em
+    import probgen.models.mixture.em as em
 
     seen = []
     features = em._features

@@ -9,7 +9,7 @@ import torch
 
 import probgen
 from probgen.data.transforms import LogitTransform
-from probgen.evaluate.result import LogLikelihood
+from probgen.core.result import LogLikelihood
 from probgen.models.flow import FlowModel, demo_entries
 
 
@@ -92,7 +92,7 @@ def test_bad_input_errors():
 
 def test_demo_entries_smoke():
     from probgen.data.bundled import load_dataset, train_test_split
-    from probgen.demo_registry import DemoData
+    from probgen.demo.registry import DemoData
 
     entries = demo_entries(smoke=True)
     assert {e.dataset for e in entries} == {"iris"}

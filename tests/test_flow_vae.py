@@ -107,6 +107,6 @@ def test_bad_arguments_name_the_problem(options, match):
 
 
 def test_registered():
-    from probgen.models.base import get_model_class
+    from probgen.models.registry import get_model_class
 
     assert get_model_class("flow_vae") is FlowVAE

@@ -256,8 +256,8 @@ def test_bad_arguments_name_the_problem(kwargs, match):
 
 
 def test_registered_and_demo_entry_runs():
-    from probgen.demo import DATASETS
-    from probgen.models.base import get_model_class
+    from probgen.demo.run import DATASETS
+    from probgen.models.registry import get_model_class
     from probgen.models.hierarchical import demo_entries
 
     assert get_model_class("hierarchical_vae") is HierarchicalVAE

@@ -16,8 +16,8 @@ from pyro.infer import TraceEnum_ELBO
 from pyro.ops.indexing import Vindex
 
 from probgen.data.sequences import lengths_to_mask
-from probgen.infer.forward_backward import _forward_log, forward_backward, forward_log_likelihood
-from probgen.models.base import get_model_class
+from probgen.models.hmm.forward_backward import _forward_log, forward_backward, forward_log_likelihood
+from probgen.models.registry import get_model_class
 from probgen.models.hmm import HMM, evaluate_forward
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ import torch
 from pyro.infer import Trace_ELBO
 
 from probgen.diffusion import GaussianMixtureDenoiser, gaussian_ancestral_marginal
-from probgen.models.base import get_model_class
+from probgen.models.registry import get_model_class
 from probgen.models.latent_diffusion import (
     LatentDiffusionVAE,
     evaluate_diffusion_elbo,

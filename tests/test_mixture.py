@@ -11,7 +11,7 @@ import torch
 from scipy import stats
 from scipy.special import logsumexp
 
-from probgen.models.base import get_model_class
+from probgen.models.registry import get_model_class
 from probgen.models.mixture import GaussianMixture, demo_entries, select_num_components
 
 COVARIANCES = ["full", "tied", "diag", "spherical"]
@@ -205,7 +205,7 @@ def test_select_num_components_prefers_the_true_number():
 
 def test_demo_entries_fit_iris():
     from probgen.data.bundled import load_dataset, train_test_split
-    from probgen.demo_registry import DemoData
+    from probgen.demo.registry import DemoData
 
     data = load_dataset("iris").data
     data = (data - data.mean(0)) / data.std(0)
@@ -221,7 +221,7 @@ def test_demo_entries_fit_iris():
 
 def test_generic_fit_climbs_toward_the_em_optimum():
     probgen = pytest.importorskip("probgen")
-    from probgen.infer.em import fit_em
+    from probgen.models.mixture.em import fit_em
 
     truth = random_mixture("full", num_components=2, num_features=2, seed=5)
     torch.manual_seed(0)

@@ -74,7 +74,7 @@ def test_shift_moves_mean_not_stderr(values, offset):
 
 
 def test_fingerprint_survives_a_cast_to_the_model_dtype():
-    from probgen.evaluate.result import data_fingerprint
+    from probgen.core.result import data_fingerprint
 
     x = torch.randn(5, 3, dtype=torch.float64)
     assert data_fingerprint(x) == data_fingerprint(x.float()) == data_fingerprint(x.float().double())

@@ -262,7 +262,7 @@ def test_fit_uses_default_loss_and_improves_the_bound():
 
 
 def test_demo_entry_scores_digits_with_the_iwae_bound(tmp_path):
-    from probgen.demo_registry import DemoData
+    from probgen.demo.registry import DemoData
 
     entries = demo_entries(smoke=True)
     assert [e.dataset for e in entries] == ["digits"]

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from probgen.data.validate import validate_data
+from probgen.core.validate import validate_data
 
 __all__ = ["PaddedSequences", "pad_sequences", "unpad_sequences", "lengths_to_mask",
            "validate_sequences"]

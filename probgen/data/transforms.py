@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Transform, constraints
 
-from probgen.data.validate import validate_data
-from probgen.evaluate.chunks import eval_mode
-from probgen.evaluate.result import LogLikelihood, data_fingerprint
+from probgen.core.validate import validate_data
+from probgen.core.chunks import eval_mode
+from probgen.core.result import LogLikelihood, data_fingerprint
 
 __all__ = [
     "LogitTransform",

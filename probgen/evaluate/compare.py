@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from probgen.evaluate.result import LogLikelihood
+from probgen.core.result import LogLikelihood
 
 __all__ = ["ComparisonRow", "ComparisonTable", "compare"]
 

@@ -14,7 +14,7 @@ from pyro.ops.contract import contract_to_tensor
 from pyro.ops.rings import LogRing
 from pyro.poutine.util import site_is_subsample
 
-from probgen.infer.program import ProgramInfo, find_data_frame
+from probgen.core.program import ProgramInfo, find_data_frame
 
 __all__ = ["log_density_per_example", "exact_log_prob"]
 

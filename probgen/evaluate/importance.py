@@ -12,7 +12,7 @@ from pyro.infer import config_enumerate
 from pyro.poutine.util import site_is_subsample
 
 from probgen.evaluate.exact import log_density_per_example
-from probgen.infer.program import ProgramInfo, find_data_frame
+from probgen.core.program import ProgramInfo, find_data_frame
 
 __all__ = ["log_importance_weights", "importance_bound"]
 

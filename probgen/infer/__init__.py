@@ -1,6 +1,6 @@
-"""Inference runners: SVI (fit), EM fast paths, MCMC, contrastive training."""
+"""Generic runners for any Pyro program: fit (SVI and declared methods), MCMC, data parallelism."""
 
-from probgen.infer.program import ProgramInfo, inspect_program
-from probgen.infer.svi import FitResult, FitState, TrainingDiverged, fit
+from probgen.infer.fit import FitResult, FitState, TrainingDiverged, fit
+from probgen.infer.method import TrainingMethod, TrainingSetup
 
-__all__ = ["fit", "FitResult", "FitState", "TrainingDiverged", "ProgramInfo", "inspect_program"]
+__all__ = ["fit", "FitResult", "FitState", "TrainingDiverged", "TrainingMethod", "TrainingSetup"]

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from pyro import poutine
 
-__all__ = ["DataParallel", "fit", "launch_torchrun", "run_mcmc_distributed", "is_torchrun"]
+__all__ = ["DataParallel", "launch_torchrun", "run_mcmc_distributed", "is_torchrun"]
 
 
 def is_torchrun() -> bool:
@@ -171,19 +171,6 @@ class DataParallel:
             dist.barrier()
 
 
-def fit(model: Any, data: Any, **kwargs: Any):
-    """:func:`probgen.fit` with ``distributed=True``; launch the script with torchrun.
-
-    Example (``train.py``)::
-
-        result = probgen.infer.distributed.fit(model, x, batch_size=256, device="cuda")
-        # torchrun --nproc-per-node 4 train.py
-    """
-    from probgen.infer.svi import fit as svi_fit
-
-    return svi_fit(model, data, distributed=True, **kwargs)
-
-
 def _strip_nproc(argv: Sequence[str]) -> list[str]:
     kept, skip = [], False
     for arg in argv:
@@ -212,7 +199,7 @@ def torchrun_command(argv: Sequence[str], nproc: int, *,
 def launch_torchrun(argv: list[str], nproc: int, *, torchrun_args: Sequence[str] = ()) -> int:
     """Run ``python -m torch.distributed.run --nproc-per-node N -m probgen.cli ARGV``.
 
-    ``argv`` is the command line after ``probgen`` (e.g. ``["fit", "vae", "--data", "mnist",
+    ``argv`` is the command line after ``probgen`` (e.g. ``["vae", "--data", "mnist",
     "--nproc", "4"]``); ``--nproc`` is dropped. ``torchrun_args`` replaces ``--standalone``
     (e.g. ``["--nnodes=2", "--rdzv-backend=c10d", "--rdzv-endpoint=host:29400"]``).
     Returns torchrun's exit status.
@@ -247,7 +234,7 @@ def run_mcmc_distributed(model: Any, data: Any = None, *, num_samples: int = 100
 
     import arviz as az
 
-    from probgen.data.validate import as_batch
+    from probgen.core.validate import as_batch
     from probgen.infer import mcmc
 
     if kernel not in ("nuts", "hmc"):

@@ -20,9 +20,10 @@ from probgen.diffusion.ode import ode_log_prob, ode_sample
 from probgen.diffusion.samplers import sample_loop
 from probgen.diffusion.schedules import make_schedule
 from probgen.distributions.diffusion import DiffusionPrior
-from probgen.evaluate.chunks import eval_mode, map_chunks
-from probgen.evaluate.result import LogLikelihood, data_fingerprint
-from probgen.models.base import GenerativeModel, register_model
+from probgen.core.chunks import eval_mode, map_chunks
+from probgen.core.result import LogLikelihood, data_fingerprint
+from probgen.core.model import GenerativeModel
+from probgen.models.registry import register_model
 from probgen.nn.denoiser import MLPDenoiser
 
 __all__ = ["LOSSES", "DiffusionDensity", "evaluate_vlb", "evaluate_ode", "demo_entries"]
@@ -193,7 +194,7 @@ def evaluate_ode(model: DiffusionDensity, batch: tuple[Tensor, ...], *, exact: b
 
 def demo_entries(smoke: bool) -> list:
     """A small continuous-time diffusion density on standardized iris (kind lower_bound)."""
-    from probgen.demo_registry import DemoEntry
+    from probgen.demo.registry import DemoEntry
 
     def run(data, out_dir: str) -> LogLikelihood:
         from probgen.diffusion.training import train

@@ -13,8 +13,9 @@ from torch.distributions import AffineTransform
 
 from probgen.data.transforms import LogitTransform
 from probgen.distributions.flow import Flow
-from probgen.evaluate.result import LogLikelihood
-from probgen.models.base import GenerativeModel, register_model
+from probgen.core.result import LogLikelihood
+from probgen.core.model import GenerativeModel
+from probgen.models.registry import register_model
 
 __all__ = ["FlowModel", "demo_entries"]
 
@@ -123,7 +124,7 @@ class FlowModel(GenerativeModel):
 
 def demo_entries(smoke: bool) -> list:
     """``probgen demo``: NSF and MAF flows on iris, exact log-likelihoods beside the GMMs."""
-    from probgen.demo_registry import DemoEntry
+    from probgen.demo.registry import DemoEntry
 
     def runner(kind: str):
         def run(data: Any, out_dir: str) -> LogLikelihood:

@@ -10,7 +10,7 @@ import pyro.distributions as dist
 import torch
 
 from probgen.guides.amortized import AmortizedFlowPosterior
-from probgen.models.base import register_model
+from probgen.models.registry import register_model
 from probgen.models.vae import VAE
 
 __all__ = ["FlowVAE", "POSTERIORS"]

@@ -17,11 +17,12 @@ from torch.distributions import kl_divergence
 
 from probgen.distributions.likelihoods import check_bins, observation_distribution
 from probgen.guides.amortized import AmortizedFlowPosterior
-from probgen.models.base import GenerativeModel, register_model
+from probgen.core.model import GenerativeModel
+from probgen.models.registry import register_model
 from probgen.nn import MLP, ConvDecoder, ConvEncoder, activation
 
 if TYPE_CHECKING:
-    from probgen.demo_registry import DemoEntry
+    from probgen.demo.registry import DemoEntry
 
 __all__ = ["HierarchicalVAE", "LadderELBO", "precision_weighted", "demo_entries"]
 
@@ -379,7 +380,7 @@ class LadderELBO(ELBO):
 
 def demo_entries(smoke: bool) -> list[DemoEntry]:
     """A 2-layer ladder VAE on binarized 8x8 digits, scored with the IWAE bound."""
-    from probgen.demo_registry import DemoEntry
+    from probgen.demo.registry import DemoEntry
 
     def run(data, out_dir: str):
         import probgen

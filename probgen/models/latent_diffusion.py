@@ -22,9 +22,10 @@ from torch import Tensor, nn
 
 from probgen.diffusion.schedules import make_schedule
 from probgen.distributions.diffusion import DiffusionPrior
-from probgen.evaluate.chunks import eval_mode, map_chunks
-from probgen.evaluate.result import LogLikelihood, data_fingerprint
-from probgen.models.base import GenerativeModel, register_model
+from probgen.core.chunks import eval_mode, map_chunks
+from probgen.core.result import LogLikelihood, data_fingerprint
+from probgen.core.model import GenerativeModel
+from probgen.models.registry import register_model
 from probgen.nn.denoiser import GaussianResidualDenoiser, MLPDenoiser
 from probgen.nn.mlp import MLP
 

@@ -15,11 +15,12 @@ from torch import nn
 
 from probgen.distributions.discretized import DiscretizedLogistic
 from probgen.distributions.likelihoods import check_bins, observation_distribution
-from probgen.models.base import GenerativeModel, register_model
+from probgen.core.model import GenerativeModel
+from probgen.models.registry import register_model
 from probgen.nn import MLP, ConvDecoder, ConvEncoder, activation
 
 if TYPE_CHECKING:
-    from probgen.demo_registry import DemoEntry
+    from probgen.demo.registry import DemoEntry
 
 __all__ = ["VAE", "LIKELIHOODS", "demo_entries"]
 
@@ -280,7 +281,7 @@ _act = activation
 
 def demo_entries(smoke: bool) -> list[DemoEntry]:
     """A small Bernoulli VAE on binarized 8x8 digits, scored with the IWAE bound."""
-    from probgen.demo_registry import DemoEntry
+    from probgen.demo.registry import DemoEntry
 
     def run(data, out_dir: str):
         import probgen

@@ -10,8 +10,9 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
-from probgen.evaluate.result import LogLikelihood, data_fingerprint
-from probgen.models.base import GenerativeModel, register_model
+from probgen.core.result import LogLikelihood, data_fingerprint
+from probgen.core.model import GenerativeModel
+from probgen.models.registry import register_model
 
 __all__ = [
     "GaussianMixture",
@@ -34,7 +35,7 @@ class GaussianMixture(GenerativeModel):
 
     The Pyro program samples an assignment per example (enumerated in parallel, so
     ``TraceEnum_ELBO`` gives the exact marginal) and observes x under that component; fit it
-    with :func:`probgen.fit` (gradient) or :func:`probgen.infer.em.fit_em` (EM, much faster).
+    with :func:`probgen.fit` (gradient) or :func:`probgen.models.mixture.em.fit_em` (EM, much faster).
 
     Parameters (unconstrained, so gradient fitting stays valid): ``logits`` ``(K,)``, ``locs``
     ``(K, D)``, and ``scale_tril_raw`` (strict lower triangle, log-diagonal) of shape
@@ -391,7 +392,7 @@ def select_num_components(train: Tensor, test: Tensor, candidates: tuple[int, ..
         >>> sorted(sel.heldout)
         ['gmm-full-K1', 'gmm-full-K2']
     """
-    from probgen.infer.em import fit_em
+    from probgen.models.mixture.em import fit_em
 
     heldout, bic, models = {}, {}, {}
     for num_components in candidates:
@@ -411,8 +412,8 @@ def demo_entries(smoke: bool) -> list:
     The conjugate prior (:class:`GaussianMixturePrior`, Fraley & Raftery
     defaults) keeps components with a handful of points from collapsing on 120 examples.
     """
-    from probgen.demo_registry import DemoEntry
-    from probgen.infer.em import fit_em
+    from probgen.demo.registry import DemoEntry
+    from probgen.models.mixture.em import fit_em
 
     def runner(num_components: int):
         def run(data, out_dir: str) -> LogLikelihood:

@@ -1,4 +1,5 @@
-"""Checkpoints: atomic writes (temp file + fsync + rename), weights_only loads, model save/load."""
+"""Checkpoints: atomic writes (temp file + fsync + rename), weights_only loads, param store and RNG
+state as plain data."""
 
 from __future__ import annotations
 
@@ -16,10 +17,10 @@ from torch.distributions import constraints
 
 __all__ = [
     "atomic_save", "atomic_write_text", "load_checkpoint", "param_store_state",
-    "restore_param_store", "rng_state", "set_rng_state", "save", "load", "CheckpointError",
+    "restore_param_store", "rng_state", "set_rng_state", "CheckpointError", "FORMAT_VERSION",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class CheckpointError(ValueError):
@@ -187,69 +188,3 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-
-
-# --- bundled models ---------------------------------------------------------------------
-def save(model: Any, path: str | os.PathLike) -> Path:
-    """Save a bundled model (class, config, parameters) and any guide parameters fit created.
-
-    Raw Pyro programs keep their parameters in Pyro's param store: save those with
-    ``probgen.checkpoint.atomic_save({"format": "probgen-params", **param_store_state()}, path)``
-    or by passing ``checkpoint=`` to :func:`probgen.fit`.
-    """
-    from probgen import __version__
-    from probgen.models.base import GenerativeModel
-
-    if not isinstance(model, GenerativeModel):
-        raise TypeError(f"probgen.save takes a bundled GenerativeModel, got {type(model).__name__}; "
-                        "for your own Pyro program use probgen.fit(..., checkpoint=path), which "
-                        "saves the param store")
-    if not model.registry_name:
-        raise TypeError(f"{type(model).__name__} is not registered; decorate it with "
-                        "@probgen.models.register_model('name') so it can be rebuilt on load")
-    module_state = {k: v for k, v in model.state_dict().items() if not k.startswith("autoguide.")}
-    autoguide = getattr(model, "autoguide", None)
-    state = {
-        "format": "probgen-model", "format_version": FORMAT_VERSION, "probgen_version": __version__,
-        "model": model.registry_name, "config": dict(model.config), "state_dict": module_state,
-        "autoguide": type(autoguide).__name__ if autoguide is not None else None,
-        "guide_params": param_store_state(exclude_prefix=model.pyro_name + "$$$")
-        if autoguide is not None else None,
-        "autoguide_example": list(getattr(model, "autoguide_example", ()))
-        if autoguide is not None else None,
-    }
-    return atomic_save(state, path)
-
-
-def load(path: str | os.PathLike, *, map_location: str | torch.device | None = None) -> Any:
-    """Rebuild a model saved with :func:`save`: same class, config, parameters (and guide)."""
-    from probgen.models.base import get_model_class
-
-    state = load_checkpoint(path)
-    if state["format"] != "probgen-model":
-        raise CheckpointError(f"{path} holds a {state['format']!r} checkpoint, not a saved model; "
-                              "resume it with probgen.fit(..., checkpoint=path, resume=True)")
-    cls = get_model_class(state["model"])
-    try:
-        model = cls(**state["config"])
-    except TypeError as error:
-        raise CheckpointError(f"the saved config does not fit {cls.__name__} ({error}); it was "
-                              f"written by probgen {state.get('probgen_version')}") from None
-    missing, unexpected = model.load_state_dict(state["state_dict"], strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"saved parameters do not match {cls.__name__}: missing {missing}, "
-                              f"unexpected {unexpected}")
-    if state.get("autoguide"):
-        from pyro import poutine
-        from pyro.infer import autoguide as autoguides
-
-        restore_param_store(state["guide_params"])
-        model.autoguide = getattr(autoguides, state["autoguide"])(model.model)
-        example = tuple(state["autoguide_example"] or ())
-        model.autoguide_example = example
-        if example:
-            with torch.no_grad():  # builds the guide's shapes; values come from the store
-                poutine.block(model.autoguide)(*example)
-    if map_location is not None:
-        model.to(map_location)
-    return model

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from probgen.data.validate import validate_data
+from probgen.core.validate import validate_data
 
 __all__ = [
     "ContrastiveResult",

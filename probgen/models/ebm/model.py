@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from probgen.models.base import GenerativeModel, register_model
+from probgen.core.model import GenerativeModel
+from probgen.models.registry import register_model
 from probgen.nn.energy import EnergyMLP
 
 __all__ = ["RBMBase", "RBM", "GaussianRBM", "NeuralEBM", "demo_entries"]
@@ -31,12 +32,12 @@ class RBMBase(GenerativeModel):
 
     Subclasses define ``visible_log_factor``, ``sample_visible``, ``log_marginal_hidden``,
     ``base_log_partition``, ``sample_base`` and ``base_rate_bias``; AIS
-    (:mod:`probgen.evaluate.ais`) and CD (:mod:`probgen.infer.contrastive`) use only these.
+    (:mod:`probgen.models.ebm.ais`) and CD (:mod:`probgen.models.ebm.contrastive`) use only these.
     """
 
     has_exact_log_prob: ClassVar[bool] = False
     default_estimator: ClassVar[str | None] = "ais"
-    estimators: ClassVar[dict[str, str]] = {"exact": "probgen.evaluate.ais:evaluate_rbm_exact"}
+    estimators: ClassVar[dict[str, str]] = {"exact": "probgen.models.ebm.ais:evaluate_rbm_exact"}
     # Enumerate at most 2**this many states for the exact partition function.
     max_exact_units: ClassVar[int] = 20
 
@@ -145,7 +146,7 @@ class RBMBase(GenerativeModel):
     # --- the Pyro programs ---------------------------------------------------------------
     def log_partition(self) -> torch.Tensor:
         """Exact log Z by enumeration (differentiable); raises when both layers are too wide."""
-        from probgen.evaluate.ais import exact_log_partition
+        from probgen.models.ebm.ais import exact_log_partition
 
         return exact_log_partition(self)
 
@@ -157,7 +158,7 @@ class RBMBase(GenerativeModel):
     def model(self, x: torch.Tensor) -> None:
         """The normalised program: a factor -F(x) - log Z per example (needs the exact log Z).
 
-        Wide RBMs have no tractable log Z: train them with ``probgen.infer.contrastive.train_cd``
+        Wide RBMs have no tractable log Z: train them with ``probgen.models.ebm.contrastive.train_cd``
         and score them with the ``"ais"`` estimator.
         """
         pyro.module(self.pyro_name, self)
@@ -288,7 +289,7 @@ def _energy_program(energy: Callable[[torch.Tensor], torch.Tensor], base_loc: to
 class NeuralEBM(GenerativeModel):
     r"""p_θ(x) = exp(-E_θ(x)) / Z_θ with an energy network E_θ (Du & Mordatch, 2019).
 
-    Trained by :func:`probgen.infer.contrastive.train_ebm` with Langevin or HMC negative
+    Trained by :func:`probgen.models.ebm.contrastive.train_ebm` with Langevin or HMC negative
     samples; scored by AIS from a diagonal Gaussian base fitted to the training data.
 
     Example:
@@ -334,7 +335,7 @@ class NeuralEBM(GenerativeModel):
     def sample(self, num_samples: int, *, num_steps: int = 500, step_size: float | None = None
                ) -> torch.Tensor:
         """Metropolis-adjusted Langevin chains (exact in the limit) started from the base."""
-        from probgen.infer.contrastive import mala_sample
+        from probgen.models.ebm.contrastive import mala_sample
 
         start = self.base_distribution().sample((num_samples,))
         step = step_size if step_size is not None else 0.1 * float(self.base_scale.mean())
@@ -343,7 +344,7 @@ class NeuralEBM(GenerativeModel):
     def model(self, x: torch.Tensor) -> None:
         """Unnormalised: there is no tractable Z; evaluate with the ``"ais"`` estimator."""
         raise NotImplementedError("a neural EBM has no normalised Pyro program (Z is intractable); "
-                                  "train it with probgen.infer.contrastive.train_ebm, score it "
+                                  "train it with probgen.models.ebm.contrastive.train_ebm, score it "
                                   "with estimator='ais', and sample it with energy_program()")
 
     def energy_program(self) -> Callable[[], torch.Tensor]:
@@ -353,11 +354,11 @@ class NeuralEBM(GenerativeModel):
 
 def demo_entries(smoke: bool) -> list:
     """An RBM on binarized digits, trained by CD and scored by AIS (kind estimate)."""
-    from probgen.demo_registry import DemoEntry
+    from probgen.demo.registry import DemoEntry
 
     def run(data, out_dir: str):
-        from probgen.evaluate.ais import evaluate_ais
-        from probgen.infer.contrastive import train_cd
+        from probgen.models.ebm.ais import evaluate_ais
+        from probgen.models.ebm.contrastive import train_cd
 
         train = data.train[0].to(torch.float32)
         rbm = RBM(train.shape[1], 16 if smoke else 64, seed=0)

@@ -1,59 +1,30 @@
-"""GenerativeModel: the base class of every bundled model program, and the model registry."""
+"""GenerativeModel: the protocol every bundled family implements (program, guide, capabilities)."""
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import pyro
 import torch
 from torch import nn
 
-from probgen.data.validate import validate_data
+from probgen.core.validate import validate_data
 
-__all__ = ["GenerativeModel", "register_model", "get_model_class", "MODEL_REGISTRY"]
+__all__ = ["GenerativeModel", "Estimator"]
 
-MODEL_REGISTRY: dict[str, type[GenerativeModel]] = {}
 _instance_counter = itertools.count()
 
 
-def register_model(name: str):
-    """Class decorator: make a bundled model loadable by name (``probgen.load``, the CLI)."""
+@dataclass(frozen=True)
+class Estimator:
+    """A family's estimator: ``function(model, batch, **options)`` -> ``LogLikelihood``."""
 
-    def decorate(cls: type[GenerativeModel]) -> type[GenerativeModel]:
-        if name in MODEL_REGISTRY and MODEL_REGISTRY[name] is not cls:
-            raise ValueError(f"model name {name!r} is already registered")
-        cls.registry_name = name
-        MODEL_REGISTRY[name] = cls
-        return cls
-
-    return decorate
-
-
-FAMILIES = ("mixture", "hmm", "vae", "flow", "ebm", "diffusion", "latent_diffusion",
-            "hierarchical", "flow_vae")
-
-
-def import_families() -> None:
-    """Import every bundled family so each registers itself (absent ones are skipped)."""
-    import importlib
-
-    for family in FAMILIES:
-        module = f"probgen.models.{family}"
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as error:
-            if error.name != module:
-                raise
-
-
-def get_model_class(name: str) -> type[GenerativeModel]:
-    """The bundled model class registered under ``name`` (e.g. ``"gmm"``, ``"vae"``)."""
-    if name not in MODEL_REGISTRY:
-        import_families()
-    if name not in MODEL_REGISTRY:
-        raise ValueError(f"unknown model {name!r}; bundled models: {', '.join(sorted(MODEL_REGISTRY))}")
-    return MODEL_REGISTRY[name]
+    name: str
+    function: Callable[..., Any]
+    options: tuple[str, ...] = ()
 
 
 class GenerativeModel(nn.Module):
@@ -65,14 +36,18 @@ class GenerativeModel(nn.Module):
     construction arguments live in ``self.config`` (JSON-able) so ``probgen.save``/``load``
     rebuild the model exactly.
 
-    Capabilities are declared, not probed:
+    Capabilities are declared once, on the class (or as a property of the config):
         has_exact_log_prob: ``log_prob(x)`` returns exact per-example log p(x) (a fast path that
             must agree with the generic enumeration path).
         has_guide: the model brings its own guide (otherwise ``fit`` builds one).
+        default_method: the training method ``probgen.fit`` uses (``"svi"`` unless declared).
         default_estimator: the estimator ``evaluate(estimator="auto")`` uses (e.g. ``"ais"``).
-        estimators: family-specific estimators by name (e.g. ``{"exact": "...:evaluate_rbm_exact"}``),
-            tried before the generic ones.
-        data_space: ``"discrete"`` or ``"continuous"``; support: a ``validate_data`` support.
+        data_space: ``"discrete"``, ``"continuous"`` or ``"dequantized"``; support: a
+            ``validate_data`` support.
+
+    Training methods and estimators are declared with the class decorators
+    :meth:`training_method` and :meth:`estimator`: one registry, callables with declared
+    options, inherited by subclasses.
     """
 
     registry_name: ClassVar[str] = ""
@@ -80,9 +55,52 @@ class GenerativeModel(nn.Module):
     has_guide: ClassVar[bool] = False
     data_space: ClassVar[str] = "continuous"
     support: ClassVar[str] = "real"
+    default_method: ClassVar[str] = "svi"
     default_estimator: ClassVar[str | None] = None  # what estimator="auto" picks, if not exact/iwae
-    # family-specific estimators: name -> "module:function(model, batch, **options)"
-    estimators: ClassVar[dict[str, str]] = {}
+
+    # --- declarations ----------------------------------------------------------------------
+    @classmethod
+    def training_method(cls, name: str) -> Callable[[type], type]:
+        """Class decorator: declare a training method (a ``TrainingMethod`` subclass) under
+        ``name`` for this family, reached by ``probgen.fit(model, data, method=name)``."""
+
+        def declare(method: type) -> type:
+            if "_declared_methods" not in cls.__dict__:  # not the base's dict
+                cls._declared_methods = {}
+            cls._declared_methods[name] = method
+            return method
+
+        return declare
+
+    @classmethod
+    def estimator(cls, name: str, *, options: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
+        """Decorator: declare ``function(model, batch, **options) -> LogLikelihood`` as this
+        family's estimator ``name``; ``options`` are the keywords it accepts (``k``,
+        ``batch_size``, ``seed``, ...), checked by ``probgen.evaluate``."""
+
+        def declare(function: Callable) -> Callable:
+            if "_declared_estimators" not in cls.__dict__:
+                cls._declared_estimators = {}
+            cls._declared_estimators[name] = Estimator(name, function, tuple(options))
+            return function
+
+        return declare
+
+    @classmethod
+    def methods(cls) -> dict[str, type]:
+        """Training methods declared on this class and its bases, by name."""
+        found: dict[str, type] = {}
+        for klass in reversed(cls.__mro__):
+            found.update(klass.__dict__.get("_declared_methods", {}))
+        return found
+
+    @classmethod
+    def estimators(cls) -> dict[str, Estimator]:
+        """Estimators declared on this class and its bases, by name."""
+        found: dict[str, Estimator] = {}
+        for klass in reversed(cls.__mro__):
+            found.update(klass.__dict__.get("_declared_estimators", {}))
+        return found
 
     def __init__(self, **config: Any) -> None:
         super().__init__()

@@ -10,8 +10,8 @@ import torch
 from torch.distributions import constraints
 
 import probgen
-from probgen.demo_registry import DemoData, DemoEntry
-from probgen.evaluate.result import LogLikelihood
+from probgen.demo.registry import DemoData, DemoEntry
+from probgen.core.result import LogLikelihood
 
 __all__ = ["gaussian_mixture_program", "bernoulli_mixture_program", "demo_entries"]
 

@@ -13,14 +13,15 @@ from pyro.ops.indexing import Vindex
 from torch import nn
 
 from probgen.data.sequences import lengths_to_mask, validate_sequences
-from probgen.evaluate.result import LogLikelihood, data_fingerprint
-from probgen.infer.forward_backward import (
+from probgen.core.result import LogLikelihood, data_fingerprint
+from probgen.models.hmm.forward_backward import (
     forward_backward,
     forward_log_likelihood,
     single_thread_if_small,
     viterbi,
 )
-from probgen.models.base import GenerativeModel, register_model
+from probgen.core.model import GenerativeModel
+from probgen.models.registry import register_model
 
 __all__ = ["HMM", "EMISSIONS", "forward_log_likelihood", "forward_backward", "viterbi",
            "evaluate_forward", "demo_entries", "single_thread_if_small"]
@@ -284,7 +285,7 @@ def demo_entries(smoke: bool) -> list:
     Returns [] when the chorales are neither local nor downloadable.
     """
     from probgen.data.jsb import find_jsb_file, load_jsb_chorales
-    from probgen.demo_registry import DemoData, DemoEntry
+    from probgen.demo.registry import DemoData, DemoEntry
 
     if find_jsb_file() is None:
         try:
@@ -301,7 +302,7 @@ def demo_entries(smoke: bool) -> list:
 
     def make_run(num_states: int, num_iterations: int):
         def run(data: DemoData, out_dir: str) -> LogLikelihood:
-            from probgen.infer.baum_welch import baum_welch, initialize_from_data
+            from probgen.models.hmm.baum_welch import baum_welch, initialize_from_data
 
             hmm = HMM(num_states, "bernoulli", num_features=88).double()
             initialize_from_data(hmm, *data.train, seed=0)

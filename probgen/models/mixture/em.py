@@ -11,8 +11,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from probgen.data.validate import validate_data
-from probgen.models.mixture import GaussianMixture, GaussianMixturePrior, log_prior
+from probgen.core.validate import validate_data
+from probgen.models.mixture.model import GaussianMixture, GaussianMixturePrior, log_prior
 
 __all__ = [
     "ComponentCollapseWarning",

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 
 import torch
 
-from probgen.evaluate.result import LogLikelihood
+from probgen.core.result import LogLikelihood
 
 __all__ = ["DemoData", "DemoEntry", "FAMILY_MODULES"]
 
 # Modules that may define ``demo_entries(smoke: bool) -> list[DemoEntry]``.
 FAMILY_MODULES: tuple[str, ...] = (
-    "probgen.demo_programs",
+    "probgen.demo.programs",
     "probgen.models.mixture",
     "probgen.models.flow",
     "probgen.models.hmm",

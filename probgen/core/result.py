@@ -164,7 +164,7 @@ class LogLikelihood:
     def to_json(self, path: str | None = None, **kwargs: Any) -> str:
         text = json.dumps(self.to_dict(**kwargs), indent=1)
         if path is not None:
-            from probgen.checkpoint import atomic_write_text
+            from probgen.core.checkpoint import atomic_write_text
 
             atomic_write_text(path, text)
         return text

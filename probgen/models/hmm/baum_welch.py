@@ -10,12 +10,12 @@ from typing import Any
 import torch
 
 from probgen.data.sequences import lengths_to_mask
-from probgen.infer.forward_backward import (
+from probgen.models.hmm.forward_backward import (
     forward_backward,
     forward_log_likelihood,
     single_thread_if_small,
 )
-from probgen.models.hmm import HMM
+from probgen.models.hmm.model import HMM
 
 __all__ = ["BaumWelchResult", "baum_welch", "initialize_from_data"]
 

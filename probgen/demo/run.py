@@ -11,9 +11,9 @@ from collections import defaultdict
 import torch
 
 from probgen.data.bundled import load_dataset, train_test_split
-from probgen.demo_registry import FAMILY_MODULES, DemoData, DemoEntry
+from probgen.demo.registry import FAMILY_MODULES, DemoData, DemoEntry
 from probgen.evaluate.compare import compare
-from probgen.evaluate.result import LogLikelihood
+from probgen.core.result import LogLikelihood
 
 __all__ = ["DATASETS", "collect_entries", "run_demo"]
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from probgen.evaluate.result import LogLikelihood, data_fingerprint
+from probgen.core.result import LogLikelihood, data_fingerprint
 
 __all__ = [
     "PartitionEstimate",
@@ -170,7 +170,7 @@ def ais_log_partition_energy(energy, base_loc: torch.Tensor, base_scale: torch.T
     Path log f_β(x) = (1-β) log N(x; μ, σ²) + β (-E(x)); each β runs ``mala_steps``
     Metropolis-adjusted Langevin steps, which leave f_β invariant (Neal, 2001).
     """
-    from probgen.infer.contrastive import mala_step
+    from probgen.models.ebm.contrastive import mala_step
 
     base = torch.distributions.Independent(torch.distributions.Normal(base_loc, base_scale), 1)
     step = step_size if step_size is not None else 0.1 * float(base_scale.mean())

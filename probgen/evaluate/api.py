@@ -1,0 +1,203 @@
+"""probgen.evaluate: labelled log-likelihoods (exact, ELBO, IWAE-k, AIS, ...) for any program."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import pyro
+import torch
+from tqdm.auto import tqdm
+
+from probgen.core.validate import as_batch
+from probgen.evaluate.compare import ComparisonTable, compare
+from probgen.evaluate.exact import exact_log_prob
+from probgen.evaluate.importance import importance_bound
+from probgen.core.result import LogLikelihood, data_fingerprint
+from probgen.core.program import inspect_program
+from probgen.core.model import GenerativeModel
+
+__all__ = ["evaluate", "LogLikelihood", "compare", "ComparisonTable", "ESTIMATORS"]
+
+# Estimators that need model-specific machinery: name -> "module:function", imported lazily.
+# Each is called as fn(model, batch, **options) -> LogLikelihood.
+ESTIMATORS: dict[str, str] = {
+    "ais": "probgen.models.ebm.ais:evaluate_ais",
+    "vlb": "probgen.models.diffusion:evaluate_vlb",
+    "prob_flow_ode": "probgen.models.diffusion:evaluate_ode",
+    "dequantized": "probgen.data.transforms:evaluate_dequantized",
+    "diffusion_elbo": "probgen.models.latent_diffusion:evaluate_diffusion_elbo",
+    "diffusion_iwae": "probgen.models.latent_diffusion:evaluate_diffusion_iwae",
+}
+_GENERIC = ("exact", "elbo", "iwae")
+_MEMORY_BUDGET = 2**22  # particles × examples evaluated in one vectorized pass
+
+
+def _resolve(target: str) -> Callable[..., LogLikelihood]:
+    module, function = target.split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def _family_estimator(model, estimator: str, batch, k, batch_size, options) -> LogLikelihood:
+    target = model.estimators.get(estimator) if isinstance(model, GenerativeModel) else None
+    function = _resolve(target or ESTIMATORS[estimator])
+    if batch_size is not None and "batch_size" in inspect.signature(function).parameters:
+        options = {**options, "batch_size": batch_size}
+    if k is not None:
+        if "k" not in inspect.signature(function).parameters:
+            raise ValueError(f"estimator {estimator!r} takes no k; its options are "
+                             f"{[p for p in inspect.signature(function).parameters][2:]}")
+        options = {**options, "k": k}
+    return function(model, batch, **options)
+
+
+def _infer_data_space(model: Callable, batch: tuple[torch.Tensor, ...], info) -> str:
+    from pyro import poutine
+
+    with poutine.block(), torch.no_grad():
+        trace = poutine.trace(model).get_trace(*batch)
+    discrete = [trace.nodes[n]["fn"].support.is_discrete for n in info.observed]
+    return "discrete" if all(discrete) else "continuous"
+
+
+def evaluate(
+    model: Callable | GenerativeModel,
+    data: Any,
+    *,
+    guide: Callable | None = None,
+    estimator: str = "auto",
+    k: int | None = None,
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+    data_space: str | None = None,
+    num_dims: int | None = None,
+    data_plate: str | None = None,
+    seed: int | None = None,
+    fast: bool = True,
+    progress: bool = False,
+    **options: Any,
+) -> LogLikelihood:
+    r"""Per-example log-likelihood of held-out ``data`` under ``model``, labelled by kind.
+
+    Args:
+        model: a Pyro program ``model(*batch)`` with a data plate over the first dimension, or
+            a bundled :class:`GenerativeModel`.
+        data: a tensor or a tuple of tensors sharing the first (example) dimension.
+        guide: for ``"elbo"``/``"iwae"``: the proposal q(z | x) (a bundled model's own guide
+            by default).
+        estimator: ``"auto"`` (exact when every latent is enumerable or absent, else the
+            model's default, else IWAE), ``"exact"``, ``"elbo"``, ``"iwae"``, or a registered
+            model-specific estimator (``"ais"``, ``"vlb"``, ``"prob_flow_ode"``).
+        k: particles for ELBO (default 1) and IWAE (default 1000).
+        batch_size: examples per vectorized chunk (memory bound).
+        fast: use a bundled model's closed-form ``log_prob`` for ``"exact"``.
+
+    Returns:
+        :class:`LogLikelihood` with per-example nats, kind and settings.
+
+    Example:
+        >>> def model(x):
+        ...     with pyro.plate("data", len(x)):
+        ...         pyro.sample("x", pyro.distributions.Normal(0.0, 1.0), obs=x)
+        >>> evaluate(model, torch.zeros(3)).kind
+        'exact'
+    """
+    if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k <= 0):
+        raise ValueError(f"k must be a positive integer number of particles, got {k!r}")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size <= 0):
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    known = ("auto",) + _GENERIC + tuple(ESTIMATORS)
+    if isinstance(model, GenerativeModel):
+        known += tuple(e for e in model.estimators if e not in known)
+    if estimator not in known:
+        raise ValueError(f"unknown estimator {estimator!r}; choose one of {known}")
+    bundled = isinstance(model, GenerativeModel)
+    batch = as_batch(data, model_device=model.device if bundled and device is None else None)
+    if device is not None:
+        batch = tuple(t.to(device) for t in batch)
+        if bundled:
+            model.to(device)
+    if bundled:
+        batch = model.validate_batch(*batch)
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+    n = int(batch[0].shape[0])
+    if num_dims is None:
+        num_dims = model.num_dims(*batch) if bundled else int(batch[0][0].numel())
+    was_training = model.training if bundled else False
+    if bundled:
+        model.eval()
+    try:
+        with torch.no_grad():
+            return _evaluate(model, batch, guide, estimator, k, batch_size, data_space, num_dims,
+                             data_plate, fast, progress, n, options)
+    finally:
+        if bundled and was_training:
+            model.train()
+
+
+def _evaluate(model, batch, guide, estimator, k, batch_size, data_space, num_dims, data_plate,
+              fast, progress, n, options) -> LogLikelihood:
+    bundled = isinstance(model, GenerativeModel)
+    program = model.model if bundled else model
+    if guide is None and bundled and model.has_guide:
+        guide = model.guide
+    probe = tuple(t[: min(n, 2)] for t in batch) if n > 1 else batch
+    if estimator == "auto" and bundled and model.default_estimator is not None:
+        estimator = model.default_estimator
+    if bundled and estimator in model.estimators or estimator in ESTIMATORS:
+        return _family_estimator(model, estimator, batch, k, batch_size, options)
+    info = inspect_program(program, probe, data_plate=data_plate)
+    if estimator == "auto":
+        if info.exact_applies:
+            estimator = "exact"
+        elif guide is not None:
+            estimator = "iwae"
+        else:
+            raise ValueError("the model has continuous latents and no guide was given: pass "
+                             "guide=... (e.g. the guide returned by probgen.fit) for an IWAE bound")
+    if options:
+        raise TypeError(f"unexpected options for estimator {estimator!r}: {sorted(options)}")
+    if data_space is None:
+        data_space = model.data_space if bundled else _infer_data_space(program, probe, info)
+    data_id = data_fingerprint(*batch)
+    if estimator == "exact" and info.bound_sites:
+        raise ValueError(f"sites {list(info.bound_sites)} have a log_prob that is only a bound "
+                         "(log_prob_is_bound, e.g. a diffusion prior's VLB); use estimator='elbo' "
+                         "or the family's own estimator ('vlb', 'diffusion_elbo')")
+    if estimator == "exact":
+        use_fast = bundled and fast and model.has_exact_log_prob
+        if not use_fast:
+            assert info is not None
+            if not info.exact_applies:
+                exact_log_prob(program, probe, info)  # raises the specific reason
+        chunk = batch_size or 4096
+        parts = []
+        for start in tqdm(range(0, n, chunk), disable=not progress, desc="exact"):
+            piece = tuple(t[start:start + chunk] for t in batch)
+            parts.append(model.log_prob(*piece) if use_fast else exact_log_prob(program, piece, info))
+        return LogLikelihood(torch.cat(parts), kind="exact", estimator="exact", num_dims=num_dims,
+                             data_space=data_space, settings={} if use_fast else
+                             {"method": "enumeration"}, data_id=data_id)
+    if guide is None:
+        raise ValueError(f"estimator {estimator!r} needs a guide q(z | x); pass guide=...")
+    k = k or (1 if estimator == "elbo" else 1000)
+    chunk = batch_size or max(1, min(n, _MEMORY_BUDGET // (64 * min(k, 64))))
+    particle_chunk = max(1, min(k, _MEMORY_BUDGET // (64 * chunk)))
+    parts = []
+    for start in tqdm(range(0, n, chunk), disable=not progress, desc=estimator):
+        piece = tuple(t[start:start + chunk] for t in batch)
+        parts.append(importance_bound(program, guide, piece, info, estimator=estimator, k=k,
+                                      particle_chunk=particle_chunk))
+    per_example = torch.cat(parts)
+    if not torch.isfinite(per_example).all():
+        bad = int((~torch.isfinite(per_example)).sum())
+        raise FloatingPointError(f"{bad} example(s) got a non-finite bound; the guide may put "
+                                 "mass where the model has none (check supports and scales)")
+    # A stochastic bound inside IWAE's log-mean-exp is no longer a bound (Jensen goes the wrong
+    # way); the ELBO of a bound stays a bound.
+    kind = "estimate" if info.bound_sites and estimator == "iwae" else "lower_bound"
+    return LogLikelihood(per_example, kind=kind, estimator=estimator, num_dims=num_dims,
+                         data_space=data_space, settings={"k": k}, data_id=data_id)

@@ -1,0 +1,103 @@
+"""TrainingMethod: one way to take a training step. ``probgen.fit`` owns the loop around it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+__all__ = ["TrainingMethod", "TrainingSetup"]
+
+
+@dataclass(frozen=True)
+class TrainingSetup:
+    """What :func:`probgen.fit` hands a training method when it builds it.
+
+    Fields:
+        model: the Pyro program, or the bundled ``GenerativeModel``, as passed to ``fit``.
+        program: the callable ``program(*batch)`` (``model.model`` for a bundled model).
+        guide: the guide the user passed (None: the method chooses).
+        example: the first mini-batch, for tracing shapes.
+        num_examples: N, the size of the training set (mini-batch sites are scaled by N/B).
+        batch_size: B, examples per step.
+        optim: the user's ``optim=`` (a learning rate, Adam options, a ``pyro.optim`` optimizer
+            or scheduler, or None).
+        loss: the user's ``loss=``.
+        num_particles: particles per ELBO estimate.
+        data_plate: the plate over examples (None: found by inspecting the program).
+        options: method-specific keyword options given to ``fit``.
+        parallel: the data-parallel group of a torchrun launch (``fit(distributed=True)``).
+    """
+
+    model: Any
+    program: Callable
+    guide: Callable | None
+    example: tuple[torch.Tensor, ...]
+    num_examples: int
+    batch_size: int
+    optim: Any = None
+    loss: Any = None
+    num_particles: int = 1
+    data_plate: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    parallel: Any = None
+
+
+class TrainingMethod:
+    r"""A strategy ``probgen.fit`` runs: build once, then ``step`` once per mini-batch.
+
+    ``fit`` owns everything around the step (batching, transforms, validation and early
+    stopping, rollback on divergence, checkpoints, resume, callbacks, progress) so every method
+    gets them with the same vocabulary and returns the same ``FitResult``.
+
+    Class attributes:
+        full_batch: each step needs all the data (EM, Baum-Welch); ``fit`` refuses
+            ``batch_size`` for such methods.
+        uses_optim: the method takes ``optim=`` (and Pyro LR schedulers).
+        options: the keyword options ``fit(**options)`` may pass to this method.
+    """
+
+    full_batch: ClassVar[bool] = False
+    uses_optim: ClassVar[bool] = True
+    options: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, setup: TrainingSetup) -> None:
+        self.setup = setup
+        self.converged = False
+
+    @property
+    def guide(self) -> Callable:
+        """The guide the fitted model is evaluated with (an empty guide when none is needed)."""
+        return lambda *args, **kwargs: None
+
+    def step(self, batch: tuple[torch.Tensor, ...], scale: float) -> float:
+        """One update on ``batch`` whose data-plate sites count ``scale`` = N/B times; returns
+        the loss for the whole data set in nats (a negative ELBO or log-likelihood estimate)."""
+        raise NotImplementedError
+
+    def tensors(self) -> list[torch.Tensor]:
+        """The tensors this method updates in place: snapshotted for rollback on divergence."""
+        raise NotImplementedError
+
+    def validation_loss(self, batch: tuple[torch.Tensor, ...]) -> float:
+        """The training objective on held-out ``batch``, per example (nats; lower is better)."""
+        raise NotImplementedError
+
+    def end_epoch(self, metric: float | None) -> None:
+        """Called once per epoch (or per step with ``scheduler_every="step"``): LR schedules."""
+
+    def end_step(self) -> None:
+        """Called after every step, before callbacks see it."""
+
+    def finish(self) -> None:
+        """Called once when the loop ends, however it ends."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Optimizer (or other) state a resume needs, as tensors and plain data."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` on resume; hyper-parameters come from this run's
+        settings (a new learning rate applies), moments from the checkpoint."""
