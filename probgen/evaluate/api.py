@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -11,46 +9,48 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
+from probgen.core.model import Estimator, GenerativeModel
+from probgen.core.program import inspect_program
+from probgen.core.result import LogLikelihood, data_fingerprint
 from probgen.core.validate import as_batch
-from probgen.evaluate.compare import ComparisonTable, compare
+from probgen.data.transforms import evaluate_dequantized
 from probgen.evaluate.exact import exact_log_prob
 from probgen.evaluate.importance import importance_bound
-from probgen.core.result import LogLikelihood, data_fingerprint
-from probgen.core.program import inspect_program
-from probgen.core.model import GenerativeModel
 
-__all__ = ["evaluate", "LogLikelihood", "compare", "ComparisonTable", "ESTIMATORS"]
+__all__ = ["evaluate", "GENERIC_ESTIMATORS"]
 
-# Estimators that need model-specific machinery: name -> "module:function", imported lazily.
-# Each is called as fn(model, batch, **options) -> LogLikelihood.
-ESTIMATORS: dict[str, str] = {
-    "ais": "probgen.models.ebm.ais:evaluate_ais",
-    "vlb": "probgen.models.diffusion:evaluate_vlb",
-    "prob_flow_ode": "probgen.models.diffusion:evaluate_ode",
-    "dequantized": "probgen.data.transforms:evaluate_dequantized",
-    "diffusion_elbo": "probgen.models.latent_diffusion:evaluate_diffusion_elbo",
-    "diffusion_iwae": "probgen.models.latent_diffusion:evaluate_diffusion_iwae",
-}
 _GENERIC = ("exact", "elbo", "iwae")
+_PASSED = ("k", "batch_size", "seed")  # evaluate's own arguments, passed on when declared
 _MEMORY_BUDGET = 2**22  # particles × examples evaluated in one vectorized pass
+# Estimators that need no family: declared like a family's (name, callable, options).
+GENERIC_ESTIMATORS: dict[str, Estimator] = {
+    "dequantized": Estimator("dequantized", evaluate_dequantized,
+                             ("num_levels", "num_samples", "k", "dequantizer", "seed")),
+}
 
 
-def _resolve(target: str) -> Callable[..., LogLikelihood]:
-    module, function = target.split(":")
-    return getattr(importlib.import_module(module), function)
+def _declared(model: Any) -> dict[str, Estimator]:
+    """Estimators for ``model``: the generic ones, then the family's (which take precedence)."""
+    family = model.estimators() if isinstance(model, GenerativeModel) else {}
+    return {**GENERIC_ESTIMATORS, **family}
 
 
-def _family_estimator(model, estimator: str, batch, k, batch_size, options) -> LogLikelihood:
-    target = model.estimators.get(estimator) if isinstance(model, GenerativeModel) else None
-    function = _resolve(target or ESTIMATORS[estimator])
-    if batch_size is not None and "batch_size" in inspect.signature(function).parameters:
-        options = {**options, "batch_size": batch_size}
-    if k is not None:
-        if "k" not in inspect.signature(function).parameters:
-            raise ValueError(f"estimator {estimator!r} takes no k; its options are "
-                             f"{[p for p in inspect.signature(function).parameters][2:]}")
-        options = {**options, "k": k}
-    return function(model, batch, **options)
+def _run_declared(declared: Estimator, model, batch, k, batch_size, seed, options) -> LogLikelihood:
+    unknown = sorted(set(options) - set(declared.options))
+    if unknown:
+        raise TypeError(f"estimator {declared.name!r} takes the options {list(declared.options)}, "
+                        f"not {unknown}")
+    passed = dict(options)
+    for name, value in (("k", k), ("batch_size", batch_size), ("seed", seed)):
+        if value is None:
+            continue
+        if name not in declared.options:
+            if name == "k":
+                raise ValueError(f"estimator {declared.name!r} takes no k; its options are "
+                                 f"{list(declared.options)}")
+            continue
+        passed[name] = value
+    return declared.function(model, batch, **passed)
 
 
 def _infer_data_space(model: Callable, batch: tuple[torch.Tensor, ...], info) -> str:
@@ -108,9 +108,7 @@ def evaluate(
         raise ValueError(f"k must be a positive integer number of particles, got {k!r}")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size <= 0):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    known = ("auto",) + _GENERIC + tuple(ESTIMATORS)
-    if isinstance(model, GenerativeModel):
-        known += tuple(e for e in model.estimators if e not in known)
+    known = ("auto",) + _GENERIC + tuple(e for e in _declared(model) if e not in _GENERIC)
     if estimator not in known:
         raise ValueError(f"unknown estimator {estimator!r}; choose one of {known}")
     bundled = isinstance(model, GenerativeModel)
@@ -132,14 +130,14 @@ def evaluate(
     try:
         with torch.no_grad():
             return _evaluate(model, batch, guide, estimator, k, batch_size, data_space, num_dims,
-                             data_plate, fast, progress, n, options)
+                             data_plate, fast, progress, n, seed, options)
     finally:
         if bundled and was_training:
             model.train()
 
 
 def _evaluate(model, batch, guide, estimator, k, batch_size, data_space, num_dims, data_plate,
-              fast, progress, n, options) -> LogLikelihood:
+              fast, progress, n, seed, options) -> LogLikelihood:
     bundled = isinstance(model, GenerativeModel)
     program = model.model if bundled else model
     if guide is None and bundled and model.has_guide:
@@ -147,8 +145,9 @@ def _evaluate(model, batch, guide, estimator, k, batch_size, data_space, num_dim
     probe = tuple(t[: min(n, 2)] for t in batch) if n > 1 else batch
     if estimator == "auto" and bundled and model.default_estimator is not None:
         estimator = model.default_estimator
-    if bundled and estimator in model.estimators or estimator in ESTIMATORS:
-        return _family_estimator(model, estimator, batch, k, batch_size, options)
+    declared = _declared(model)
+    if estimator in declared:
+        return _run_declared(declared[estimator], model, batch, k, batch_size, seed, options)
     info = inspect_program(program, probe, data_plate=data_plate)
     if estimator == "auto":
         if info.exact_applies:

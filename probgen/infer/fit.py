@@ -123,6 +123,10 @@ class _Batches:
         if _is_loader(data):
             self.loader = data
             size = num_examples if num_examples is not None else _dataset_size(data)
+            if size is None:
+                raise TypeError("data is an iterable of batches with no dataset to count: pass "
+                                "num_examples=N (the training-set size), so that mini-batch "
+                                "sites are scaled by N/B")
             _positive_int("num_examples", size, allow_none=False)
             self.tensors: tuple[torch.Tensor, ...] = self.prepare(_as_tuple(next(iter(data))))
             self.size = int(size)
@@ -167,7 +171,8 @@ class _Batches:
 
 def _is_loader(data: Any) -> bool:
     return isinstance(data, torch.utils.data.DataLoader) or (
-        isinstance(data, Iterable) and not isinstance(data, (torch.Tensor, tuple, list, dict))
+        isinstance(data, Iterable) and not isinstance(data, (torch.Tensor, tuple, list, dict,
+                                                             str, bytes))
         and not hasattr(data, "__array__"))
 
 
@@ -449,6 +454,7 @@ def fit(
                           optim, loss, num_particles, data_plate, dict(options), parallel)
     run = _Run(method_class(setup), bundled, {"size": batches.size, "batch_size":
                batches.batch_size, "seed": seed, "method": name, "num_particles": num_particles})
+    pyro.set_rng_seed(seed)  # training's stream starts at the seed, whatever setup drew
     start = run.load(Path(checkpoint), batches.first) if _resuming(resume, checkpoint) else 0
     if parallel is not None:
         parallel.check_batch_size(batches.size, batches.batch_size)

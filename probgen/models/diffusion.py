@@ -155,6 +155,7 @@ def _check(model: Any, batch: tuple[Tensor, ...]) -> Tensor:
     return model.validate(batch[0])
 
 
+@DiffusionDensity.estimator("vlb", options=("num_samples", "num_steps", "batch_size", "seed", "k"))
 def evaluate_vlb(model: DiffusionDensity, batch: tuple[Tensor, ...], *, num_samples: int = 16,
                  num_steps: int | None = -1, batch_size: int | None = 1024,
                  seed: int | None = None, k: int | None = None) -> LogLikelihood:
@@ -177,6 +178,8 @@ def evaluate_vlb(model: DiffusionDensity, batch: tuple[Tensor, ...], *, num_samp
                          data_id=data_fingerprint(x))
 
 
+@DiffusionDensity.estimator("prob_flow_ode", options=("exact", "atol", "rtol", "batch_size",
+                                                       "seed"))
 def evaluate_ode(model: DiffusionDensity, batch: tuple[Tensor, ...], *, exact: bool = True,
                  atol: float = 1e-5, rtol: float = 1e-5, batch_size: int | None = 1024,
                  seed: int | None = None) -> LogLikelihood:

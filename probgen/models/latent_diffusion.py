@@ -189,6 +189,8 @@ def _run(model: LatentDiffusionVAE, x: Tensor, batch_size: int | None, seed: int
         return map_chunks(reduce, x, batch_size)
 
 
+@LatentDiffusionVAE.estimator("diffusion_elbo", options=("k", "num_particles", "prior_samples",
+                                                         "batch_size", "seed"))
 def evaluate_diffusion_elbo(model: LatentDiffusionVAE, batch: tuple[Tensor, ...], *,
                             k: int | None = None, num_particles: int = 16,
                             prior_samples: int = 4, batch_size: int | None = 256,
@@ -206,6 +208,8 @@ def evaluate_diffusion_elbo(model: LatentDiffusionVAE, batch: tuple[Tensor, ...]
                          data_id=data_fingerprint(x))
 
 
+@LatentDiffusionVAE.estimator("diffusion_iwae", options=("k", "prior_samples", "batch_size",
+                                                         "seed"))
 def evaluate_diffusion_iwae(model: LatentDiffusionVAE, batch: tuple[Tensor, ...], *,
                             k: int = 100, prior_samples: int = 4, batch_size: int | None = 64,
                             seed: int | None = None) -> LogLikelihood:

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from probgen.core.result import LogLikelihood, data_fingerprint
+from probgen.models.ebm.contrastive import mala_step
+from probgen.models.ebm.model import RBM, NeuralEBM, RBMBase
 
 __all__ = [
     "PartitionEstimate",
@@ -65,7 +67,6 @@ def exact_log_partition(rbm, *, chunk_size: int = 2**14) -> torch.Tensor:
     log Z = log Σ_v exp(-F(v)). Chunked over states; differentiable in the parameters.
     Raises ValueError when both layers are wider than ``rbm.max_exact_units`` (20).
     """
-    from probgen.models.ebm import RBM
 
     limit = rbm.max_exact_units
     num_hidden, num_visible = rbm.num_hidden, rbm.num_visible
@@ -170,7 +171,6 @@ def ais_log_partition_energy(energy, base_loc: torch.Tensor, base_scale: torch.T
     Path log f_β(x) = (1-β) log N(x; μ, σ²) + β (-E(x)); each β runs ``mala_steps``
     Metropolis-adjusted Langevin steps, which leave f_β invariant (Neal, 2001).
     """
-    from probgen.models.ebm.contrastive import mala_step
 
     base = torch.distributions.Independent(torch.distributions.Normal(base_loc, base_scale), 1)
     step = step_size if step_size is not None else 0.1 * float(base_scale.mean())
@@ -197,6 +197,10 @@ def ais_log_partition_energy(energy, base_loc: torch.Tensor, base_scale: torch.T
     return estimate
 
 
+@RBMBase.estimator("ais", options=("num_chains", "num_betas", "log_partition", "seed",
+                                     "mala_steps", "step_size"))
+@NeuralEBM.estimator("ais", options=("num_chains", "num_betas", "log_partition", "seed",
+                                     "mala_steps", "step_size"))
 def evaluate_ais(model, batch: tuple[torch.Tensor, ...], *, num_chains: int = 100,
                  num_betas: int = 10000, log_partition: PartitionEstimate | None = None,
                  seed: int | None = None, **options: Any) -> LogLikelihood:
@@ -208,8 +212,6 @@ def evaluate_ais(model, batch: tuple[torch.Tensor, ...], *, num_chains: int = 10
     transitions) and :class:`~probgen.models.ebm.NeuralEBM` (MALA transitions; options
     ``mala_steps``, ``step_size``).
     """
-    from probgen.models.ebm import NeuralEBM, RBMBase
-
     if not batch:
         raise ValueError("evaluate_ais needs a batch with the data as its first tensor")
     if not isinstance(model, (RBMBase, NeuralEBM)):
@@ -235,10 +237,9 @@ def evaluate_ais(model, batch: tuple[torch.Tensor, ...], *, num_chains: int = 10
                          data_id=data_fingerprint(*batch), estimator_stderr=log_partition.stderr)
 
 
+@RBMBase.estimator("exact")
 def evaluate_rbm_exact(model, batch: tuple[torch.Tensor, ...]) -> LogLikelihood:
     """Exact per-example log p(v) = -F(v) - log Z for RBMs with a layer of <= 20 units."""
-    from probgen.models.ebm import RBMBase
-
     if not isinstance(model, RBMBase):
         raise TypeError(f"evaluate_rbm_exact needs an RBM or GaussianRBM, got {type(model).__name__}")
     x = model.validate(batch[0])

@@ -37,7 +37,6 @@ class RBMBase(GenerativeModel):
 
     has_exact_log_prob: ClassVar[bool] = False
     default_estimator: ClassVar[str | None] = "ais"
-    estimators: ClassVar[dict[str, str]] = {"exact": "probgen.models.ebm.ais:evaluate_rbm_exact"}
     # Enumerate at most 2**this many states for the exact partition function.
     max_exact_units: ClassVar[int] = 20
 

@@ -48,7 +48,6 @@ class HMM(GenerativeModel):
     """
 
     has_exact_log_prob: ClassVar[bool] = True
-    estimators: ClassVar[dict[str, str]] = {"forward": "probgen.models.hmm:evaluate_forward"}
     has_guide: ClassVar[bool] = True  # every latent is enumerated: the empty guide is exact
 
     def __init__(self, num_states: int, emission: str = "gaussian", *, num_features: int | None = None,
@@ -258,6 +257,7 @@ class HMM(GenerativeModel):
         return pyro.infer.TraceEnum_ELBO(max_plate_nesting=1)
 
 
+@HMM.estimator("forward", options=("parallel",))
 def evaluate_forward(model: HMM, batch: tuple[torch.Tensor, ...], *,
                      parallel: bool | None = None, **options: Any) -> LogLikelihood:
     """Exact per-sequence log-likelihood by the forward algorithm, as a LogLikelihood."""

@@ -1,0 +1,45 @@
+"""Where data sets live: ``$PROBGEN_DATA``, then the cache, then the repository's ``../shared/data``.
+
+No machine paths: the shared folder is found relative to this checkout, and only when it exists.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["cache_dir", "shared_data_dir", "data_dirs", "find_data"]
+
+
+def cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/probgen`` or ``~/.cache/probgen`` (created on first download)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "probgen"
+
+
+def shared_data_dir() -> Path | None:
+    """``$PROBGEN_SHARED_DATA``, else ``../shared/data`` beside this checkout, if it exists."""
+    explicit = os.environ.get("PROBGEN_SHARED_DATA")
+    if explicit:
+        return Path(explicit) if Path(explicit).is_dir() else None
+    beside_checkout = Path(__file__).resolve().parents[3] / "shared" / "data"
+    return beside_checkout if beside_checkout.is_dir() else None
+
+
+def data_dirs() -> list[Path]:
+    """Folders searched for a data set, in order: $PROBGEN_DATA, the cache, the shared folder."""
+    dirs = [Path(os.environ["PROBGEN_DATA"])] if os.environ.get("PROBGEN_DATA") else []
+    dirs.append(cache_dir())
+    shared = shared_data_dir()
+    if shared is not None:
+        dirs.append(shared)
+    return dirs
+
+
+def find_data(name: str) -> Path | None:
+    """The first existing ``<dir>/<name>`` over :func:`data_dirs`, or None."""
+    for directory in data_dirs():
+        candidate = directory / name
+        if candidate.exists():
+            return candidate
+    return None
