@@ -11,17 +11,18 @@ from probgen.core.result import LogLikelihood
 
 __all__ = ["DemoData", "DemoEntry", "FAMILY_MODULES"]
 
-# Modules that may define ``demo_entries(smoke: bool) -> list[DemoEntry]``.
+# Modules that define ``demo_entries(smoke: bool) -> list[DemoEntry]``: one per family, all
+# inside probgen.demo (the demo imports the families; no family imports the demo).
 FAMILY_MODULES: tuple[str, ...] = (
     "probgen.demo.programs",
-    "probgen.models.mixture",
-    "probgen.models.flow",
-    "probgen.models.hmm",
-    "probgen.models.vae",
-    "probgen.models.ebm",
-    "probgen.models.diffusion",
-    "probgen.models.latent_diffusion",
-    "probgen.models.hierarchical",
+    "probgen.demo.mixture",
+    "probgen.demo.flow",
+    "probgen.demo.hmm",
+    "probgen.demo.vae",
+    "probgen.demo.ebm",
+    "probgen.demo.diffusion",
+    "probgen.demo.latent_diffusion",
+    "probgen.demo.hierarchical",
 )
 
 
