@@ -1,0 +1,264 @@
+"""The training loop behind probgen.fit: step, roll back, validate, schedule, checkpoint."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+from tqdm.auto import tqdm
+
+from probgen.core.checkpoint import (
+    CheckpointError,
+    atomic_save,
+    load_checkpoint,
+    param_store_state,
+    restore_param_store,
+    rng_state,
+    set_rng_state,
+)
+from probgen.core.model import GenerativeModel
+from probgen.core.version import __version__
+from probgen.evaluate.api import evaluate
+from probgen.infer.batches import Batches
+from probgen.infer.method import TrainingMethod
+from probgen.infer.result import FitResult, FitState, TrainingDiverged
+
+__all__ = ["Loop", "Run", "restore_state", "ROLLBACK_EVERY"]
+
+ROLLBACK_EVERY = 10  # steps between in-memory snapshots that divergence rolls back to
+
+
+# --- snapshots, checkpoints ------------------------------------------------------------------
+def _model_state(bundled: GenerativeModel | None) -> dict[str, Any]:
+    return {"param_store": param_store_state(),
+            "model_state": bundled.state_dict() if bundled is not None else None}
+
+
+def restore_state(state: dict[str, Any], bundled: GenerativeModel | None) -> None:
+    if bundled is not None and state.get("model_state") is not None:
+        bundled.load_state_dict(state["model_state"])
+    restore_param_store(state["param_store"])
+
+
+@dataclass
+class Run:
+    """The mutable state of one fit: what a checkpoint holds and what the loop updates."""
+
+    method: TrainingMethod
+    bundled: GenerativeModel | None
+    settings: dict[str, Any]
+    losses: list[float] = field(default_factory=list)
+    validation: list[tuple[int, float]] = field(default_factory=list)
+    best: tuple[float, int, dict] | None = None  # (loss, step, parameters)
+    stale: int = 0  # validations since the best one
+
+    def checkpoint_state(self, step: int) -> dict[str, Any]:
+        return {
+            "format": "probgen-fit", "format_version": 2, "probgen_version": __version__,
+            "step": step, "losses": torch.tensor(self.losses[:step], dtype=torch.float64),
+            **_model_state(self.bundled), "method": self.method.state_dict(), "rng": rng_state(),
+            "model_config": dict(self.bundled.config) if self.bundled is not None else None,
+            "run": self.settings,
+            "validation": [[int(s), float(v)] for s, v in self.validation if s <= step],
+            "best": None if self.best is None else {"loss": self.best[0], "step": self.best[1],
+                                                    **self.best[2]},
+        }
+
+    def load(self, path: Path, example: tuple) -> int:
+        state = load_checkpoint(path)
+        if state["format"] != "probgen-fit":
+            raise CheckpointError(f"{path} is a {state['format']!r} file, not a fit checkpoint")
+        for key in ("size", "batch_size", "method"):
+            if state["run"].get(key) != self.settings[key]:
+                raise CheckpointError(f"checkpoint was written with {key}={state['run'].get(key)!r} "
+                                      f"but this run has {key}={self.settings[key]!r}; resume with "
+                                      "the same data and settings")
+        self.settings["seed"] = int(state["run"]["seed"])
+        restore_state(state, self.bundled)
+        self.method.load_state_dict(state.get("method") or {})
+        set_rng_state(state["rng"])
+        self.losses = [float(v) for v in state["losses"]]
+        self.validation = [(int(s), float(v)) for s, v in state.get("validation") or []]
+        best = state.get("best")
+        if best is not None:
+            self.best = (float(best["loss"]), int(best["step"]),
+                         {"param_store": best["param_store"], "model_state": best["model_state"]})
+        return int(state["step"])
+
+
+# --- validation --------------------------------------------------------------------------------
+def _validation_loss(run: Run, batch: tuple, estimator: str | None, seed: int) -> float:
+    """The held-out loss per example, on a fixed random stream that leaves training's untouched."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        pyro.set_rng_seed(seed)
+        was_training = run.bundled.training if run.bundled is not None else False
+        if run.bundled is not None:
+            run.bundled.eval()
+        try:
+            if estimator is None:
+                return run.method.validation_loss(batch)
+            model = run.bundled if run.bundled is not None else run.method.setup.program
+            return -evaluate(model, batch, guide=run.method.guide, estimator=estimator,
+                             seed=seed).mean
+        finally:
+            if run.bundled is not None and was_training:
+                run.bundled.train()
+
+
+def _after_validation(run: Run, step: int, value: float, patience: int | None) -> bool:
+    """Record a validation loss; True when patience has run out."""
+    run.validation.append((step, value))
+    if run.best is None or value < run.best[0]:
+        run.best, run.stale = (value, step, _model_state(run.bundled)), 0
+        return False
+    run.stale += 1
+    return patience is not None and run.stale >= patience
+
+
+def _diverged(loss: float, step: int, last_good: int, checkpoint: Any) -> str:
+    return (f"loss became {loss} at step {step}; parameters were rolled back to step {last_good} "
+            f"(snapshots are kept every {ROLLBACK_EVERY} steps, at a finite loss)"
+            f"{f' (saved to {checkpoint})' if checkpoint else ''}. Likely causes: a learning rate "
+            "too high (resume with optim=1e-3: the moments are kept, the new rate applies), a "
+            "scale parameter without a positive constraint, unnormalized data, or a guide "
+            "proposing values outside the model's support")
+
+
+class _Rollback:
+    """Copies of the method's tensors at the last step whose loss was finite, taken every
+    ``ROLLBACK_EVERY`` steps: copied before the step, kept once its loss proves finite."""
+
+    def __init__(self, step: int) -> None:
+        self.targets: list[torch.Tensor] = []
+        self.good: list[torch.Tensor] = []
+        self.pending: list[torch.Tensor] | None = None
+        self.step = self.pending_step = step
+
+    def before(self, method: TrainingMethod, step: int, start: int) -> None:
+        targets = method.tensors()
+        if [id(t) for t in targets] != [id(t) for t in self.targets]:  # new parameters
+            self.targets, self.pending = targets, [t.detach().clone() for t in targets]
+        elif (step - start) % ROLLBACK_EVERY == 0:  # a copy per step would cost ~5%
+            self.pending = [t.detach().clone() for t in targets]
+        else:
+            return
+        self.pending_step = step
+
+    def finite(self) -> None:
+        if self.pending is not None:
+            self.good, self.pending, self.step = self.pending, None, self.pending_step
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for target, value in zip(self.targets, self.good):
+                target.copy_(value)
+
+
+class Loop:
+    """The training loop: step, guard, validate, schedule, checkpoint, report."""
+
+    def __init__(self, run: Run, batches: Batches, total_steps: int, start: int,
+                 transform: Callable | None, held_out: tuple | None, validate_every: int | None,
+                 validation_estimator: str | None, patience: int | None, scheduler_every: str,
+                 checkpoint: str | Path | None, checkpoint_every: int | None,
+                 callbacks: Sequence[Callable], show: bool, parallel: Any) -> None:
+        if start > total_steps:
+            raise CheckpointError(f"the checkpoint is at step {start} but num_steps={total_steps}; "
+                                  "pass at least as many steps as were already taken")
+        self.run, self.batches, self.total, self.start = run, batches, total_steps, start
+        self.transform, self.held_out, self.estimator = transform, held_out, validation_estimator
+        self.validate_every = validate_every or batches.steps_per_epoch
+        self.patience, self.scheduler_every, self.callbacks = patience, scheduler_every, callbacks
+        self.checkpoint = checkpoint
+        self.checkpoint_every = checkpoint_every or max(1, total_steps // 10)
+        self.show, self.parallel = show, parallel
+        self.rollback = _Rollback(start)
+
+    def save(self, step: int) -> None:
+        if self.checkpoint is not None and (self.parallel is None or self.parallel.is_main):
+            atomic_save(self.run.checkpoint_state(step), self.checkpoint)
+        if self.checkpoint is not None and self.parallel is not None:
+            self.parallel.barrier()  # the file exists on return, on every rank
+
+    def _batch(self, batch: tuple) -> tuple[tuple, float]:
+        """This step's batch (sharded, transformed) and its data-plate scale N/B."""
+        global_count = int(batch[0].shape[0])
+        if self.parallel is not None:  # this rank's slice of the global batch
+            batch = tuple(self.parallel.shard(t) for t in batch)
+        if self.transform is not None:
+            batch = (self.transform(batch[0]),) + tuple(batch[1:])
+        scale = (self.batches.size / global_count if self.parallel is None
+                 else self.parallel.plate_scale(self.batches.size, global_count))
+        return batch, scale
+
+    def _step(self, step: int, batch: tuple) -> float:
+        batch, scale = self._batch(batch)
+        self.rollback.before(self.run.method, step, self.start)
+        first = step == self.start  # data were checked at the boundary; Pyro checks step one
+        with pyro.validation_enabled(first and pyro.infer.util.is_validation_enabled()):
+            loss = self.run.method.step(batch, scale)
+        if not math.isfinite(loss):
+            self.rollback.restore()
+            self.save(self.rollback.step)
+            raise TrainingDiverged(_diverged(loss, step, self.rollback.step, self.checkpoint),
+                                   step, self.result(self.run.method.setup.model,
+                                                     self.run.settings["method"], None, False))
+        self.rollback.finite()
+        self.run.losses.append(loss)
+        return loss
+
+    def _end_of_period(self, step: int, epoch_end: bool) -> bool:
+        """Validation, schedules and checkpoints after ``step``; True to stop (patience)."""
+        done, stop = step + 1, False
+        metric = None
+        if self.held_out is not None and (done % self.validate_every == 0 or done == self.total):
+            metric = _validation_loss(self.run, self.held_out, self.estimator,
+                                      self.run.settings["seed"] + 1)
+            stop = _after_validation(self.run, done, metric, self.patience)
+        if self.scheduler_every == "step" or epoch_end:
+            if metric is None and self.run.validation:
+                metric = self.run.validation[-1][1]
+            self.run.method.end_epoch(metric)
+        if done % self.checkpoint_every == 0 or done == self.total:
+            self.save(done)
+        return stop
+
+    def run_steps(self) -> bool:
+        bar = tqdm(total=self.total, initial=self.start, disable=not self.show, desc="fit",
+                   leave=False, dynamic_ncols=True)
+        try:
+            for step, epoch, batch in self.batches.epochs(self.start, self.run.settings["seed"]):
+                if step >= self.total:
+                    return False
+                loss = self._step(step, batch)
+                self.run.method.end_step()
+                bar.update(1)
+                if self.show and step % 10 == 0:
+                    bar.set_postfix(loss=f"{loss:.4g}", epoch=epoch)
+                epoch_end = (step + 1) % self.batches.steps_per_epoch == 0
+                stop = self._end_of_period(step, epoch_end)
+                state = FitState(step, epoch, loss, self.run.losses, self.run.validation)
+                if any(callback(state) for callback in self.callbacks) or stop:
+                    self.save(step + 1)
+                    return True
+                if self.run.method.converged:
+                    self.save(step + 1)
+                    return False
+            return False
+        finally:
+            bar.close()
+
+
+    def result(self, model: Any, name: str, started: float | None, stopped: bool) -> FitResult:
+        best = self.run.best
+        return FitResult(
+            model, self.run.method.guide, self.run.losses, len(self.run.losses),
+            time.perf_counter() - started if started is not None else 0.0, name,
+            self.run.method.converged, stopped, list(self.run.validation),
+            best[1] if best is not None else None, self.batches.size, dict(self.run.settings))

@@ -1,0 +1,343 @@
+"""probgen.fit as the one trainer: Pyro schedulers, validation and early stopping, transforms,
+DataLoaders, fresh parameters per seed, resume with a new learning rate, declared methods."""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+import zuko
+from pyro import poutine
+from pyro.contrib.zuko import ZukoToPyro
+from pyro.infer import SVI, Trace_ELBO
+from pyro.infer.autoguide import AutoNormal
+from torch.distributions import constraints
+
+import probgen
+from probgen.core.checkpoint import load_checkpoint
+from probgen.infer.fit import TrainingDiverged
+from probgen.infer.method import TrainingMethod
+
+
+def normal_model(x):
+    loc = pyro.param("loc", torch.tensor(0.0))
+    scale = pyro.param("scale", torch.tensor(1.0), constraint=constraints.positive)
+    with pyro.plate("data", len(x)):
+        pyro.sample("x", dist.Normal(loc, scale), obs=x)
+
+
+def latent_model(x):
+    """y_n ~ N(z_n, 0.5), z_n ~ N(mu, 1): per-example latents, one global parameter."""
+    mu = pyro.param("mu", torch.tensor(0.0))
+    with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Normal(mu, 1.0))
+        pyro.sample("x", dist.Normal(z, 0.5), obs=x)
+
+
+def store_values() -> dict[str, torch.Tensor]:
+    store = pyro.get_param_store()
+    return {name: store[name].detach().clone() for name in sorted(store.keys())}
+
+
+def assert_same_store(a, b, **tolerance):
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], **tolerance)
+
+
+def exponential(gamma: float = 0.9, lr: float = 0.1):
+    return pyro.optim.ExponentialLR({"optimizer": torch.optim.Adam, "optim_args": {"lr": lr},
+                                     "gamma": gamma})
+
+
+# --- schedulers ------------------------------------------------------------------------------
+def test_exponential_lr_matches_pyro_svi_loop_stepped_per_epoch():
+    """Pyro's documented loop (svi.step per mini-batch, scheduler.step() per epoch) on the
+    batches fit draws (a permutation seeded with seed + epoch, sites scaled by N/B)."""
+    x = torch.randn(64) * 2 + 5
+    scheduler = exponential()
+    svi = SVI(poutine.scale(normal_model, scale=64 / 16), lambda x: None, scheduler, Trace_ELBO())
+    for epoch in range(4):
+        order = torch.randperm(64, generator=torch.Generator().manual_seed(0 + epoch))
+        for start in range(0, 64, 16):
+            svi.step(x[order[start:start + 16]])
+        scheduler.step()
+    reference = store_values()
+    constant = probgen.fit(normal_model, x, epochs=4, batch_size=16, optim=0.1, seed=0,
+                           progress=False)
+    constant_values = store_values()
+    result = probgen.fit(normal_model, x, epochs=4, batch_size=16, optim=exponential(), seed=0,
+                         progress=False)
+    assert result.num_steps == 16 and constant.num_steps == 16
+    assert_same_store(store_values(), reference, atol=1e-6, rtol=0)
+    assert abs(constant_values["loc"] - reference["loc"]) > 1e-2  # the schedule mattered
+
+
+def test_scheduler_every_step_decays_per_step():
+    x = torch.randn(32)
+    scheduler = exponential(gamma=0.5)
+    probgen.fit(normal_model, x, num_steps=6, batch_size=16, optim=scheduler,
+                scheduler_every="step", seed=0, progress=False)
+    lrs = [s.get_last_lr()[0] for s in scheduler.optim_objs.values()]
+    assert lrs and all(math.isclose(lr, 0.1 * 0.5**6) for lr in lrs)
+
+
+def test_reduce_on_plateau_is_fed_the_validation_loss():
+    torch.manual_seed(0)
+    x, held_out = torch.randn(40) + 3, torch.randn(40) + 3
+    scheduler = pyro.optim.ReduceLROnPlateau({"optimizer": torch.optim.Adam,
+                                              "optim_args": {"lr": 0.5}, "patience": 0,
+                                              "factor": 0.1})
+    result = probgen.fit(normal_model, x, num_steps=60, optim=scheduler, validation=held_out,
+                         seed=0, progress=False)
+    assert len(result.validation) == 60
+    lrs = {s.optimizer.param_groups[0]["lr"] for s in scheduler.optim_objs.values()}
+    assert max(lrs) < 0.5  # a validation loss that stopped improving cut the rate
+
+
+# --- validation, early stopping, restore_best ---------------------------------------------------
+def _flow_program(flow):
+    def model(x):
+        pyro.module("flow", flow)
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", ZukoToPyro(flow()), obs=x)
+    return model
+
+
+def test_patience_stops_an_overfitting_flow_and_restores_the_best_parameters():
+    torch.manual_seed(0)
+    train, held_out = torch.randn(12, 2), torch.randn(200, 2)
+    flow = zuko.flows.MAF(2, transforms=2, hidden_features=(64, 64))
+    model = _flow_program(flow)
+    result = probgen.fit(model, train, num_steps=3000, optim=1e-2, validation=held_out,
+                         validate_every=10, patience=5, seed=0, progress=False)
+    assert result.stopped_early and result.num_steps < 3000
+    values = [v for _, v in result.validation]
+    best = min(values)
+    assert values[-1] > best  # it was overfitting when it stopped
+    assert result.best_step == result.validation[values.index(best)][0]
+    assert result.best_step < result.num_steps
+    with torch.no_grad():
+        restored = -ZukoToPyro(flow()).log_prob(held_out).mean().item()
+    assert restored == pytest.approx(best, abs=1e-6)
+    assert result.history[-1] < result.history[0]  # training loss kept falling
+
+
+def test_validation_estimator_scores_with_evaluate():
+    torch.manual_seed(0)
+    x, held_out = torch.randn(50) + 1, torch.randn(30) + 1
+    result = probgen.fit(normal_model, x, num_steps=20, optim=0.1, validation=held_out,
+                         validation_estimator="exact", validate_every=5, seed=0, progress=False,
+                         restore_best=False)
+    expected = -dist.Normal(pyro.param("loc"), pyro.param("scale")).log_prob(held_out).mean()
+    assert [s for s, _ in result.validation] == [5, 10, 15, 20]
+    assert result.validation[-1][1] == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_validation_is_checked_like_data():
+    with pytest.raises(ValueError, match="validation.*NaN"):
+        probgen.fit(normal_model, torch.randn(10), num_steps=2, progress=False,
+                    validation=torch.tensor([1.0, float("nan")]))
+
+
+# --- transforms --------------------------------------------------------------------------------
+def test_transform_sees_every_batch_and_resume_repeats_it(tmp_path):
+    probs = torch.rand(60, 5)
+
+    def bernoulli_model(x):
+        logits = pyro.param("logits", torch.zeros(5))
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)
+
+    seen = []
+
+    def binarize(x):
+        seen.append(x)
+        return torch.bernoulli(x)
+
+    probgen.fit(bernoulli_model, probs, num_steps=12, batch_size=20, transform=binarize, seed=3,
+                progress=False)
+    uninterrupted = store_values()
+    assert len(seen) == 12 and all(b.shape == (20, 5) for b in seen)
+    assert all(((b > 0) & (b < 1)).any() for b in seen)  # transform got the raw probabilities
+    path = tmp_path / "run.pt"
+    probgen.fit(bernoulli_model, probs, num_steps=12, batch_size=20, transform=binarize, seed=3,
+                progress=False, checkpoint=path, callbacks=[lambda s: s.step == 6])
+    probgen.fit(bernoulli_model, probs, num_steps=12, batch_size=20, transform=binarize, seed=3,
+                progress=False, checkpoint=path, resume=True)
+    assert_same_store(store_values(), uninterrupted, atol=0, rtol=0)
+
+
+# --- data as a Dataset / DataLoader --------------------------------------------------------------
+def test_dataloader_fit_equals_tensor_fit_with_the_same_batches():
+    torch.manual_seed(0)
+    x = torch.randn(90) * 3 + 1
+    tensor_fit = probgen.fit(latent_model, x, num_steps=12, batch_size=30, shuffle=False,
+                             seed=5, progress=False, guide=_amortized_guide)
+    expected = store_values()
+    pyro.clear_param_store()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=30)
+    loader_fit = probgen.fit(latent_model, loader, num_steps=12, seed=5, progress=False,
+                             guide=_amortized_guide)
+    assert loader_fit.losses == pytest.approx(tensor_fit.losses, abs=1e-5)
+    assert loader_fit.num_examples == 90
+    assert_same_store(store_values(), expected, atol=1e-6, rtol=0)
+
+
+def _amortized_guide(x):
+    weight = pyro.param("q_weight", torch.tensor(0.5))
+    log_scale = pyro.param("q_log_scale", torch.tensor(-1.0))
+    with pyro.plate("data", len(x)):
+        pyro.sample("z", dist.Normal(weight * x, log_scale.exp()))
+
+
+def test_iterable_of_batches_needs_num_examples_and_scales_by_it():
+    batches = [torch.randn(10) for _ in range(3)]
+    with pytest.raises(TypeError, match="num_examples"):
+        probgen.fit(normal_model, iter(batches), num_steps=2, progress=False)
+
+    class Batches:
+        def __iter__(self):
+            return iter(batches)
+
+    result = probgen.fit(normal_model, Batches(), num_examples=1000, num_steps=1, optim=1e-9,
+                         progress=False, seed=0)
+    loc, scale = torch.tensor(0.0), torch.tensor(1.0)
+    expected = -100 * dist.Normal(loc, scale).log_prob(batches[0]).sum()  # N/B = 1000/10
+    assert result.losses[0] == pytest.approx(float(expected), rel=1e-5)
+
+
+# --- seeds and fresh parameters -----------------------------------------------------------------
+@pytest.mark.parametrize("program,guide", [(normal_model, None), (latent_model, "auto"),
+                                           (latent_model, _amortized_guide)])
+def test_same_seed_same_result_without_clearing_the_param_store(program, guide):
+    x = torch.randn(40) + 2
+    runs = []
+    for _ in range(2):
+        result = probgen.fit(program, x, num_steps=25, optim=0.05, seed=11, progress=False,
+                             guide=None if guide == "auto" else guide)
+        runs.append((result.losses, store_values()))
+    assert runs[0][0] == runs[1][0]
+    assert_same_store(runs[0][1], runs[1][1], atol=0, rtol=0)
+
+
+def test_warm_start_continues_from_the_current_values():
+    x = torch.full((20,), 4.0)
+    probgen.fit(normal_model, x, num_steps=50, optim=0.1, seed=0, progress=False)
+    after_first = float(pyro.param("loc"))
+    probgen.fit(normal_model, x, num_steps=1, optim=1e-6, seed=0, progress=False,
+                warm_start=True)
+    assert float(pyro.param("loc")) == pytest.approx(after_first, abs=1e-4)
+    probgen.fit(normal_model, x, num_steps=1, optim=1e-6, seed=0, progress=False)
+    assert abs(float(pyro.param("loc"))) < 1e-3  # fresh: back to the initial value
+
+
+def test_autonormal_guide_is_rebuilt_fresh():
+    x = torch.randn(30) + 1
+    first = probgen.fit(latent_model, x, num_steps=30, optim=0.05, seed=2, progress=False)
+    second = probgen.fit(latent_model, x, num_steps=30, optim=0.05, seed=2, progress=False)
+    assert first.guide is not second.guide and isinstance(second.guide, AutoNormal)
+    assert first.losses == second.losses
+
+
+# --- resume ----------------------------------------------------------------------------------------
+def test_resume_with_a_new_learning_rate_keeps_moments_and_applies_the_rate(tmp_path):
+    x = torch.randn(50) + 3
+    path = tmp_path / "run.pt"
+    probgen.fit(normal_model, x, num_steps=10, optim=0.1, seed=0, progress=False,
+                checkpoint=path)
+    resumed = probgen.fit(normal_model, x, num_steps=20, optim=0.01, seed=0, progress=False,
+                          checkpoint=path, resume=True)
+    # Reference: the same 10 steps, then the same Adam state with its rate set to 0.01.
+    pyro.clear_param_store()
+    params = {"loc": torch.tensor(0.0, requires_grad=True),
+              "scale": torch.tensor(0.0, requires_grad=True)}  # log-space scale
+    adam = torch.optim.Adam(list(params.values()), lr=0.1)
+    losses = []
+    for step in range(20):
+        if step == 10:
+            adam.param_groups[0]["lr"] = 0.01
+        loss = -dist.Normal(params["loc"], params["scale"].exp()).log_prob(x).sum()
+        adam.zero_grad()
+        loss.backward()
+        adam.step()
+        losses.append(float(loss))
+    assert resumed.losses == pytest.approx(losses, rel=1e-5)
+
+
+def test_following_the_divergence_advice_works(tmp_path):
+    x = torch.randn(50) * 0.01 + 1.0
+    path = tmp_path / "run.pt"
+
+    def fragile(x):
+        scale = pyro.param("scale", torch.tensor(1.0))  # no positive constraint
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(1.0, scale, validate_args=False), obs=x)
+
+    with pytest.raises(TrainingDiverged, match=r"optim=1e-3") as caught:
+        probgen.fit(fragile, x, num_steps=200, optim=5.0, seed=0, progress=False,
+                    checkpoint=path)
+    rolled_back = caught.value.step
+    result = probgen.fit(fragile, x, num_steps=200, optim=1e-3, seed=0, progress=False,
+                         checkpoint=path, resume=True)
+    assert result.num_steps == 200 and all(math.isfinite(v) for v in result.losses)
+    assert load_checkpoint(path)["step"] == 200 and rolled_back < 200
+
+
+def test_resume_keeps_validation_history_and_best(tmp_path):
+    torch.manual_seed(0)
+    x, held_out = torch.randn(40) + 1, torch.randn(40) + 1
+    path = tmp_path / "run.pt"
+    whole = probgen.fit(normal_model, x, num_steps=30, optim=0.05, validation=held_out,
+                        validate_every=5, seed=1, progress=False)
+    expected = store_values()
+    probgen.fit(normal_model, x, num_steps=30, optim=0.05, validation=held_out, validate_every=5,
+                seed=1, progress=False, checkpoint=path, callbacks=[lambda s: s.step == 14])
+    resumed = probgen.fit(normal_model, x, num_steps=30, optim=0.05, validation=held_out,
+                          validate_every=5, seed=1, progress=False, checkpoint=path, resume=True)
+    assert resumed.validation == whole.validation and resumed.best_step == whole.best_step
+    assert_same_store(store_values(), expected, atol=0, rtol=0)
+
+
+# --- methods -------------------------------------------------------------------------------------
+class CountingMethod(TrainingMethod):
+    """A user-written method: gradient-free, moves `loc` halfway to the batch mean each step."""
+
+    uses_optim = False
+    options = ("rate",)
+
+    def __init__(self, setup):
+        super().__init__(setup)
+        self.rate = setup.options.get("rate", 0.5)
+        self.loc = pyro.param("loc", torch.tensor(0.0))
+
+    def step(self, batch, scale):
+        with torch.no_grad():
+            loc = pyro.get_param_store()._params["loc"]
+            loc += self.rate * (batch[0].mean() - loc)
+        return float(-dist.Normal(loc, 1.0).log_prob(batch[0]).sum() * scale)
+
+    def tensors(self):
+        return [pyro.get_param_store()._params["loc"]]
+
+    def validation_loss(self, batch):
+        return float(-dist.Normal(pyro.param("loc"), 1.0).log_prob(batch[0]).mean())
+
+
+def test_fit_runs_a_user_written_method_in_the_same_loop():
+    x = torch.full((10,), 8.0)
+    seen = []
+    result = probgen.fit(normal_model, x, method=CountingMethod, num_steps=5, rate=0.5,
+                         progress=False, callbacks=[lambda s: seen.append(s.step)],
+                         validation=x)
+    assert float(pyro.param("loc")) == pytest.approx(8.0 * (1 - 0.5**5))
+    assert seen == [0, 1, 2, 3, 4] and len(result.validation) == 5
+    with pytest.raises(TypeError, match="unexpected options.*speed"):
+        probgen.fit(normal_model, x, method=CountingMethod, num_steps=1, speed=2,
+                    progress=False)
+
+
+def test_unknown_method_names_the_choices():
+    with pytest.raises(ValueError, match="unknown method 'em'.*svi"):
+        probgen.fit(normal_model, torch.randn(5), method="em", num_steps=1, progress=False)
