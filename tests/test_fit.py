@@ -242,12 +242,18 @@ def test_autonormal_guide_is_rebuilt_fresh():
 
 
 # --- resume ----------------------------------------------------------------------------------------
-def test_resume_with_a_new_learning_rate_keeps_moments_and_applies_the_rate(tmp_path):
+@pytest.mark.parametrize("first,second", [
+    (0.1, 0.01),
+    (lambda: pyro.optim.Adam({"lr": 0.1}), lambda: pyro.optim.Adam({"lr": 0.01})),
+], ids=["rate", "pyro.optim"])
+def test_resume_with_a_new_learning_rate_keeps_moments_and_applies_the_rate(tmp_path, first,
+                                                                            second):
     x = torch.randn(50) + 3
     path = tmp_path / "run.pt"
-    probgen.fit(normal_model, x, num_steps=10, optim=0.1, seed=0, progress=False,
-                checkpoint=path)
-    resumed = probgen.fit(normal_model, x, num_steps=20, optim=0.01, seed=0, progress=False,
+    probgen.fit(normal_model, x, num_steps=10, optim=first() if callable(first) else first,
+                seed=0, progress=False, checkpoint=path)
+    resumed = probgen.fit(normal_model, x, num_steps=20, seed=0, progress=False,
+                          optim=second() if callable(second) else second,
                           checkpoint=path, resume=True)
     # Reference: the same 10 steps, then the same Adam state with its rate set to 0.01.
     pyro.clear_param_store()

@@ -16,6 +16,12 @@ from probgen.core.validate import as_batch
 from probgen.data.transforms import evaluate_dequantized
 from probgen.evaluate.exact import exact_log_prob
 from probgen.evaluate.importance import importance_bound
+from probgen.evaluate.predictive import (
+    bootstrap_stderr,
+    draw_log_likelihoods,
+    lppd,
+    posterior_draws,
+)
 
 __all__ = ["evaluate", "GENERIC_ESTIMATORS"]
 
@@ -77,6 +83,8 @@ def evaluate(
     seed: int | None = None,
     fast: bool = True,
     progress: bool = False,
+    posterior: Any = None,
+    num_draws: int | None = None,
     **options: Any,
 ) -> LogLikelihood:
     r"""Per-example log-likelihood of held-out ``data`` under ``model``, labelled by kind.
@@ -87,9 +95,14 @@ def evaluate(
         data: a tensor or a tuple of tensors sharing the first (example) dimension.
         guide: for ``"elbo"``/``"iwae"``: the proposal q(z | x) (a bundled model's own guide
             by default).
-        estimator: ``"auto"`` (exact when every latent is enumerable or absent, else the
-            model's default, else IWAE), ``"exact"``, ``"elbo"``, ``"iwae"``, or a registered
-            model-specific estimator (``"ais"``, ``"vlb"``, ``"prob_flow_ode"``).
+        estimator: ``"auto"`` (exact when every latent is enumerable or absent; the held-out
+            predictive density when the program has global latents; else the model's default,
+            else IWAE), ``"exact"``, ``"elbo"``, ``"iwae"``, ``"predictive"``, or an estimator
+            the family declares (``"ais"``, ``"vlb"``, ``"prob_flow_ode"``, ...).
+        posterior: draws of the global latents, ``{site: (S, *shape)}`` or the InferenceData
+            of ``run_mcmc``: the score is lppd_i = log (1/S) Σ_s p(x_i | θ_s) (``"estimate"``;
+            ``"exact"`` for one draw). Without it, a guide's global sites are drawn
+            ``num_draws`` times (default 100; once for an ``AutoDelta`` point mass).
         k: particles for ELBO (default 1) and IWAE (default 1000).
         batch_size: examples per vectorized chunk (memory bound).
         fast: use a bundled model's closed-form ``log_prob`` for ``"exact"``.
@@ -108,7 +121,8 @@ def evaluate(
         raise ValueError(f"k must be a positive integer number of particles, got {k!r}")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size <= 0):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    known = ("auto",) + _GENERIC + tuple(e for e in _declared(model) if e not in _GENERIC)
+    known = ("auto",) + _GENERIC + ("predictive",) + tuple(
+        e for e in _declared(model) if e not in _GENERIC)
     if estimator not in known:
         raise ValueError(f"unknown estimator {estimator!r}; choose one of {known}")
     bundled = isinstance(model, GenerativeModel)
@@ -130,14 +144,14 @@ def evaluate(
     try:
         with torch.no_grad():
             return _evaluate(model, batch, guide, estimator, k, batch_size, data_space, num_dims,
-                             data_plate, fast, progress, n, seed, options)
+                             data_plate, fast, progress, n, seed, posterior, num_draws, options)
     finally:
         if bundled and was_training:
             model.train()
 
 
 def _evaluate(model, batch, guide, estimator, k, batch_size, data_space, num_dims, data_plate,
-              fast, progress, n, seed, options) -> LogLikelihood:
+              fast, progress, n, seed, posterior, num_draws, options) -> LogLikelihood:
     bundled = isinstance(model, GenerativeModel)
     program = model.model if bundled else model
     if guide is None and bundled and model.has_guide:
@@ -149,6 +163,14 @@ def _evaluate(model, batch, guide, estimator, k, batch_size, data_space, num_dim
     if estimator in declared:
         return _run_declared(declared[estimator], model, batch, k, batch_size, seed, options)
     info = inspect_program(program, probe, data_plate=data_plate)
+    if estimator == "predictive" or posterior is not None or (
+            estimator in ("auto", "exact") and info.global_latents):
+        if options:
+            raise TypeError(f"unexpected options for estimator 'predictive': {sorted(options)}")
+        if data_space is None:
+            data_space = model.data_space if bundled else _infer_data_space(program, probe, info)
+        return _predictive(program, guide, batch, info, estimator, posterior, num_draws, k,
+                           batch_size, data_space, num_dims, seed)
     if estimator == "auto":
         if info.exact_applies:
             estimator = "exact"
@@ -200,3 +222,40 @@ def _evaluate(model, batch, guide, estimator, k, batch_size, data_space, num_dim
     kind = "estimate" if info.bound_sites and estimator == "iwae" else "lower_bound"
     return LogLikelihood(per_example, kind=kind, estimator=estimator, num_dims=num_dims,
                          data_space=data_space, settings={"k": k}, data_id=data_id)
+
+
+def _predictive(program, guide, batch, info, estimator, posterior, num_draws, k, batch_size,
+                data_space, num_dims, seed) -> LogLikelihood:
+    """lppd over posterior draws of the global latents (exact for a point mass and exact locals)."""
+    if num_draws is not None and (isinstance(num_draws, bool) or not isinstance(num_draws, int)
+                                  or num_draws <= 0):
+        raise ValueError(f"num_draws must be a positive integer, got {num_draws!r}")
+    if seed is not None:
+        pyro.set_rng_seed(seed)  # the guide's draws: the seed's first ones
+    draws, described, point_mass = posterior_draws(posterior, guide, batch, info.global_latents,
+                                                   num_draws)
+    k = k or 1000
+    chunk = batch_size or max(1, min(len(batch[0]), _MEMORY_BUDGET // (64 * min(k, 64))))
+    parts = []
+    for start in range(0, len(batch[0]), chunk):
+        piece = tuple(t[start:start + chunk] for t in batch)
+        values, local = draw_log_likelihoods(
+            program, guide, piece, info, draws, k=k,
+            particle_chunk=max(1, min(k, _MEMORY_BUDGET // (64 * len(piece[0])))))
+        parts.append(values)
+    log_lik = torch.cat(parts, 1)  # (draws, examples)
+    exact = point_mass and local == "exact" and not info.bound_sites
+    if estimator == "exact" and not exact:
+        raise ValueError(f"the model has global latents {list(info.global_latents)} and the "
+                         f"posterior is not a point mass ({described}): its held-out score is "
+                         "an estimate; use estimator='predictive' (or 'auto'), or an AutoDelta "
+                         "guide for the exact likelihood at a point estimate")
+    per_example = lppd(log_lik)
+    settings = {"posterior": described, "num_draws": int(next(iter(draws.values())).shape[0]),
+                "local_latents": local}
+    if local == "iwae":
+        settings["k"] = k
+    return LogLikelihood(per_example, kind="exact" if exact else "estimate",
+                         estimator="predictive", num_dims=num_dims, data_space=data_space,
+                         settings=settings, data_id=data_fingerprint(*batch),
+                         estimator_stderr=bootstrap_stderr(log_lik))

@@ -137,8 +137,18 @@ class _PyroOptim:
         return {"kind": "pyro", "state": self.optim.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("kind") == "pyro":
-            self.optim.set_state(state["state"])
+        """Moments from the checkpoint; a plain optimizer's hyper-parameters (lr, betas, ...)
+        from this run's ``optim_args``, so a resume with a new rate uses it. A scheduler's
+        state (its place in the schedule) resumes as saved."""
+        if state.get("kind") != "pyro":
+            return
+        saved = state["state"]
+        args = self.optim.pt_optim_args
+        if isinstance(args, dict) and not isinstance(self.optim, pyro.optim.PyroLRScheduler):
+            saved = {name: {**value, "param_groups": [{**group, **args}
+                                                       for group in value["param_groups"]]}
+                     for name, value in saved.items()}
+        self.optim.set_state(saved)
 
 
 def _params_with_grads(store) -> dict[str, torch.Tensor]:
