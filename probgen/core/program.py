@@ -10,7 +10,7 @@ from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
-__all__ = ["ProgramInfo", "inspect_program", "DataPlateScale", "find_data_frame"]
+__all__ = ["ProgramInfo", "inspect_program", "DataPlateScale", "find_data_frame", "ForceSubsample"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class ProgramInfo:
     global_latents: tuple[str, ...]
     max_plate_nesting: int
     bound_sites: tuple[str, ...] = ()  # sites whose log_prob is only a bound (diffusion VLB)
+    subsample_size: int | None = None  # the data plate subsamples itself (Pyro's subsample_size)
 
     @property
     def latents(self) -> tuple[str, ...]:
@@ -65,6 +66,7 @@ def inspect_program(model: Callable, batch: tuple[torch.Tensor, ...], *,
         trace = poutine.trace(model).get_trace(*batch)
     observed, continuous, discrete, enumerable, bound, nesting = [], [], [], [], [], 0
     candidates: dict[str, int] = {}
+    subsampled: dict[str, int] = {}
     sizes_seen: dict[str, int] = {}
     for name, site in trace.nodes.items():
         if site["type"] != "sample" or site_is_subsample(site):
@@ -78,9 +80,12 @@ def inspect_program(model: Callable, batch: tuple[torch.Tensor, ...], *,
                 continue
             observed.append(name)
             for f in frames:
-                sizes_seen[f.name] = f.size
-                if f.size == size:
+                full = f.full_size if f.full_size is not None else f.size
+                sizes_seen[f.name] = full
+                if full == size:
                     candidates[f.name] = candidates.get(f.name, 0) + 1
+                    if f.size != full:
+                        subsampled[f.name] = f.size
         elif getattr(site["fn"], "has_enumerate_support", False) or site["fn"].support.is_discrete:
             discrete.append(name)
             if site["fn"].has_enumerate_support:
@@ -109,7 +114,8 @@ def inspect_program(model: Callable, batch: tuple[torch.Tensor, ...], *,
             raise ValueError(f"observed site '{name}' is outside the data plate '{data_plate}'; "
                              "every observation must sit inside the plate over examples")
     return ProgramInfo(data_plate, size, tuple(observed), tuple(continuous), tuple(discrete),
-                       tuple(enumerable), tuple(global_latents), nesting, tuple(bound))
+                       tuple(enumerable), tuple(global_latents), nesting, tuple(bound),
+                       subsampled.get(data_plate))
 
 
 def find_data_frame(trace, data_plate: str, expected_size: int):
@@ -119,7 +125,7 @@ def find_data_frame(trace, data_plate: str, expected_size: int):
             continue
         for f in _plates(site):
             if f.name == data_plate:
-                if f.size != expected_size:
+                if expected_size not in (f.size, f.full_size):
                     raise ValueError(
                         f"plate '{data_plate}' has size {f.size} but the batch passed to the "
                         f"model has {expected_size} examples; size the plate from the model's "
@@ -143,3 +149,17 @@ class DataPlateScale(Messenger):
         if msg["type"] == "sample" and any(f.name == self.data_plate
                                            for f in msg["cond_indep_stack"]):
             msg["scale"] = self.factor * msg["scale"]
+
+
+class ForceSubsample(Messenger):
+    """Make the subsampled plate ``name`` draw exactly ``indices``: a program that mini-batches
+    itself (``pyro.plate(..., subsample_size=B)``) is then scored on chosen rows."""
+
+    def __init__(self, name: str, indices: torch.Tensor) -> None:
+        super().__init__()
+        self.name = name
+        self.indices = indices
+
+    def _pyro_sample(self, msg: dict) -> None:
+        if msg["name"] == self.name and type(msg["fn"]).__name__ == "_Subsample":
+            msg["value"] = self.indices

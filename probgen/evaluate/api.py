@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyro
 import torch
 from tqdm.auto import tqdm
 
+from probgen.core.dtypes import cast_floats, floats_to_default_dtype, program_dtype
 from probgen.core.model import Estimator, GenerativeModel
-from probgen.core.program import inspect_program
+from probgen.core.program import ForceSubsample, inspect_program
 from probgen.core.result import LogLikelihood, data_fingerprint
 from probgen.core.validate import as_batch
 from probgen.data.transforms import evaluate_dequantized
@@ -22,6 +23,7 @@ from probgen.evaluate.predictive import (
     lppd,
     posterior_draws,
 )
+from probgen.evaluate.refit import RefitSettings, holds_training_examples, refit_local_guide
 
 __all__ = ["evaluate", "GENERIC_ESTIMATORS"]
 
@@ -85,6 +87,7 @@ def evaluate(
     progress: bool = False,
     posterior: Any = None,
     num_draws: int | None = None,
+    refit_steps: int = 1000,
     **options: Any,
 ) -> LogLikelihood:
     r"""Per-example log-likelihood of held-out ``data`` under ``model``, labelled by kind.
@@ -103,6 +106,10 @@ def evaluate(
             of ``run_mcmc``: the score is lppd_i = log (1/S) Σ_s p(x_i | θ_s) (``"estimate"``;
             ``"exact"`` for one draw). Without it, a guide's global sites are drawn
             ``num_draws`` times (default 100; once for an ``AutoDelta`` point mass).
+        refit_steps: a guide with one parameter per *training* example (an autoguide over
+            per-example latents) cannot score new examples: evaluate fits a fresh guide of the
+            same class to ``data`` for this many SVI steps (seeded, model parameters frozen),
+            then bounds log p(x) with it; the result's settings record it.
         k: particles for ELBO (default 1) and IWAE (default 1000).
         batch_size: examples per vectorized chunk (memory bound).
         fast: use a bundled model's closed-form ``log_prob`` for ``"exact"``.
@@ -126,13 +133,16 @@ def evaluate(
     if estimator not in known:
         raise ValueError(f"unknown estimator {estimator!r}; choose one of {known}")
     bundled = isinstance(model, GenerativeModel)
-    batch = as_batch(data, model_device=model.device if bundled and device is None else None)
+    batch = as_batch(floats_to_default_dtype(data),
+                     model_device=model.device if bundled and device is None else None)
     if device is not None:
         batch = tuple(t.to(device) for t in batch)
         if bundled:
             model.to(device)
     if bundled:
         batch = model.validate_batch(*batch)
+    else:
+        batch = cast_floats(batch, program_dtype(model, batch))
     if seed is not None:
         pyro.set_rng_seed(seed)
     n = int(batch[0].shape[0])
@@ -144,14 +154,16 @@ def evaluate(
     try:
         with torch.no_grad():
             return _evaluate(model, batch, guide, estimator, k, batch_size, data_space, num_dims,
-                             data_plate, fast, progress, n, seed, posterior, num_draws, options)
+                             data_plate, fast, progress, n, seed, posterior, num_draws,
+                             refit_steps, options)
     finally:
         if bundled and was_training:
             model.train()
 
 
 def _evaluate(model, batch, guide, estimator, k, batch_size, data_space, num_dims, data_plate,
-              fast, progress, n, seed, posterior, num_draws, options) -> LogLikelihood:
+              fast, progress, n, seed, posterior, num_draws, refit_steps, options
+              ) -> LogLikelihood:
     bundled = isinstance(model, GenerativeModel)
     program = model.model if bundled else model
     if guide is None and bundled and model.has_guide:
@@ -162,7 +174,15 @@ def _evaluate(model, batch, guide, estimator, k, batch_size, data_space, num_dim
     declared = _declared(model)
     if estimator in declared:
         return _run_declared(declared[estimator], model, batch, k, batch_size, seed, options)
-    info = inspect_program(program, probe, data_plate=data_plate)
+    try:
+        info = inspect_program(program, probe, data_plate=data_plate)
+    except (ValueError, RuntimeError):
+        if len(probe[0]) == n:
+            raise
+        probe = batch  # e.g. a plate with subsample_size larger than the probe
+        info = inspect_program(program, probe, data_plate=data_plate)
+    if info.subsample_size is not None:
+        probe = batch
     if estimator == "predictive" or posterior is not None or (
             estimator in ("auto", "exact") and info.global_latents):
         if options:
@@ -194,24 +214,37 @@ def _evaluate(model, batch, guide, estimator, k, batch_size, data_space, num_dim
             assert info is not None
             if not info.exact_applies:
                 exact_log_prob(program, probe, info)  # raises the specific reason
-        chunk = batch_size or 4096
         parts = []
-        for start in tqdm(range(0, n, chunk), disable=not progress, desc="exact"):
-            piece = tuple(t[start:start + chunk] for t in batch)
-            parts.append(model.log_prob(*piece) if use_fast else exact_log_prob(program, piece, info))
+        for piece, wrap, keep in tqdm(list(_pieces(batch, info, batch_size or 4096)),
+                                      disable=not progress, desc="exact"):
+            values = (model.log_prob(*piece) if use_fast
+                      else exact_log_prob(wrap(program), piece, info))
+            parts.append(values[:keep])
         return LogLikelihood(torch.cat(parts), kind="exact", estimator="exact", num_dims=num_dims,
                              data_space=data_space, settings={} if use_fast else
                              {"method": "enumeration"}, data_id=data_id)
     if guide is None:
         raise ValueError(f"estimator {estimator!r} needs a guide q(z | x); pass guide=...")
     k = k or (1 if estimator == "elbo" else 1000)
-    chunk = batch_size or max(1, min(n, _MEMORY_BUDGET // (64 * min(k, 64))))
-    particle_chunk = max(1, min(k, _MEMORY_BUDGET // (64 * chunk)))
-    parts = []
-    for start in tqdm(range(0, n, chunk), disable=not progress, desc=estimator):
-        piece = tuple(t[start:start + chunk] for t in batch)
-        parts.append(importance_bound(program, guide, piece, info, estimator=estimator, k=k,
-                                      particle_chunk=particle_chunk))
+    settings: dict[str, Any] = {"k": k}
+    if holds_training_examples(guide, info):
+        if isinstance(refit_steps, bool) or not isinstance(refit_steps, int) or refit_steps <= 0:
+            raise ValueError(f"refit_steps must be a positive integer, got {refit_steps!r}")
+        refit = RefitSettings(num_steps=refit_steps, seed=0 if seed is None else seed)
+        settings["refit"] = refit.as_dict(guide)
+        with refit_local_guide(program, guide, batch, info, refit) as fresh:  # one chunk
+            particle_chunk = max(1, min(k, _MEMORY_BUDGET // (64 * n)))
+            parts = [importance_bound(program, fresh, batch, info, estimator=estimator, k=k,
+                                      particle_chunk=particle_chunk)]
+    else:
+        chunk = batch_size or max(1, min(n, _MEMORY_BUDGET // (64 * min(k, 64))))
+        particle_chunk = max(1, min(k, _MEMORY_BUDGET // (64 * (info.subsample_size or chunk))))
+        parts = []
+        for piece, wrap, keep in tqdm(list(_pieces(batch, info, chunk)), disable=not progress,
+                                      desc=estimator):
+            values = importance_bound(wrap(program), wrap(guide), piece, info,
+                                      estimator=estimator, k=k, particle_chunk=particle_chunk)
+            parts.append(values[:keep])
     per_example = torch.cat(parts)
     if not torch.isfinite(per_example).all():
         bad = int((~torch.isfinite(per_example)).sum())
@@ -221,7 +254,27 @@ def _evaluate(model, batch, guide, estimator, k, batch_size, data_space, num_dim
     # way); the ELBO of a bound stays a bound.
     kind = "estimate" if info.bound_sites and estimator == "iwae" else "lower_bound"
     return LogLikelihood(per_example, kind=kind, estimator=estimator, num_dims=num_dims,
-                         data_space=data_space, settings={"k": k}, data_id=data_id)
+                         data_space=data_space, settings=settings, data_id=data_id)
+
+
+def _unchanged(fn: Callable) -> Callable:
+    return fn
+
+
+def _pieces(batch: tuple[torch.Tensor, ...], info, chunk: int
+            ) -> Iterator[tuple[tuple[torch.Tensor, ...], Callable, int]]:
+    """(rows to pass, a handler for the program and guide, how many results to keep), chunk by
+    chunk. A program whose data plate subsamples itself gets all rows, with the plate made to
+    draw each chunk of indices in turn (the last chunk padded by wrapping around)."""
+    n = int(batch[0].shape[0])
+    if info.subsample_size is None:
+        for start in range(0, n, chunk):
+            yield tuple(t[start:start + chunk] for t in batch), _unchanged, chunk
+        return
+    size = info.subsample_size
+    for start in range(0, n, size):
+        indices = torch.arange(start, start + size, device=batch[0].device) % n
+        yield batch, ForceSubsample(info.data_plate, indices), min(size, n - start)
 
 
 def _predictive(program, guide, batch, info, estimator, posterior, num_draws, k, batch_size,

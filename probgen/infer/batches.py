@@ -8,8 +8,6 @@ from typing import Any
 
 import torch
 
-from probgen.core.validate import as_batch
-
 __all__ = ["Batches", "positive_int"]
 
 
@@ -45,7 +43,7 @@ class Batches:
             self.steps_per_epoch = len(data) if hasattr(data, "__len__") else max(
                 1, math.ceil(self.size / self.batch_size))
         else:
-            self.tensors = self.prepare(as_batch(data))
+            self.tensors = self.prepare(data)
             self.size = int(self.tensors[0].shape[0])
             positive_int("batch_size", batch_size)
             if batch_size is not None and batch_size > self.size:

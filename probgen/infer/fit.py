@@ -11,6 +11,7 @@ from typing import Any
 import pyro
 import torch
 
+from probgen.core.dtypes import cast_floats, floats_to_default_dtype, program_dtype
 from probgen.core.model import GenerativeModel
 from probgen.core.validate import as_batch
 from probgen.infer.batches import Batches, positive_int
@@ -36,12 +37,21 @@ def _choose_method(model: Any, method: str | type[TrainingMethod] | None) -> tup
     return name, declared[name]
 
 
-def _prepare_data(bundled: GenerativeModel | None, device: Any) -> Callable[[tuple], tuple]:
-    def prepare(batch: tuple) -> tuple:
-        batch = as_batch(batch)
+def _prepare_data(bundled: GenerativeModel | None, program: Callable, device: Any
+                  ) -> Callable[[Any], tuple]:
+    """Checks and converts every batch: NumPy/lists to tensors, floats to the program's
+    parameter dtype (found once), the device, then a bundled model's own validation."""
+    found: dict[str, torch.dtype | None] = {}
+
+    def prepare(batch: Any) -> tuple:
+        batch = as_batch(floats_to_default_dtype(batch))
         if device is not None:
             batch = tuple(t.to(device) for t in batch)
-        return tuple(bundled.validate_batch(*batch)) if bundled is not None else batch
+        if bundled is not None:
+            return tuple(bundled.validate_batch(*batch))
+        if "dtype" not in found:
+            found["dtype"] = program_dtype(program, batch)
+        return cast_floats(batch, found["dtype"])
     return prepare
 
 
@@ -147,11 +157,11 @@ def fit(
     device = parallel.device_for(device) if parallel is not None else device
     if device is not None and bundled is not None:
         bundled.to(device)
-    batches = Batches(data, batch_size, num_examples, shuffle, _prepare_data(bundled, device))
+    prepare = _prepare_data(bundled, program, device)
+    batches = Batches(data, batch_size, num_examples, shuffle, prepare)
     total_steps = _total_steps(num_steps, epochs, batches.steps_per_epoch, method_class, batch_size)
     _check_options(method_class, options, scheduler_every, patience, validate_every, num_particles)
-    held_out = _prepare_data(bundled, device)(as_batch(validation, name="validation")) \
-        if validation is not None else None
+    held_out = prepare(as_batch(validation, name="validation")) if validation is not None else None
     seed = _seed(seed, parallel)
     if bundled is not None:
         bundled.train()

@@ -10,7 +10,6 @@ import torch
 from pyro import poutine
 from pyro.infer import autoguide as autoguides
 
-from probgen.core.version import __version__
 from probgen.core.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
@@ -20,6 +19,7 @@ from probgen.core.checkpoint import (
     restore_param_store,
 )
 from probgen.core.model import GenerativeModel
+from probgen.core.version import __version__
 from probgen.models.registry import get_model_class
 
 __all__ = ["save", "load"]

@@ -1,0 +1,100 @@
+"""Held-out numbers for programs written the way Pyro's tutorials write them: per-example
+autoguides (refit on the test rows), Pyro's subsample plates, NumPy input."""
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import scipy.stats
+import torch
+
+import probgen
+
+D, Q = 5, 2
+
+
+def ppca(x):
+    """Probabilistic PCA: z_n ~ N(0, I), x_n ~ N(W z_n, σ² I); W and σ are parameters."""
+    weight = pyro.param("W", 0.1 * torch.ones(D, Q) + 0.05 * torch.arange(D * Q).reshape(D, Q))
+    sigma = pyro.param("sigma", torch.tensor(1.0), constraint=dist.constraints.positive)
+    with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([Q]).to_event(1))
+        pyro.sample("x", dist.Normal(z @ weight.T, sigma).to_event(1), obs=x)
+
+
+def test_per_example_autonormal_is_refit_on_held_out_rows():
+    generator = torch.Generator().manual_seed(0)
+    true_weight = torch.randn(D, Q, generator=generator)
+
+    def draw(n):
+        return (torch.randn(n, Q, generator=generator) @ true_weight.T
+                + 0.3 * torch.randn(n, D, generator=generator))
+
+    train, test = draw(400), draw(200)
+    fitted = probgen.fit(ppca, train, num_steps=600, optim=0.03, seed=0, progress=False)
+    weight, sigma = pyro.param("W").detach().clone(), pyro.param("sigma").detach().clone()
+    trained_guide_locs = pyro.param("AutoNormal.locs.z").detach().clone()
+    held_out = probgen.evaluate(ppca, test, guide=fitted.guide, k=1000, seed=0, refit_steps=600)
+    closed_form = dist.MultivariateNormal(torch.zeros(D), weight @ weight.T
+                                          + sigma**2 * torch.eye(D)).log_prob(test)
+    assert held_out.kind == "lower_bound" and held_out.settings["refit"]["num_steps"] == 600
+    gap = float(closed_form.mean()) - held_out.mean
+    assert 0 <= gap < 0.02, gap
+    # the model's parameters and the trained guide are untouched
+    assert torch.equal(pyro.param("W").detach(), weight)
+    assert torch.equal(pyro.param("AutoNormal.locs.z").detach(), trained_guide_locs)
+    assert trained_guide_locs.shape == (400, Q)
+
+
+def subsampled(x):
+    loc = pyro.param("loc", torch.tensor(0.0))
+    scale = pyro.param("scale", torch.tensor(1.0), constraint=dist.constraints.positive)
+    with pyro.plate("data", len(x), subsample_size=16) as index:
+        pyro.sample("x", dist.Normal(loc, scale), obs=x[index])
+
+
+def test_subsample_plate_fits_and_is_scored_on_every_row():
+    torch.manual_seed(0)
+    x = torch.randn(500) * 2 + 3
+    result = probgen.fit(subsampled, x, num_steps=800, optim=0.05, seed=0, progress=False)
+    assert abs(float(pyro.param("loc")) - float(x.mean())) < 0.3  # SGD noise at B=16
+    assert result.losses[-1] == pytest.approx(-float(dist.Normal(pyro.param("loc"), pyro.param(
+        "scale")).log_prob(x).mean()) * 500, rel=0.15)  # N/B scaling from Pyro's own plate
+    test = torch.randn(37) * 2 + 3  # not a multiple of the subsample size
+    held_out = probgen.evaluate(subsampled, test)
+    expected = scipy.stats.norm.logpdf(test.numpy(), float(pyro.param("loc")),
+                                       float(pyro.param("scale")))
+    assert held_out.kind == "exact" and held_out.num_examples == 37
+    np.testing.assert_allclose(held_out.per_example.numpy(), expected, atol=1e-5)
+
+
+def linear(x, y):
+    weight = pyro.param("weight", torch.zeros(3))
+    with pyro.plate("data", len(y)):
+        pyro.sample("y", dist.Normal(x @ weight, 1.0), obs=y)
+
+
+def test_numpy_float64_input_fits_and_scores_a_float32_program():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3))
+    y = x @ np.array([1.0, -2.0, 0.5]) + 0.1 * rng.normal(size=200)
+    assert x.dtype == np.float64
+    probgen.fit(linear, (x, y), num_steps=300, optim=0.05, seed=0, progress=False)
+    weight = pyro.param("weight").detach()
+    assert weight.dtype == torch.float32
+    np.testing.assert_allclose(weight.numpy(), [1.0, -2.0, 0.5], atol=0.05)
+    held_out = probgen.evaluate(linear, (x[:20].tolist(), y[:20]))
+    expected = scipy.stats.norm.logpdf(y[:20], x[:20] @ weight.double().numpy(), 1.0)
+    np.testing.assert_allclose(held_out.per_example.numpy(), expected, atol=1e-4)
+
+
+def test_float64_program_keeps_float64_tensors():
+    def model(x):
+        loc = pyro.param("loc", torch.tensor(0.0, dtype=torch.float64))
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(loc, 1.0), obs=x)
+
+    x = torch.randn(20, dtype=torch.float32)
+    probgen.fit(model, x, num_steps=5, progress=False, seed=0)
+    assert pyro.param("loc").dtype == torch.float64
+    assert probgen.evaluate(model, x.numpy()).kind == "exact"
