@@ -171,6 +171,8 @@ def fit(
                           optim, loss, num_particles, data_plate, dict(options), parallel)
     run = Run(method_class(setup), bundled, {"size": batches.size, "batch_size":
                batches.batch_size, "seed": seed, "method": name, "num_particles": num_particles})
+    if isinstance(run.method, SVI):  # what probgen.load needs to rebuild an autoguide
+        run.settings["discrete_latents"] = list(run.method.info.discrete_latents)
     pyro.set_rng_seed(seed)  # training's stream starts at the seed, whatever setup drew
     start = run.load(Path(checkpoint), batches.first) if _resuming(resume, checkpoint) else 0
     if parallel is not None:

@@ -1,14 +1,17 @@
-"""probgen.save / probgen.load: a bundled model (class, config, parameters, guide) in one file."""
+"""probgen.save / probgen.load: a bundled model, or a fit of your own program, in one file."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from pyro import poutine
 from pyro.infer import autoguide as autoguides
+from pyro.infer.autoguide import AutoGuide
+from torch import nn
 
 from probgen.core.checkpoint import (
     FORMAT_VERSION,
@@ -20,22 +23,28 @@ from probgen.core.checkpoint import (
 )
 from probgen.core.model import GenerativeModel
 from probgen.core.version import __version__
+from probgen.infer.result import FitResult
 from probgen.models.registry import get_model_class
 
 __all__ = ["save", "load"]
 
 
-def save(model: Any, path: str | os.PathLike) -> Path:
-    """Save a bundled model (class, config, parameters) and any guide parameters fit created.
+def save(obj: Any, path: str | os.PathLike) -> Path:
+    """Save a fitted model to one file, written atomically.
 
-    Raw Pyro programs keep their parameters in Pyro's param store: save those with
-    ``probgen.core.checkpoint.atomic_save({"format": "probgen-params", **param_store_state()}, path)``
-    or by passing ``checkpoint=`` to :func:`probgen.fit`.
+    ``obj`` is a bundled :class:`GenerativeModel` (class, config, parameters and any guide
+    parameters fit created), or the :class:`FitResult` of :func:`probgen.fit` on your own
+    program: then the param store, the guide's module state (or its autoguide class) and the
+    run's settings; reload it with ``probgen.load(path, model=program)``.
     """
-    if not isinstance(model, GenerativeModel):
-        raise TypeError(f"probgen.save takes a bundled GenerativeModel, got {type(model).__name__}; "
-                        "for your own Pyro program use probgen.fit(..., checkpoint=path), which "
-                        "saves the param store")
+    if isinstance(obj, FitResult) and isinstance(obj.model, GenerativeModel):
+        obj = obj.model
+    if isinstance(obj, FitResult):
+        return atomic_save(_program_state(obj), path)
+    if not isinstance(obj, GenerativeModel):
+        raise TypeError(f"probgen.save takes a bundled GenerativeModel or the FitResult of "
+                        f"probgen.fit, got {type(obj).__name__}")
+    model = obj
     if not model.registry_name:
         raise TypeError(f"{type(model).__name__} is not registered; decorate it with "
                         "@probgen.models.register_model('name') so it can be rebuilt on load")
@@ -53,9 +62,70 @@ def save(model: Any, path: str | os.PathLike) -> Path:
     return atomic_save(state, path)
 
 
-def load(path: str | os.PathLike, *, map_location: str | torch.device | None = None) -> Any:
-    """Rebuild a model saved with :func:`save`: same class, config, parameters (and guide)."""
+def _program_state(result: FitResult) -> dict[str, Any]:
+    guide = result.guide
+    autoguide = type(guide).__name__ if isinstance(guide, AutoGuide) else None
+    module_state = None
+    if isinstance(guide, nn.Module) and autoguide is None:
+        module_state = {k: v.detach().cpu() for k, v in guide.state_dict().items()}
+    model_state = None
+    if isinstance(result.model, nn.Module):
+        model_state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
+    return {
+        "format": "probgen-program", "format_version": FORMAT_VERSION,
+        "probgen_version": __version__, "param_store": param_store_state(),
+        "autoguide": autoguide, "guide_state": module_state, "model_state": model_state,
+        "losses": torch.tensor(result.losses, dtype=torch.float64),
+        "num_steps": result.num_steps, "method": result.method, "settings": dict(result.settings),
+        "num_examples": result.num_examples,
+    }
+
+
+def _load_program(state: dict[str, Any], path: Any, model: Callable | None,
+                  guide: Callable | None) -> FitResult:
+    """A program's fit (a ``probgen-program`` file or a fit checkpoint) back into the store."""
+    if model is None or isinstance(model, GenerativeModel) and state["format"] == "probgen-program":
+        raise TypeError(f"{path} holds the parameters of your own Pyro program; pass it: "
+                        "probgen.load(path, model=program, guide=guide)")
+    restore_param_store(state["param_store"])
+    if isinstance(model, nn.Module) and state.get("model_state") is not None:
+        model.load_state_dict(state["model_state"])
+    name = state.get("autoguide")
+    if guide is None and name:
+        hidden = set(state.get("settings", {}).get("discrete_latents", ()))
+        guide = getattr(autoguides, name)(
+            poutine.block(model, hide_fn=lambda msg: msg["name"] in hidden))
+    if guide is None:
+        guide = _empty_guide
+    if isinstance(guide, nn.Module) and not isinstance(guide, AutoGuide) and state.get(
+            "guide_state") is not None:
+        guide.load_state_dict(state["guide_state"])
+    settings = dict(state.get("settings") or state.get("run") or {})
+    losses = [float(v) for v in state.get("losses", [])]
+    return FitResult(model, guide, losses, int(state.get("num_steps", state.get("step", 0))),
+                     0.0, method=str(state.get("method", settings.get("method", "svi"))),
+                     num_examples=int(state.get("num_examples", settings.get("size", 0))),
+                     settings=settings)
+
+
+def _empty_guide(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+def load(path: str | os.PathLike, *, model: Callable | None = None, guide: Callable | None = None,
+         map_location: str | torch.device | None = None) -> Any:
+    """Rebuild what :func:`save` wrote.
+
+    A bundled model comes back whole (same class, config, parameters and guide). Your own
+    program's fit (``probgen.save(fit_result, path)``, or a ``fit(checkpoint=...)`` file) is
+    restored into Pyro's param store for ``model`` (and ``guide``: your module, or the autoguide
+    rebuilt by class) and returned as a :class:`FitResult` whose ``model``/``guide`` evaluate
+    exactly as before the save.
+    """
     state = load_checkpoint(path)
+    if state["format"] in ("probgen-program", "probgen-fit") and not isinstance(
+            model, GenerativeModel):
+        return _load_program(state, path, model, guide)
     if state["format"] != "probgen-model":
         raise CheckpointError(f"{path} holds a {state['format']!r} checkpoint, not a saved model; "
                               "resume it with probgen.fit(..., checkpoint=path, resume=True)")
