@@ -111,6 +111,6 @@ def test_save_and_load_model_with_its_guide(tmp_path):
     torch.testing.assert_close(loaded.autoguide.median(x)["mu"], median["mu"])
 
 
-def test_save_refuses_raw_programs(tmp_path):
-    with pytest.raises(TypeError, match="checkpoint"):
+def test_save_of_a_bare_program_says_to_save_the_fit_result(tmp_path):
+    with pytest.raises(TypeError, match="FitResult of probgen.fit"):
         probgen.save(model, tmp_path / "x.pt")
