@@ -144,12 +144,14 @@ def test_continuous_latents_need_a_guide():
         probgen.evaluate(model, torch.randn(4), estimator="exact")
 
 
-def test_masked_enumerated_latent_warns():
+def test_masked_enumerated_latent_is_refused_then_warned_when_allowed():
     def model(x):
         with pyro.plate("data", len(x)):
             with pyro.poutine.mask(mask=torch.tensor([True, False, True])):
                 z = pyro.sample("z", dist.Categorical(torch.ones(3) / 3))
             pyro.sample("x", dist.Normal(z.double(), 1.0), obs=x)
 
-    with pytest.warns(UserWarning, match="'z' is masked"):
+    with pytest.raises(ValueError, match="'z' are masked"):
         probgen.evaluate(model, torch.randn(3))
+    with pytest.warns(UserWarning, match="'z' are masked"):
+        probgen.evaluate(model, torch.randn(3), allow_masked_latents=True)

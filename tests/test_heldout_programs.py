@@ -98,3 +98,37 @@ def test_float64_program_keeps_float64_tensors():
     probgen.fit(model, x, num_steps=5, progress=False, seed=0)
     assert pyro.param("loc").dtype == torch.float64
     assert probgen.evaluate(model, x.numpy()).kind == "exact"
+
+
+NUM_STATES = 3
+PROBS_X = torch.softmax(torch.randn(NUM_STATES, NUM_STATES, generator=torch.Generator().manual_seed(1)), -1)
+LOCS = torch.tensor([-2.0, 0.0, 2.0])
+
+
+def padded_hmm(mask_latents: bool):
+    def program(sequences, lengths):
+        with pyro.plate("sequences", len(sequences)):
+            x = 0
+            for t in pyro.markov(range(sequences.shape[1])):
+                present = t < lengths
+                with pyro.poutine.mask(mask=present if mask_latents else True):
+                    x = pyro.sample(f"x_{t}", dist.Categorical(PROBS_X[x]),
+                                    infer={"enumerate": "parallel"})
+                with pyro.poutine.mask(mask=present):
+                    pyro.sample(f"y_{t}", dist.Normal(LOCS[x], 1.0), obs=sequences[:, t])
+    return program
+
+
+def test_masked_enumerated_latents_are_refused_unless_asked_for():
+    sequences = torch.randn(4, 8)
+    lengths = torch.tensor([8, 3, 5, 1])
+    right = probgen.evaluate(padded_hmm(mask_latents=False), (sequences, lengths))
+    with pytest.raises(ValueError, match="masked.*Mask the observations.*allow_masked_latents"):
+        probgen.evaluate(padded_hmm(mask_latents=True), (sequences, lengths))
+    with pytest.warns(UserWarning) as caught:
+        inflated = probgen.evaluate(padded_hmm(mask_latents=True), (sequences, lengths),
+                                    allow_masked_latents=True)
+    assert len([w for w in caught if "masked" in str(w.message)]) == 1  # once, not per step
+    padded = (8 - lengths).double()
+    torch.testing.assert_close(inflated.per_example - right.per_example,
+                               padded * np.log(NUM_STATES), atol=1e-5, rtol=0)

@@ -88,6 +88,7 @@ def evaluate(
     posterior: Any = None,
     num_draws: int | None = None,
     refit_steps: int = 1000,
+    allow_masked_latents: bool = False,
     **options: Any,
 ) -> LogLikelihood:
     r"""Per-example log-likelihood of held-out ``data`` under ``model``, labelled by kind.
@@ -110,6 +111,8 @@ def evaluate(
             per-example latents) cannot score new examples: evaluate fits a fresh guide of the
             same class to ``data`` for this many SVI steps (seeded, model parameters frozen),
             then bounds log p(x) with it; the result's settings record it.
+        allow_masked_latents: accept a program that masks an enumerated latent (each masked
+            entry then adds log(number of states)); by default that is refused.
         k: particles for ELBO (default 1) and IWAE (default 1000).
         batch_size: examples per vectorized chunk (memory bound).
         fast: use a bundled model's closed-form ``log_prob`` for ``"exact"``.
@@ -155,14 +158,14 @@ def evaluate(
         with torch.no_grad():
             return _evaluate(model, batch, guide, estimator, k, batch_size, data_space, num_dims,
                              data_plate, fast, progress, n, seed, posterior, num_draws,
-                             refit_steps, options)
+                             refit_steps, "allow" if allow_masked_latents else "refuse", options)
     finally:
         if bundled and was_training:
             model.train()
 
 
 def _evaluate(model, batch, guide, estimator, k, batch_size, data_space, num_dims, data_plate,
-              fast, progress, n, seed, posterior, num_draws, refit_steps, options
+              fast, progress, n, seed, posterior, num_draws, refit_steps, masked, options
               ) -> LogLikelihood:
     bundled = isinstance(model, GenerativeModel)
     program = model.model if bundled else model
@@ -213,12 +216,12 @@ def _evaluate(model, batch, guide, estimator, k, batch_size, data_space, num_dim
         if not use_fast:
             assert info is not None
             if not info.exact_applies:
-                exact_log_prob(program, probe, info)  # raises the specific reason
+                exact_log_prob(program, probe, info, masked_latents=masked)  # says why not
         parts = []
         for piece, wrap, keep in tqdm(list(_pieces(batch, info, batch_size or 4096)),
                                       disable=not progress, desc="exact"):
             values = (model.log_prob(*piece) if use_fast
-                      else exact_log_prob(wrap(program), piece, info))
+                      else exact_log_prob(wrap(program), piece, info, masked_latents=masked))
             parts.append(values[:keep])
         return LogLikelihood(torch.cat(parts), kind="exact", estimator="exact", num_dims=num_dims,
                              data_space=data_space, settings={} if use_fast else
@@ -235,7 +238,7 @@ def _evaluate(model, batch, guide, estimator, k, batch_size, data_space, num_dim
         with refit_local_guide(program, guide, batch, info, refit) as fresh:  # one chunk
             particle_chunk = max(1, min(k, _MEMORY_BUDGET // (64 * n)))
             parts = [importance_bound(program, fresh, batch, info, estimator=estimator, k=k,
-                                      particle_chunk=particle_chunk)]
+                                      particle_chunk=particle_chunk, masked_latents=masked)]
     else:
         chunk = batch_size or max(1, min(n, _MEMORY_BUDGET // (64 * min(k, 64))))
         particle_chunk = max(1, min(k, _MEMORY_BUDGET // (64 * (info.subsample_size or chunk))))
@@ -243,7 +246,8 @@ def _evaluate(model, batch, guide, estimator, k, batch_size, data_space, num_dim
         for piece, wrap, keep in tqdm(list(_pieces(batch, info, chunk)), disable=not progress,
                                       desc=estimator):
             values = importance_bound(wrap(program), wrap(guide), piece, info,
-                                      estimator=estimator, k=k, particle_chunk=particle_chunk)
+                                      estimator=estimator, k=k, particle_chunk=particle_chunk,
+                                      masked_latents=masked)
             parts.append(values[:keep])
     per_example = torch.cat(parts)
     if not torch.isfinite(per_example).all():

@@ -23,15 +23,20 @@ def _ordinal(trace, site) -> frozenset:
     return frozenset(trace.plate_to_symbol[f.name] for f in site["cond_indep_stack"] if f.vectorized)
 
 
-def log_density_per_example(trace, keep_plates: Sequence[str], *, warn_masked: bool = True
-                            ) -> torch.Tensor:
+def log_density_per_example(trace, keep_plates: Sequence[str], *,
+                            masked_latents: str = "refuse") -> torch.Tensor:
     r"""log Σ_{enumerated z} Π_sites p(site | parents), kept per element of ``keep_plates``.
 
     ``trace`` must come from ``poutine.trace(poutine.enum(...))`` (or have no enumerated sites).
     Plates not kept are product-contracted, enumerated dims sum-contracted (Pyro's
     ``contract_to_tensor``, the machinery of ``TraceEnum_ELBO``). Returns a tensor whose dims
     are the kept plates in the order given, e.g. ``(particles, data)``.
+
+    A masked *enumerated* latent sums each masked entry over its states, adding log S per
+    entry: ``masked_latents="refuse"`` raises, ``"allow"`` warns once, ``"ignore"`` (a guide's
+    trace) says nothing.
     """
+    masked: list[str] = []
     trace.compute_log_prob()
     trace.pack_tensors()
     keep_symbols = [trace.plate_to_symbol[name] for name in keep_plates]
@@ -56,12 +61,9 @@ def log_density_per_example(trace, keep_plates: Sequence[str], *, warn_masked: b
                     "discrete latent couples all examples, so per-example log p(x) is undefined; "
                     "move it inside the data plate or evaluate the joint with TraceEnum_ELBO")
             mask = site["mask"]
-            if warn_masked and mask is not None and not (mask is True or bool(torch.as_tensor(mask).all())):
-                warnings.warn(
-                    f"enumerated latent site '{name}' is masked: each masked entry contributes a "
-                    "factor equal to its number of states, so the reported log-likelihood is not a "
-                    "normalized likelihood; mask the observations, not the latent (see the HMM docs)",
-                    UserWarning, stacklevel=3)
+            if mask is not None and not (mask is True or bool(torch.as_tensor(mask).all())):
+                masked.append(name)
+    _check_masked(masked, masked_latents)
     enum_dims -= plate_symbols
     dim_to_size = {trace.plate_to_symbol[name]: size for name, size in plate_sizes.items()
                    if name in trace.plate_to_symbol}
@@ -80,8 +82,23 @@ def log_density_per_example(trace, keep_plates: Sequence[str], *, warn_masked: b
     return values.reshape(view).expand(sizes)
 
 
-def exact_log_prob(model: Callable, batch: tuple[torch.Tensor, ...], info: ProgramInfo
-                   ) -> torch.Tensor:
+def _check_masked(masked: list[str], policy: str) -> None:
+    if not masked or policy == "ignore":
+        return
+    shown = ", ".join(f"'{n}'" for n in masked[:3]) + (f" and {len(masked) - 3} more"
+                                                        if len(masked) > 3 else "")
+    message = (f"enumerated latent site(s) {shown} are masked: each masked entry adds log(number "
+               "of states) instead of nothing, so the sum is not a normalized likelihood (too high "
+               "by masked entries x log S). Mask the observations, not the latent (poutine.mask "
+               "around the observed site only; see the HMM docs)")
+    if policy == "refuse":
+        raise ValueError(message + ", or pass allow_masked_latents=True to accept the inflated "
+                         "value")
+    warnings.warn(message, UserWarning, stacklevel=4)
+
+
+def exact_log_prob(model: Callable, batch: tuple[torch.Tensor, ...], info: ProgramInfo, *,
+                   masked_latents: str = "refuse") -> torch.Tensor:
     """Per-example exact log p(x_i), shape ``(len(batch[0]),)``, by enumerating discrete latents."""
     if info.continuous_latents:
         raise ValueError(f"exact evaluation needs no continuous latents, but the model has "
@@ -94,5 +111,5 @@ def exact_log_prob(model: Callable, batch: tuple[torch.Tensor, ...], info: Progr
                               first_available_dim=-info.max_plate_nesting - 1)
     trace = poutine.trace(enum_model).get_trace(*batch)
     find_data_frame(trace, info.data_plate, int(batch[0].shape[0]))
-    per_example = log_density_per_example(trace, [info.data_plate])
+    per_example = log_density_per_example(trace, [info.data_plate], masked_latents=masked_latents)
     return per_example.reshape(-1)

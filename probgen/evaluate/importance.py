@@ -11,8 +11,8 @@ from pyro import poutine
 from pyro.infer import config_enumerate
 from pyro.poutine.util import site_is_subsample
 
-from probgen.evaluate.exact import log_density_per_example
 from probgen.core.program import ProgramInfo, find_data_frame
+from probgen.evaluate.exact import log_density_per_example
 
 __all__ = ["log_importance_weights", "importance_bound"]
 
@@ -20,7 +20,8 @@ _PARTICLES = "_probgen_particles"
 
 
 def log_importance_weights(model: Callable, guide: Callable, batch: tuple[torch.Tensor, ...],
-                           info: ProgramInfo, num_particles: int) -> torch.Tensor:
+                           info: ProgramInfo, num_particles: int, *,
+                           masked_latents: str = "refuse") -> torch.Tensor:
     r"""log w_k = log p(x, z_k) - log q(z_k | x), z_k ~ q; shape ``(num_particles, batch)``.
 
     Particles are a plate outside every model plate (one vectorized pass, no Python loop);
@@ -49,18 +50,20 @@ def log_importance_weights(model: Callable, guide: Callable, batch: tuple[torch.
     missing = [n for n in info.continuous_latents if n not in guide_trace.nodes]
     if missing:
         raise ValueError(f"the guide does not sample the model's continuous latents {missing}")
-    log_p = log_density_per_example(model_trace, [_PARTICLES, info.data_plate])
+    log_p = log_density_per_example(model_trace, [_PARTICLES, info.data_plate],
+                                    masked_latents=masked_latents)
     has_latents = any(site["type"] == "sample" and not site_is_subsample(site)
                       for site in guide_trace.nodes.values())
     if not has_latents:  # nothing to propose: the weight is the joint itself
         return log_p
-    log_q = log_density_per_example(guide_trace, [_PARTICLES, info.data_plate], warn_masked=False)
+    log_q = log_density_per_example(guide_trace, [_PARTICLES, info.data_plate],
+                                    masked_latents="ignore")
     return log_p - log_q
 
 
 def importance_bound(model: Callable, guide: Callable, batch: tuple[torch.Tensor, ...],
-                     info: ProgramInfo, *, estimator: str, k: int, particle_chunk: int
-                     ) -> torch.Tensor:
+                     info: ProgramInfo, *, estimator: str, k: int, particle_chunk: int,
+                     masked_latents: str = "refuse") -> torch.Tensor:
     r"""Per-example bound, chunked over particles so memory is O(particle_chunk · batch).
 
     ELBO: (1/k) Σ_k log w_k.  IWAE-k: log (1/k) Σ_k w_k (Burda et al., 2016). Both are lower
@@ -70,7 +73,8 @@ def importance_bound(model: Callable, guide: Callable, batch: tuple[torch.Tensor
     done = 0
     while done < k:
         size = min(particle_chunk, k - done)
-        log_w = log_importance_weights(model, guide, batch, info, size)  # (size, batch)
+        log_w = log_importance_weights(model, guide, batch, info, size,
+                                       masked_latents=masked_latents)  # (size, batch)
         if estimator == "elbo":
             chunk = log_w.sum(0)
             running = chunk if running is None else running + chunk
