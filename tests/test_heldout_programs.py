@@ -132,3 +132,42 @@ def test_masked_enumerated_latents_are_refused_unless_asked_for():
     padded = (8 - lengths).double()
     torch.testing.assert_close(inflated.per_example - right.per_example,
                                padded * np.log(NUM_STATES), atol=1e-5, rtol=0)
+
+
+def test_observed_values_outside_the_support_are_named_even_without_validate_args():
+    def coin(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("flip", dist.Bernoulli(0.3, validate_args=False), obs=x)
+
+    with pytest.raises(ValueError, match=r"'flip'.*row 2: 0\.5"):
+        probgen.evaluate(coin, torch.tensor([0.0, 1.0, 0.5]))
+    with pytest.raises(ValueError, match=r"'flip'.*row 1: 2\.0"):
+        probgen.fit(coin, torch.tensor([0.0, 2.0, 1.0]), num_steps=1, progress=False)
+
+    def counts(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("n", dist.Poisson(2.0, validate_args=False), obs=x)
+
+    with pytest.raises(ValueError, match=r"'n'.*row 0: -1\.0"):
+        probgen.evaluate(counts, torch.tensor([-1.0, 3.0]))
+
+
+def test_a_guide_that_misses_the_models_latent_is_refused():
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def misnamed_guide(x):
+        loc = pyro.param("q_loc", torch.zeros(len(x)))
+        with pyro.plate("data", len(x)):
+            pyro.sample("z_typo", dist.Normal(loc, 1.0))
+
+    with pytest.raises(ValueError, match=r"does not sample the model's latent site\(s\) \['z'\]"):
+        probgen.fit(model, torch.randn(5), guide=misnamed_guide, num_steps=2, progress=False)
+
+
+def test_compare_takes_a_list():
+    a = probgen.evaluate(linear, (torch.randn(10, 3), torch.randn(10)))
+    table = probgen.compare([a, a])
+    assert [row.name for row in table.rows] == ["model 1", "model 2"]

@@ -13,6 +13,7 @@ from probgen.core.dtypes import cast_floats, floats_to_default_dtype, program_dt
 from probgen.core.model import Estimator, GenerativeModel
 from probgen.core.program import ForceSubsample, inspect_program
 from probgen.core.result import LogLikelihood, data_fingerprint
+from probgen.core.support import check_observed_support
 from probgen.core.validate import as_batch
 from probgen.data.transforms import evaluate_dequantized
 from probgen.evaluate.exact import exact_log_prob
@@ -186,6 +187,8 @@ def _evaluate(model, batch, guide, estimator, k, batch_size, data_space, num_dim
         info = inspect_program(program, probe, data_plate=data_plate)
     if info.subsample_size is not None:
         probe = batch
+    if not bundled:  # a bundled model checked its data in validate_batch
+        check_observed_support(program, batch, info.data_plate)
     if estimator == "predictive" or posterior is not None or (
             estimator in ("auto", "exact") and info.global_latents):
         if options:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,8 +86,8 @@ def _space_of(results: dict[str, LogLikelihood]) -> tuple[str, list[str]]:
     return spaces.pop(), notes
 
 
-def compare(results: dict[str, LogLikelihood], *, allow_different_data: bool = False
-            ) -> ComparisonTable:
+def compare(results: dict[str, LogLikelihood] | Sequence[LogLikelihood], *,
+            allow_different_data: bool = False) -> ComparisonTable:
     r"""Rank models by mean log-likelihood on the same held-out data, with paired differences.
 
     Δ_i = mean_n (ll_best[n] - ll_i[n]); its stderr is std_n(ll_best - ll_i)/√N, the paired
@@ -101,6 +102,11 @@ def compare(results: dict[str, LogLikelihood], *, allow_different_data: bool = F
         >>> compare({"a": a, "b": b}).rows[1].diff_to_best
         0.25
     """
+    if isinstance(results, Sequence) and not isinstance(results, str):
+        results = {f"model {i + 1}": result for i, result in enumerate(results)}
+    if not isinstance(results, dict):
+        raise TypeError(f"compare takes a dict {{name: LogLikelihood}} or a list of them, got "
+                        f"{type(results).__name__}")
     if not results:
         raise ValueError("compare needs at least one named LogLikelihood")
     for name, result in results.items():

@@ -13,6 +13,7 @@ import torch
 
 from probgen.core.dtypes import cast_floats, floats_to_default_dtype, program_dtype
 from probgen.core.model import GenerativeModel
+from probgen.core.support import check_observed_support
 from probgen.core.validate import as_batch
 from probgen.infer.batches import Batches, positive_int
 from probgen.infer.loop import ROLLBACK_EVERY, Loop, Run, restore_state
@@ -173,6 +174,8 @@ def fit(
                batches.batch_size, "seed": seed, "method": name, "num_particles": num_particles})
     if isinstance(run.method, SVI):  # what probgen.load needs to rebuild an autoguide
         run.settings["discrete_latents"] = list(run.method.info.discrete_latents)
+        if bundled is None:  # a bundled model checked its data in validate_batch
+            check_observed_support(program, batches.tensors, run.method.info.data_plate)
     pyro.set_rng_seed(seed)  # training's stream starts at the seed, whatever setup drew
     start = run.load(Path(checkpoint), batches.first) if _resuming(resume, checkpoint) else 0
     if parallel is not None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pyro
 import pyro.optim
+import pyro.poutine.util
 import torch
 from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO, config_enumerate
@@ -175,6 +176,24 @@ def _traced_params(trace: poutine.Trace) -> dict[str, torch.Tensor]:
     return params
 
 
+def _check_guide_sites(info: ProgramInfo, guide_trace: poutine.Trace) -> None:
+    """A guide must sample every latent the model cannot sum out, and nothing else: Pyro only
+    warns, then samples the missing ones from the prior and trains on a wrong ELBO."""
+    sampled = {name for name, site in guide_trace.nodes.items()
+               if site["type"] == "sample" and not site["is_observed"]
+               and not poutine.util.site_is_subsample(site)}
+    needed = set(info.continuous_latents) | (set(info.discrete_latents) - set(info.enumerable))
+    missing, extra = sorted(needed - sampled), sorted(sampled - set(info.latents))
+    if missing:
+        raise ValueError(f"the guide does not sample the model's latent site(s) {missing} (it "
+                         f"samples {sorted(sampled) or 'nothing'}); the ELBO would be wrong. "
+                         "Name the guide's sample sites exactly as the model's")
+    if extra:
+        raise ValueError(f"the guide samples {extra}, which the model does not have (the "
+                         f"model's latents: {sorted(info.latents) or 'none'}); rename or remove "
+                         "them")
+
+
 class SVI(TrainingMethod):
     r"""Stochastic variational inference: maximize Σ_n E_q[log p(x_n, z) − log q(z | x_n)] with
     mini-batches scaled by N/B on the data plate only (Hoffman et al., 2013).
@@ -211,7 +230,9 @@ class SVI(TrainingMethod):
         self.params: dict[str, torch.Tensor] = {}
         self.parallel = setup.parallel
         with torch.no_grad(), poutine.block():  # create the guide's parameters now
-            poutine.trace(self._guide).get_trace(*setup.example)
+            guide_trace = poutine.trace(self._guide).get_trace(*setup.example)
+        if setup.guide is not None:
+            _check_guide_sites(self.info, guide_trace)
         for _, value in self.store.named_parameters():
             value.grad = None  # a gradient after a step then means this program used it
 
