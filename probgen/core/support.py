@@ -29,8 +29,8 @@ def check_observed_support(program: Callable, batch: tuple[torch.Tensor, ...],
 
 
 def _check_site(name: str, site: dict, data_plate: str | None, offset: int) -> None:
-    support = site["fn"].support
     try:
+        support = site["fn"].support
         inside = support.check(site["value"])
     except (NotImplementedError, RuntimeError, TypeError):
         return  # a support torch cannot check elementwise

@@ -174,7 +174,7 @@ def fit(
                batches.batch_size, "seed": seed, "method": name, "num_particles": num_particles})
     if isinstance(run.method, SVI):  # what probgen.load needs to rebuild an autoguide
         run.settings["discrete_latents"] = list(run.method.info.discrete_latents)
-        if bundled is None:  # a bundled model checked its data in validate_batch
+        if bundled is None and transform is None:  # bundled: checked in validate_batch
             check_observed_support(program, batches.tensors, run.method.info.data_plate)
     pyro.set_rng_seed(seed)  # training's stream starts at the seed, whatever setup drew
     start = run.load(Path(checkpoint), batches.first) if _resuming(resume, checkpoint) else 0

@@ -181,7 +181,8 @@ def _check_guide_sites(info: ProgramInfo, guide_trace: poutine.Trace) -> None:
     warns, then samples the missing ones from the prior and trains on a wrong ELBO."""
     sampled = {name for name, site in guide_trace.nodes.items()
                if site["type"] == "sample" and not site["is_observed"]
-               and not poutine.util.site_is_subsample(site)}
+               and not poutine.util.site_is_subsample(site)
+               and not site["infer"].get("is_auxiliary")}  # AutoContinuous's joint latent
     needed = set(info.continuous_latents) | (set(info.discrete_latents) - set(info.enumerable))
     missing, extra = sorted(needed - sampled), sorted(sampled - set(info.latents))
     if missing:
