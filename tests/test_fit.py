@@ -15,7 +15,7 @@ from pyro.infer.autoguide import AutoNormal
 from torch.distributions import constraints
 
 import probgen
-from probgen.core.checkpoint import load_checkpoint
+from probgen.core.checkpoint import CheckpointError, load_checkpoint
 from probgen.infer.fit import TrainingDiverged
 from probgen.infer.method import TrainingMethod
 
@@ -347,3 +347,46 @@ def test_fit_runs_a_user_written_method_in_the_same_loop():
 def test_unknown_method_names_the_choices():
     with pytest.raises(ValueError, match="unknown method 'em'.*svi"):
         probgen.fit(normal_model, torch.randn(5), method="em", num_steps=1, progress=False)
+
+
+# --- resume accepts only what it should; one writer per checkpoint ------------------------------
+def test_resume_refuses_other_data_another_model_and_a_missing_file(tmp_path):
+    x = torch.randn(30)
+    path = tmp_path / "run.pt"
+    with pytest.raises(FileNotFoundError, match="no checkpoint.*if_exists"):
+        probgen.fit(normal_model, x, num_steps=4, progress=False, checkpoint=path, resume=True)
+    probgen.fit(normal_model, x, num_steps=4, progress=False, checkpoint=path,
+                resume="if_exists")
+    with pytest.raises(CheckpointError, match="other data"):
+        probgen.fit(normal_model, torch.randn(30), num_steps=8, progress=False, checkpoint=path,
+                    resume=True)
+    from probgen.models.mixture import GaussianMixture
+
+    with pytest.raises(CheckpointError, match="fit of program, not of GaussianMixture"):
+        probgen.fit(GaussianMixture(2, 1), x[:, None], method="svi", num_steps=8,
+                    progress=False, checkpoint=path, resume=True)
+    with pytest.raises(CheckpointError, match="at step 4 but num_steps=2"):
+        probgen.fit(normal_model, x, num_steps=2, progress=False, checkpoint=path, resume=True)
+
+
+def test_one_writer_per_checkpoint(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "run.pt"
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        path.with_name("run.pt.lock").write_text(str(writer.pid))
+        with pytest.raises(CheckpointError, match=f"another process \\(pid {writer.pid}\\)"):
+            probgen.fit(normal_model, torch.randn(10), num_steps=2, progress=False,
+                        checkpoint=path)
+        assert not path.exists()
+    finally:
+        writer.kill()
+        writer.wait()
+    orphan = tmp_path / ".run.pt.abc123.tmp"  # a killed write's leftover
+    orphan.write_bytes(b"partial")
+    result = probgen.fit(normal_model, torch.randn(10), num_steps=2, progress=False,
+                         checkpoint=path)  # the dead writer's lock is taken over
+    assert result.num_steps == 2 and path.exists()
+    assert not orphan.exists() and not path.with_name("run.pt.lock").exists()

@@ -13,6 +13,7 @@ import torch
 
 from probgen.core.dtypes import cast_floats, floats_to_default_dtype, program_dtype
 from probgen.core.model import GenerativeModel
+from probgen.core.result import data_fingerprint
 from probgen.core.support import check_observed_support
 from probgen.core.validate import as_batch
 from probgen.infer.batches import Batches, positive_int
@@ -96,7 +97,7 @@ def fit(
     progress: bool = True,
     checkpoint: str | Path | None = None,
     checkpoint_every: int | None = None,
-    resume: bool = False,
+    resume: bool | str = False,
     warm_start: bool = False,
     callbacks: Sequence[Callable[[FitState], bool | None]] = (),
     num_particles: int = 1,
@@ -170,8 +171,10 @@ def fit(
         _fresh_parameters(program, guide, batches.first)
     setup = TrainingSetup(model, program, guide, batches.first, batches.size, batches.batch_size,
                           optim, loss, num_particles, data_plate, dict(options), parallel)
-    run = Run(method_class(setup), bundled, {"size": batches.size, "batch_size":
-               batches.batch_size, "seed": seed, "method": name, "num_particles": num_particles})
+    run = Run(method_class(setup), bundled, {
+        "size": batches.size, "batch_size": batches.batch_size, "seed": seed, "method": name,
+        "num_particles": num_particles, "data_id": None if batches.loader is not None else data_fingerprint(*batches.tensors),
+        "model": type(bundled).__name__ if bundled is not None else "program"})
     if isinstance(run.method, SVI):  # what probgen.load needs to rebuild an autoguide
         run.settings["discrete_latents"] = list(run.method.info.discrete_latents)
         if bundled is None and transform is None:  # bundled: checked in validate_batch
@@ -190,6 +193,7 @@ def fit(
         stopped = loop.run_steps()
     finally:
         run.method.finish()
+        loop.lock.release()
     if restore_best and run.best is not None and run.best[1] != len(run.losses):
         restore_state(run.best[2], bundled)
         loop.save(len(run.losses))
@@ -250,9 +254,18 @@ def _seed(seed: int | None, parallel: Any) -> int:
     return base
 
 
-def _resuming(resume: bool, checkpoint: str | Path | None) -> bool:
+def _resuming(resume: bool | str, checkpoint: str | Path | None) -> bool:
+    """``resume=True``: the checkpoint must exist; ``resume="if_exists"``: continue when it does,
+    start fresh when it does not (a job that restarts itself)."""
     if not resume:
         return False
+    if resume not in (True, "if_exists"):
+        raise ValueError(f"resume must be True, False or 'if_exists', got {resume!r}")
     if checkpoint is None:
         raise ValueError("resume=True needs checkpoint=PATH")
-    return Path(checkpoint).exists()
+    if not Path(checkpoint).exists():
+        if resume == "if_exists":
+            return False
+        raise FileNotFoundError(f"resume=True but there is no checkpoint at {checkpoint}; start "
+                                "a new run without resume=True (or pass resume='if_exists')")
+    return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -74,8 +75,20 @@ class Run:
         state = load_checkpoint(path)
         if state["format"] != "probgen-fit":
             raise CheckpointError(f"{path} is a {state['format']!r} file, not a fit checkpoint")
-        for key in ("size", "batch_size", "method"):
+        saved_model = state["run"].get("model", "program" if state.get("model_config") is None
+                                        else "a bundled model")
+        if saved_model != self.settings["model"]:
+            raise CheckpointError(f"{path} was written by a fit of {saved_model}, not of "
+                                  f"{self.settings['model']}; resume with the same model, or "
+                                  "start a new run without resume=True")
+        for key in ("size", "batch_size", "method", "data_id"):
+            if key == "data_id" and key not in state["run"]:
+                continue  # written before data fingerprints were kept
             if state["run"].get(key) != self.settings[key]:
+                if key == "data_id":
+                    raise CheckpointError(f"{path} was written on other data (a different "
+                                          "fingerprint, same size); resume with the data it was "
+                                          "trained on, or start a new run without resume=True")
                 raise CheckpointError(f"checkpoint was written with {key}={state['run'].get(key)!r} "
                                       f"but this run has {key}={self.settings[key]!r}; resume with "
                                       "the same data and settings")
@@ -160,6 +173,64 @@ class _Rollback:
                 target.copy_(value)
 
 
+class WriterLock:
+    """One writer per checkpoint: ``<checkpoint>.lock`` holds the writing process's pid. A lock
+    left by a process that no longer runs is taken over, with the temp files its killed writes
+    left behind."""
+
+    def __init__(self, checkpoint: str | Path | None) -> None:
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.held = False
+
+    @property
+    def path(self) -> Path:
+        return self.checkpoint.with_name(self.checkpoint.name + ".lock")
+
+    def acquire(self) -> None:
+        if self.checkpoint is None or self.held:
+            return
+        self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            try:
+                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is not None and owner != os.getpid() and _running(owner):
+                    raise CheckpointError(
+                        f"another process (pid {owner}) is writing {self.checkpoint}; wait for it "
+                        "to finish or write this run to another checkpoint path") from None
+                self.path.unlink(missing_ok=True)  # a dead writer's lock
+                continue
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(str(os.getpid()))
+            self.held = True
+            for orphan in self.checkpoint.parent.glob(f".{self.checkpoint.name}.*.tmp"):
+                orphan.unlink(missing_ok=True)  # only the lock holder writes temp files
+            return
+        raise CheckpointError(f"could not lock {self.checkpoint} ({self.path} keeps changing)")
+
+    def _owner(self) -> int | None:
+        try:
+            return int(self.path.read_text().strip() or 0) or None
+        except (OSError, ValueError):
+            return None
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Loop:
     """The training loop: step, guard, validate, schedule, checkpoint, report."""
 
@@ -179,6 +250,8 @@ class Loop:
         self.checkpoint_every = checkpoint_every or max(1, total_steps // 10)
         self.show, self.parallel = show, parallel
         self.rollback = _Rollback(start)
+        self.lock = WriterLock(checkpoint if parallel is None or parallel.is_main else None)
+        self.lock.acquire()
 
     def save(self, step: int) -> None:
         if self.checkpoint is not None and (self.parallel is None or self.parallel.is_main):
