@@ -171,3 +171,12 @@ def test_compare_takes_a_list():
     a = probgen.evaluate(linear, (torch.randn(10, 3), torch.randn(10)))
     table = probgen.compare([a, a])
     assert [row.name for row in table.rows] == ["model 1", "model 2"]
+
+
+def test_bits_per_dim_of_ragged_sequences_count_true_lengths():
+    sequences = torch.randn(4, 8)
+    lengths = torch.tensor([8, 3, 5, 1])
+    result = probgen.evaluate(padded_hmm(mask_latents=False), (sequences, lengths))
+    assert result.num_dims == pytest.approx(float(lengths.double().mean()))  # 4.25, not 8
+    expected = -float(result.per_example.sum()) / (float(lengths.sum()) * np.log(2))
+    assert result.bits_per_dim == pytest.approx(expected)

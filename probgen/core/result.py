@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+
+from probgen.core.checkpoint import atomic_write_text
 
 __all__ = ["KINDS", "DATA_SPACES", "LogLikelihood", "data_fingerprint"]
 
@@ -22,8 +25,6 @@ def data_fingerprint(*tensors: torch.Tensor) -> str:
 
     Hashed at float32 precision, so the same data cast to a model's dtype keeps its fingerprint.
     """
-    import hashlib
-
     digest = hashlib.sha1()
     for tensor in tensors:
         array = tensor.detach().to("cpu", torch.float32).contiguous().numpy()
@@ -42,7 +43,8 @@ class LogLikelihood:
             (AIS, unbiased-in-p but not a bound on log p).
         estimator: the estimator's name, e.g. ``"exact"``, ``"elbo"``, ``"iwae"``, ``"ais"``.
         settings: the estimator's settings, e.g. ``{"k": 5000}``.
-        num_dims: data dimensions per example, for bits/dim.
+        num_dims: data dimensions per example, for bits/dim (the mean over examples for
+            ragged data: bits/dim = -Σ log p / (Σ dims · ln 2)).
         data_space: ``"discrete"`` (a probability mass), ``"continuous"`` (a density) or
             ``"dequantized"`` (a density of dequantized discrete data: a lower bound on the
             discrete log-mass, Theis et al. 2016).
@@ -60,7 +62,7 @@ class LogLikelihood:
     per_example: torch.Tensor
     kind: Kind
     estimator: str
-    num_dims: int
+    num_dims: float
     data_space: DataSpace
     settings: dict[str, Any] = field(default_factory=dict)
     data_id: str | None = None
@@ -75,8 +77,9 @@ class LogLikelihood:
             raise ValueError(f"data_space must be one of {DATA_SPACES}, got {self.data_space!r}")
         if values.numel() == 0:
             raise ValueError("a LogLikelihood needs at least one example")
-        if int(self.num_dims) <= 0:
-            raise ValueError(f"num_dims must be a positive integer, got {self.num_dims}")
+        if not (isinstance(self.num_dims, (int, float)) and math.isfinite(self.num_dims)
+                and self.num_dims > 0):
+            raise ValueError(f"num_dims must be a positive number, got {self.num_dims}")
         if self.estimator_stderr < 0 or not math.isfinite(self.estimator_stderr):
             raise ValueError(f"estimator_stderr must be finite and >= 0, got {self.estimator_stderr}")
         if torch.isnan(values).any():
@@ -164,8 +167,6 @@ class LogLikelihood:
     def to_json(self, path: str | None = None, **kwargs: Any) -> str:
         text = json.dumps(self.to_dict(**kwargs), indent=1)
         if path is not None:
-            from probgen.core.checkpoint import atomic_write_text
-
             atomic_write_text(path, text)
         return text
 

@@ -15,10 +15,11 @@ _CHUNK = 4096  # rows traced at once
 
 
 def check_observed_support(program: Callable, batch: tuple[torch.Tensor, ...],
-                           data_plate: str | None) -> None:
+                           data_plate: str | None) -> float:
     """Raise ValueError naming the observed site, the bad value and its row, if any observed
-    value lies outside its distribution's support."""
-    size = int(batch[0].shape[0])
+    value lies outside its distribution's support; return the observed (unmasked) values per
+    example, the true number of dimensions of ragged data."""
+    size, observed = int(batch[0].shape[0]), 0.0
     for start in range(0, size, _CHUNK):
         piece = tuple(t[start:start + _CHUNK] for t in batch)
         with poutine.block(), torch.no_grad():
@@ -26,6 +27,21 @@ def check_observed_support(program: Callable, batch: tuple[torch.Tensor, ...],
         for name, site in trace.nodes.items():
             if site["type"] == "sample" and site["is_observed"] and not site_is_subsample(site):
                 _check_site(name, site, data_plate, start)
+                observed += _count_observed(site)
+    return observed / size
+
+
+def _count_observed(site: dict) -> float:
+    fn, value = site["fn"], site["value"]
+    event = value.shape[value.dim() - fn.event_dim:] if fn.event_dim else ()
+    per_entry = float(torch.Size(event).numel())
+    batch_shape = value.shape[:value.dim() - fn.event_dim]
+    mask = site["mask"]
+    if mask is None or mask is True:
+        return per_entry * float(torch.Size(batch_shape).numel())
+    if mask is False:
+        return 0.0
+    return per_entry * float(torch.as_tensor(mask, dtype=torch.bool).expand(batch_shape).sum())
 
 
 def _check_site(name: str, site: dict, data_plate: str | None, offset: int) -> None:

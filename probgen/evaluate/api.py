@@ -150,8 +150,8 @@ def evaluate(
     if seed is not None:
         pyro.set_rng_seed(seed)
     n = int(batch[0].shape[0])
-    if num_dims is None:
-        num_dims = model.num_dims(*batch) if bundled else int(batch[0][0].numel())
+    if num_dims is None and bundled:
+        num_dims = model.num_dims(*batch)
     was_training = model.training if bundled else False
     if bundled:
         model.eval()
@@ -188,7 +188,10 @@ def _evaluate(model, batch, guide, estimator, k, batch_size, data_space, num_dim
     if info.subsample_size is not None:
         probe = batch
     if not bundled:  # a bundled model checked its data in validate_batch
-        check_observed_support(program, batch, info.data_plate)
+        observed = check_observed_support(program, batch, info.data_plate)
+        if num_dims is None:  # unmasked values per example: ragged data count true lengths
+            ragged = observed > 0 and info.subsample_size is None
+            num_dims = observed if ragged else int(batch[0][0].numel())
     if estimator == "predictive" or posterior is not None or (
             estimator in ("auto", "exact") and info.global_latents):
         if options:
