@@ -2,10 +2,10 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
-# The one place torch is chosen. Our machines carry the CPU build of torch 2.13.0 (a bare
-# `torch` would pull a multi-GB CUDA build there); elsewhere users get the default. .ci/run
-# sets TORCH explicitly.
-TORCH  ?= $(shell ls /opt/wheels/torch-2.13.0+cpu-*.whl >/dev/null 2>&1 && echo "torch==2.13.0" || echo "torch")
+# The one place torch is chosen: plain `torch` from your index by default. CI (.ci/run) and
+# CPU-only machines pin the CPU build explicitly, e.g. `make test TORCH="torch==2.13.0"` (with a
+# CPU wheel index or find-links in pip's configuration), to avoid a multi-GB CUDA download.
+TORCH  ?= torch
 
 .PHONY: install demo test test-all bench lint docs examples clean
 

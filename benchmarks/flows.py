@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import os
 import statistics
 import sys
 import time
@@ -41,10 +40,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import print_table, write_results  # noqa: E402
+from probgen.core.paths import data_dirs, find_data  # noqa: E402
+from probgen.core.result import LogLikelihood  # noqa: E402
 from probgen.data.bundled import load_dataset, train_test_split  # noqa: E402
 from probgen.data.transforms import dequantized_log_likelihood, uniform_dequantize  # noqa: E402
 from probgen.distributions.flow import Flow  # noqa: E402
-from probgen.core.result import LogLikelihood  # noqa: E402
 from probgen.models.flow import FlowModel  # noqa: E402
 
 LN2 = math.log(2.0)
@@ -298,14 +298,12 @@ def main() -> None:
     if args.part in ("all", "density", "digits"):
         rows += digits_rows(kinds, args.device, args.smoke)
     if args.part in ("all", "density", "miniboone"):
-        data_dir = Path(os.environ.get("PROBGEN_SHARED_DATA", Path(__file__).resolve().parents[2]
-                                       / "shared" / "data")) / "miniboone_partial"
-        if not data_dir.is_dir():
-            data_dir = Path("/work/shared/data/miniboone_partial")
-        if data_dir.is_dir():
+        data_dir = find_data("miniboone_partial")  # $PROBGEN_DATA, the cache, ../shared/data
+        if data_dir is not None and data_dir.is_dir():
             rows += miniboone_rows(kinds, args.device, args.smoke, data_dir)
         else:
-            print(f"skipping MiniBooNE: {data_dir} not found")
+            print("skipping MiniBooNE: no miniboone_partial folder in "
+                  + ", ".join(str(d) for d in data_dirs()))
     if any(r["part"] == "density" for r in rows):
         print_table([r for r in rows if r["part"] == "density"],
                     ["dataset", "model", "kind", "data_space", "k", "mean_ll", "stderr",

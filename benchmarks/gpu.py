@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import RESULTS, print_table, timed, write_results  # noqa: E402
+from probgen.core.paths import data_dirs  # noqa: E402
 
 SECTIONS = ("gmm", "hmm", "vae")
 
@@ -49,8 +49,8 @@ def cpu_record(name: str, **match) -> dict | None:
 # --- GMM EM -------------------------------------------------------------------------------
 def bench_gmm(args, device: torch.device) -> list[dict]:
     from benchmarks.gmm import mean_log_likelihood, simulate
-    from probgen.models.mixture.em import fit_em, initial_parameters
     from probgen.models.mixture import GaussianMixture
+    from probgen.models.mixture.em import fit_em, initial_parameters
 
     n, d, k, iters = args.gmm_examples, args.gmm_features, args.gmm_components, args.gmm_iters
     x = simulate(n, d, k, args.seed)  # float64 on the CPU
@@ -136,14 +136,11 @@ def bench_hmm(args, device: torch.device) -> list[dict]:
 
 # --- VAE: one SVI epoch on MNIST, then IWAE-k ---------------------------------------------
 def mnist_like(args) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """Binarized MNIST (train, test) from the shared data folder; else random bits of its shape."""
+    """Binarized MNIST (train, test) from the data folders; else random bits of its shape."""
     from probgen.data.mnist import load_binarized_mnist
 
-    roots = [os.environ.get("PROBGEN_SHARED_DATA"), Path(__file__).resolve().parents[2] / "shared"
-             / "data", "/work/shared/data"]
-    for root in roots:
-        folder = Path(root) / "binarized_mnist" if root else None
-        if folder is not None and folder.is_dir():
+    for folder in data_dirs("binarized_mnist"):  # $PROBGEN_DATA, the cache, ../shared/data
+        if folder.is_dir():
             try:
                 return (load_binarized_mnist("train", path=folder, download=False).float(),
                         load_binarized_mnist("test", path=folder, download=False).float(),

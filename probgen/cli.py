@@ -10,7 +10,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+
+from probgen.core.checkpoint import CheckpointError
+from probgen.core.result import LogLikelihood
+from probgen.data.bundled import BUNDLED, load_dataset, train_test_split
+from probgen.demo.run import run_demo
+from probgen.evaluate import compare, evaluate
+from probgen.infer import fit
+from probgen.infer.distributed import is_torchrun, launch_torchrun
+from probgen.models.io import load, save
+from probgen.models.registry import get_model_class
+from probgen.plots import plot_sample_grid, plot_training_curve
 
 __all__ = ["main", "load_data_arg"]
 
@@ -22,10 +34,6 @@ class UsageError(ValueError):
 def load_data_arg(spec: str, *, split: str = "all", standardize: bool = False,
                   binarize: float | None = None, key: str | None = None) -> torch.Tensor:
     """A bundled data set name or a file (.npy, .npz, .pt, .csv) as a float tensor."""
-    import numpy as np
-
-    from probgen.data.bundled import BUNDLED, load_dataset, train_test_split
-
     if spec in BUNDLED:
         data = load_dataset(spec).data
     else:
@@ -77,8 +85,6 @@ def _parse_options(pairs: list[str]) -> dict[str, Any]:
 
 
 def _build_model(name: str, data: torch.Tensor, options: dict[str, Any]):
-    from probgen.models.registry import get_model_class
-
     cls = get_model_class(name)
     parameters = inspect.signature(cls.__init__).parameters
     for feature_arg in ("num_features", "features", "input_dim", "num_visible", "data_dim"):
@@ -100,8 +106,6 @@ def _data_options(args) -> dict[str, Any]:
 
 
 def _cmd_fit(args) -> None:
-    import probgen
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_data_arg(args.data, **_data_options(args))
@@ -112,23 +116,18 @@ def _cmd_fit(args) -> None:
         model.to(args.device)
     if model.dtype is not None:
         data = data.to(model.dtype)
-    from probgen.infer.distributed import is_torchrun
-
     distributed = is_torchrun()
-    result = probgen.fit(model, data, num_steps=args.steps, epochs=args.epochs,
-                         batch_size=args.batch_size, optim=args.lr, seed=args.seed,
-                         device=args.device, checkpoint=out / "checkpoint.pt",
-                         checkpoint_every=args.checkpoint_every, resume=args.resume,
-                         progress=not args.quiet, distributed=distributed)
+    result = fit(model, data, method=args.method, num_steps=args.steps, epochs=args.epochs,
+                 batch_size=args.batch_size, optim=args.lr, seed=args.seed, device=args.device,
+                 checkpoint=out / "checkpoint.pt", checkpoint_every=args.checkpoint_every,
+                 resume=args.resume, progress=not args.quiet, distributed=distributed)
     if distributed and torch.distributed.get_rank() != 0:
         return
-    probgen.save(model, out / "model.pt")
+    save(model, out / "model.pt")
     (out / "fit.json").write_text(json.dumps({
         "model": args.model, "config": model.config, "data": args.data, "steps": result.num_steps,
         "final_loss": result.losses[-1] if result.losses else None, "seconds": result.seconds,
         "losses": result.losses}, indent=1))
-    from probgen.plots import plot_training_curve
-
     plot_training_curve(result.losses, str(out / "training_curve.png"))
     print(f"fitted {args.model} for {result.num_steps} steps "
           f"(final loss {result.losses[-1]:.4f}); wrote {out}/model.pt, checkpoint.pt, fit.json, "
@@ -136,23 +135,19 @@ def _cmd_fit(args) -> None:
 
 
 def _load_run(run: str):
-    import probgen
-
     path = Path(run)
-    return probgen.load(path / "model.pt" if path.is_dir() else path)
+    return load(path / "model.pt" if path.is_dir() else path)
 
 
 def _cmd_evaluate(args) -> None:
-    import probgen
-
     model = _load_run(args.run)
     data = load_data_arg(args.data, **_data_options(args))
     if model.dtype is not None:
         data = data.to(model.dtype)
     if args.device:
         model.to(args.device)
-    result = probgen.evaluate(model, data, estimator=args.estimator, k=args.k,
-                              batch_size=args.batch_size, device=args.device, seed=args.seed)
+    result = evaluate(model, data, estimator=args.estimator, k=args.k,
+                      batch_size=args.batch_size, device=args.device, seed=args.seed)
     print(result)
     if args.out:
         result.to_json(args.out)
@@ -171,8 +166,6 @@ def _cmd_sample(args) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".png":
-        from probgen.plots import plot_sample_grid
-
         side = int(round(samples[0].numel() ** 0.5))
         plot_sample_grid(samples.reshape(len(samples), side, side), str(out))
     else:
@@ -181,9 +174,6 @@ def _cmd_sample(args) -> None:
 
 
 def _cmd_compare(args) -> None:
-    import probgen
-    from probgen.core.result import LogLikelihood
-
     names = args.names or [Path(p).stem for p in args.results]
     if len(names) != len(args.results):
         raise UsageError(f"--names has {len(names)} names for {len(args.results)} results")
@@ -195,7 +185,7 @@ def _cmd_compare(args) -> None:
             results[name] = LogLikelihood.from_json(path)
         except (json.JSONDecodeError, KeyError) as error:
             raise UsageError(f"{path} is not a LogLikelihood JSON file ({error})") from None
-    table = probgen.compare(results)
+    table = compare(results)
     print(table)
     if args.plot:
         table.plot(args.plot)
@@ -205,8 +195,6 @@ def _cmd_compare(args) -> None:
 
 
 def _cmd_demo(args) -> None:
-    from probgen.demo.run import run_demo
-
     if args.device:
         os.environ["PROBGEN_DEVICE"] = args.device
     run_demo(args.out, smoke=args.smoke, only=args.only)
@@ -225,31 +213,33 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...")
         p.add_argument("--seed", type=int, default=0)
 
-    fit = sub.add_parser("fit", help="fit a bundled model by SVI")
-    fit.add_argument("model", help="bundled model name, e.g. gmm, hmm, vae, flow, rbm")
-    data_args(fit)
-    fit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="model constructor option (JSON value), repeatable")
-    fit.add_argument("--steps", type=int, default=None)
-    fit.add_argument("--epochs", type=int, default=None)
-    fit.add_argument("--batch-size", type=int, default=None)
-    fit.add_argument("--lr", type=float, default=None)
-    fit.add_argument("--out", default="runs/fit")
-    fit.add_argument("--checkpoint-every", type=int, default=None)
-    fit.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    fit.add_argument("--quiet", action="store_true", help="no progress bar")
-    fit.add_argument("--nproc", type=int, default=None,
-                     help="train with N processes (torchrun; NCCL on GPUs, gloo on CPU)")
-    fit.set_defaults(run_fn=_cmd_fit)
+    fit_cmd = sub.add_parser("fit", help="fit a bundled model (its default method, or --method)")
+    fit_cmd.add_argument("model", help="bundled model name, e.g. gmm, hmm, vae, flow, rbm")
+    data_args(fit_cmd)
+    fit_cmd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="model constructor option (JSON value), repeatable")
+    fit_cmd.add_argument("--method", default=None,
+                         help="training method (default: the model's own, e.g. em for gmm; svi)")
+    fit_cmd.add_argument("--steps", type=int, default=None)
+    fit_cmd.add_argument("--epochs", type=int, default=None)
+    fit_cmd.add_argument("--batch-size", type=int, default=None)
+    fit_cmd.add_argument("--lr", type=float, default=None)
+    fit_cmd.add_argument("--out", default="runs/fit")
+    fit_cmd.add_argument("--checkpoint-every", type=int, default=None)
+    fit_cmd.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    fit_cmd.add_argument("--quiet", action="store_true", help="no progress bar")
+    fit_cmd.add_argument("--nproc", type=int, default=None,
+                         help="train with N processes (torchrun; NCCL on GPUs, gloo on CPU)")
+    fit_cmd.set_defaults(run_fn=_cmd_fit)
 
-    evaluate = sub.add_parser("evaluate", help="labelled log-likelihood of data under a run")
-    evaluate.add_argument("run", help="a run folder (from probgen fit) or a model.pt")
-    data_args(evaluate)
-    evaluate.add_argument("--estimator", default="auto")
-    evaluate.add_argument("--k", type=int, default=None)
-    evaluate.add_argument("--batch-size", type=int, default=None)
-    evaluate.add_argument("--out", default=None, help="write the LogLikelihood as JSON")
-    evaluate.set_defaults(run_fn=_cmd_evaluate)
+    evaluate_cmd = sub.add_parser("evaluate", help="labelled log-likelihood of data under a run")
+    evaluate_cmd.add_argument("run", help="a run folder (from probgen fit) or a model.pt")
+    data_args(evaluate_cmd)
+    evaluate_cmd.add_argument("--estimator", default="auto")
+    evaluate_cmd.add_argument("--k", type=int, default=None)
+    evaluate_cmd.add_argument("--batch-size", type=int, default=None)
+    evaluate_cmd.add_argument("--out", default=None, help="write the LogLikelihood as JSON")
+    evaluate_cmd.set_defaults(run_fn=_cmd_evaluate)
 
     sample = sub.add_parser("sample", help="draw samples from a fitted model")
     sample.add_argument("run")
@@ -276,12 +266,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from probgen.core.checkpoint import CheckpointError
-
     args = _parser().parse_args(argv)
     if getattr(args, "nproc", None):
-        from probgen.infer.distributed import is_torchrun, launch_torchrun
-
         if args.nproc <= 0:
             print(f"probgen: error: --nproc must be positive, got {args.nproc}", file=sys.stderr)
             return 2

@@ -1,9 +1,10 @@
-import os
 from pathlib import Path
 
 import pyro
 import pytest
 import torch
+
+from probgen.core.paths import shared_data_dir
 
 torch.set_num_threads(1)  # small models: one thread beats two (no OpenMP waits)
 
@@ -21,21 +22,18 @@ def clean_pyro():
     torch.set_num_threads(threads)
 
 
-def shared_data_dir() -> Path | None:
-    """../shared/data beside the checkout (or $PROBGEN_SHARED_DATA), if present."""
-    candidates = [os.environ.get("PROBGEN_SHARED_DATA"),
-                  Path(__file__).resolve().parents[2] / "shared" / "data",
-                  Path(__file__).resolve().parents[1] / "shared" / "data",
-                  "/work/shared/data"]
-    for candidate in candidates:
-        if candidate and Path(candidate).is_dir():
-            return Path(candidate)
-    return None
-
-
 @pytest.fixture
 def shared_data() -> Path:
     path = shared_data_dir()
     if path is None:
         pytest.skip("../shared/data is not present")
     return path
+
+
+@pytest.fixture
+def isolated_data_dirs(tmp_path, monkeypatch) -> Path:
+    """No $PROBGEN_DATA, no shared folder, an empty cache: loaders see only what a test gives."""
+    monkeypatch.delenv("PROBGEN_DATA", raising=False)
+    monkeypatch.setenv("PROBGEN_SHARED_DATA", str(tmp_path / "no-shared-data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "probgen"

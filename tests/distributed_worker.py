@@ -63,7 +63,7 @@ def fit_bundled(x: torch.Tensor, init_seed: int, distributed: bool = True) -> di
     pyro.clear_param_store()
     torch.manual_seed(init_seed)
     gmm = GaussianMixture(2, 1, "diag").double()
-    result = probgen.fit(gmm, x[:, None], num_steps=5, batch_size=BATCH_SIZE, optim=0.05,
+    result = probgen.fit(gmm, x[:, None], method="svi", num_steps=5, batch_size=BATCH_SIZE, optim=0.05,
                          seed=SEED, progress=False, distributed=distributed)
     return {"losses": torch.tensor(result.losses, dtype=torch.float64),
             "params": {k: v.detach().clone() for k, v in gmm.state_dict().items()}}

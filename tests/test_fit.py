@@ -390,3 +390,21 @@ def test_one_writer_per_checkpoint(tmp_path):
                          checkpoint=path)  # the dead writer's lock is taken over
     assert result.num_steps == 2 and path.exists()
     assert not orphan.exists() and not path.with_name("run.pt.lock").exists()
+
+
+def test_bundled_model_resumes_exactly_in_the_same_process(tmp_path):
+    """A second model instance has other param-store names (an instance number); the saved
+    optimizer state still reaches its parameters."""
+    from probgen.models.mixture import GaussianMixture
+
+    x = torch.randn(200, 2, generator=torch.Generator().manual_seed(0))
+
+    def run(steps, **options):
+        torch.manual_seed(1)
+        return probgen.fit(GaussianMixture(3, 2), x, method="svi", num_steps=steps,
+                           batch_size=50, optim=0.05, seed=0, progress=False, **options)
+
+    uninterrupted = run(40).losses
+    run(20, checkpoint=tmp_path / "run.pt")
+    resumed = run(40, checkpoint=tmp_path / "run.pt", resume=True).losses
+    assert resumed == uninterrupted

@@ -29,7 +29,7 @@ def tiny_split(n: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture
-def fake_mnist(monkeypatch):
+def fake_mnist(monkeypatch, isolated_data_dirs):
     """Tiny IDX files served by a fake downloader; MNIST_FILES point at their MD5s."""
     images, labels = tiny_split()
     contents = {"t10k-images-idx3-ubyte.gz": idx_bytes(images),
@@ -123,7 +123,7 @@ def test_local_path_verify_and_missing(tmp_path, fake_mnist, monkeypatch):
     assert torch.equal(load_mnist("test", download=False).images, torch.from_numpy(images))
 
 
-def test_binarized_download_checksum_and_npy_cache(tmp_path, monkeypatch):
+def test_binarized_download_checksum_and_npy_cache(tmp_path, monkeypatch, isolated_data_dirs):
     rng = np.random.default_rng(0)
     array = (rng.random((4, 784)) < 0.2).astype(np.uint8)
     monkeypatch.setitem(mnist.BINARIZED_SIZES, "valid", 4)
@@ -188,3 +188,20 @@ def test_real_binarized_mnist_checksums(shared_data, split, size):
         pytest.skip("shared binarized MNIST absent")
     array = load_binarized_mnist(split, path=shared_data / "binarized_mnist")  # MD5 checked
     assert array.shape == (size, 784) and set(array.unique().tolist()) == {0, 1}
+
+
+def test_data_dirs_order_and_no_shared_folder_when_absent(tmp_path, monkeypatch):
+    from probgen.core import paths
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    monkeypatch.setenv("PROBGEN_DATA", str(tmp_path / "mine"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("PROBGEN_SHARED_DATA", str(shared))
+    assert paths.data_dirs("mnist") == [tmp_path / "mine" / "mnist",
+                                        tmp_path / "cache" / "probgen" / "mnist", shared / "mnist"]
+    monkeypatch.setenv("PROBGEN_SHARED_DATA", str(tmp_path / "absent"))
+    assert paths.shared_data_dir() is None and len(paths.data_dirs()) == 2
+    (tmp_path / "cache" / "probgen" / "x.npz").parent.mkdir(parents=True)
+    (tmp_path / "cache" / "probgen" / "x.npz").write_bytes(b"")
+    assert paths.find_data("x.npz") == tmp_path / "cache" / "probgen" / "x.npz"

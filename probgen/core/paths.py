@@ -1,5 +1,6 @@
 """Where data sets live: ``$PROBGEN_DATA``, then the cache, then the repository's ``../shared/data``.
 
+The one resolver: loaders (:mod:`probgen.data`), tests and benchmarks all search these folders.
 No machine paths: the shared folder is found relative to this checkout, and only when it exists.
 """
 
@@ -26,14 +27,17 @@ def shared_data_dir() -> Path | None:
     return beside_checkout if beside_checkout.is_dir() else None
 
 
-def data_dirs() -> list[Path]:
-    """Folders searched for a data set, in order: $PROBGEN_DATA, the cache, the shared folder."""
+def data_dirs(subfolder: str = "") -> list[Path]:
+    """Folders searched for a data set, in order: $PROBGEN_DATA, the cache, the shared folder.
+
+    With ``subfolder`` (e.g. ``"jsb_chorales"``), that folder inside each of them.
+    """
     dirs = [Path(os.environ["PROBGEN_DATA"])] if os.environ.get("PROBGEN_DATA") else []
     dirs.append(cache_dir())
     shared = shared_data_dir()
     if shared is not None:
         dirs.append(shared)
-    return dirs
+    return [directory / subfolder for directory in dirs] if subfolder else dirs
 
 
 def find_data(name: str) -> Path | None:

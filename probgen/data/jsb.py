@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from probgen.core.paths import cache_dir, data_dirs
 from probgen.data.sequences import PaddedSequences, pad_sequences
 
 __all__ = ["JSBChorales", "load_jsb_chorales", "find_jsb_file", "piano_rolls", "LOWEST_PITCH",
@@ -60,20 +61,11 @@ def _filename(resolution: str) -> str:
 def _candidate_dirs(root: str | os.PathLike | None) -> list[Path]:
     if root is not None:
         return [Path(root), Path(root) / "jsb_chorales"]
-    dirs = []
-    if os.environ.get("PROBGEN_DATA"):
-        dirs.append(Path(os.environ["PROBGEN_DATA"]) / "jsb_chorales")
-    import probgen
-
-    shared = [os.environ.get("PROBGEN_SHARED_DATA"), Path(probgen.__file__).parents[2] / "shared" / "data",
-              "/work/shared/data"]
-    dirs += [Path(s) / "jsb_chorales" for s in shared if s]
-    dirs.append(Path.home() / ".cache" / "probgen" / "jsb_chorales")
-    return dirs
+    return data_dirs("jsb_chorales")  # $PROBGEN_DATA, the cache, the shared data folder
 
 
 def find_jsb_file(resolution: str = "quarter", *, root: str | os.PathLike | None = None) -> Path | None:
-    """The local JSON file, if any: ``root``, $PROBGEN_DATA, the shared data folder, the cache."""
+    """The local JSON file, if any: ``root``, else :func:`probgen.core.paths.data_dirs`."""
     name = _filename(resolution)
     for directory in _candidate_dirs(root):
         if (directory / name).is_file():
@@ -112,7 +104,7 @@ def load_jsb_chorales(
     """Load JSB chorales as padded 88-key piano rolls (key k sounds MIDI pitch 21 + k).
 
     Looks for ``jsb-chorales-<resolution>.json`` in ``root`` (or ``$PROBGEN_DATA/jsb_chorales``,
-    the shared data folder, ``~/.cache/probgen/jsb_chorales``); otherwise downloads it from
+    ``~/.cache/probgen/jsb_chorales``, the shared data folder); otherwise downloads it from
     github.com/czhuang/JSB-Chorales-dataset, checks its sha256 and caches it (under ``root`` or
     the cache folder).
 
@@ -127,7 +119,7 @@ def load_jsb_chorales(
             places = ", ".join(str(d) for d in _candidate_dirs(root))
             raise FileNotFoundError(f"no {_filename(resolution)} in {places}; pass download=True "
                                     "or root=<folder with the JSON file>")
-        target = Path(root) if root is not None else Path.home() / ".cache" / "probgen" / "jsb_chorales"
+        target = Path(root) if root is not None else cache_dir() / "jsb_chorales"
         path = _download(resolution, target, timeout)
     elif _sha256(path) != _SHA256[resolution]:
         raise ValueError(f"{path} does not match the published sha256 of {_filename(resolution)}; "

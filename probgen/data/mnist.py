@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from probgen.core import paths
+
 __all__ = [
     "MNIST",
     "DynamicBinarizer",
@@ -64,9 +66,8 @@ class MNIST:
 
 
 def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/probgen`` or ``~/.cache/probgen``."""
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "probgen"
+    """``$XDG_CACHE_HOME/probgen`` or ``~/.cache/probgen`` (:func:`probgen.core.paths.cache_dir`)."""
+    return paths.cache_dir()
 
 
 def read_idx(source: str | Path | bytes) -> np.ndarray:
@@ -127,13 +128,12 @@ def _download_verified(urls: list[str], destination: Path, check: Callable[[byte
                      ". Download it by hand and pass path=<folder> (or set PROBGEN_DATA)")
 
 
-def _local_candidates(path: str | Path | None, subfolder: str) -> list[Path]:
+def _search_folders(path: str | Path | None, cache: Path, subfolder: str) -> list[Path]:
+    """``path`` alone if given; else $PROBGEN_DATA, the cache and the shared data folder."""
     if path is not None:
         return [Path(path)]
-    if os.environ.get("PROBGEN_DATA"):
-        root = Path(os.environ["PROBGEN_DATA"])
-        return [root / subfolder, root]
-    return []
+    default_cache = paths.cache_dir() / subfolder
+    return [cache if folder == default_cache else folder for folder in paths.data_dirs(subfolder)]
 
 
 def _find(folders: list[Path], names: list[str]) -> Path | None:
@@ -157,13 +157,11 @@ def _mnist_file(key: str, *, path: str | Path | None, cache_dir: str | Path | No
         found = _md5(content)
         return None if found == md5 else f"MD5 of the decompressed file is {found}, expected {md5}"
 
-    local = _find(_local_candidates(path, "mnist"), names)
+    cache = Path(cache_dir) if cache_dir is not None else paths.cache_dir() / "mnist"
+    local = _find(_search_folders(path, cache, "mnist"), names)
     if local is None and path is not None:
         raise FileNotFoundError(f"{filename} (or {names[1]}) is not in {path}; pass the folder "
                                 "holding the four MNIST IDX files")
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "mnist"
-    if local is None:
-        local = _find([cache], names)
     if local is None:
         if not download:
             raise FileNotFoundError(f"{filename} is not cached in {cache} and download=False; pass "
@@ -187,8 +185,9 @@ def load_mnist(split: str = "train", *, path: str | Path | None = None,
     """Load MNIST (60,000 train / 10,000 test, LeCun et al. 1998) as uint8 images and labels.
 
     Files are looked up in ``path`` (a folder with the IDX files, .gz or not), else in
-    ``$PROBGEN_DATA/mnist``, else in the cache (``~/.cache/probgen/mnist``), else downloaded from
-    the mirrors torchvision uses; the MD5 of the decompressed bytes is checked.
+    ``$PROBGEN_DATA/mnist``, the cache (``~/.cache/probgen/mnist``) and the shared data folder
+    (:func:`probgen.core.paths.data_dirs`), else downloaded from the mirrors torchvision uses;
+    the MD5 of the decompressed bytes is checked.
 
     Arguments:
         split: ``"train"`` or ``"test"``.
@@ -223,8 +222,8 @@ def load_binarized_mnist(split: str = "train", *, path: str | Path | None = None
 
     The standard 50,000 / 10,000 / 10,000 split of VAE and IWAE likelihood tables. Looked up in
     ``path`` (``binarized_mnist.npz`` with arrays train/valid/test, or the ``.amat`` files), else
-    ``$PROBGEN_DATA/binarized_mnist``, else the cache, else downloaded (the files the IWAE code
-    fetches); the MD5 of the array bytes is checked.
+    ``$PROBGEN_DATA/binarized_mnist``, the cache and the shared data folder, else downloaded (the
+    files the IWAE code fetches); the MD5 of the array bytes is checked.
     """
     if split not in BINARIZED_MD5:
         raise ValueError(f"binarized MNIST split must be one of {sorted(BINARIZED_MD5)}, got {split!r}")
@@ -237,10 +236,10 @@ def load_binarized_mnist(split: str = "train", *, path: str | Path | None = None
         return None if found == md5 else f"MD5 of the array is {found}, expected {md5}"
 
     amat = f"binarized_mnist_{split}.amat"
-    local = _find(_local_candidates(path, "binarized_mnist"), ["binarized_mnist.npz", amat])
+    cache = Path(cache_dir) if cache_dir is not None else paths.cache_dir() / "binarized_mnist"
+    local = _find(_search_folders(path, cache, "binarized_mnist"), ["binarized_mnist.npz", amat])
     if local is None and path is not None:
         raise FileNotFoundError(f"neither binarized_mnist.npz nor {amat} is in {path}")
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "binarized_mnist"
     cached = cache / f"binarized_mnist_{split}.npy"
     if local is not None:
         if local.suffix == ".npz":

@@ -20,9 +20,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Transform, constraints
 
-from probgen.core.validate import validate_data
 from probgen.core.chunks import eval_mode
 from probgen.core.result import LogLikelihood, data_fingerprint
+from probgen.core.validate import validate_data
+from probgen.distributions.flow import Flow
 
 __all__ = [
     "LogitTransform",
@@ -160,8 +161,6 @@ class VariationalDequantizer(nn.Module):
     def __init__(self, features: int, num_levels: int, *, kind: str = "realnvp",
                  transforms: int = 4, hidden: tuple[int, ...] = (64, 64),
                  **flow_options: object) -> None:
-        from probgen.distributions.flow import Flow
-
         super().__init__()
         self.num_levels = int(num_levels)
         self.flow = Flow(features, features, kind=kind, transforms=transforms, hidden=hidden,

@@ -9,9 +9,11 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import constraints
 
-import probgen
-from probgen.demo.registry import DemoData, DemoEntry
 from probgen.core.result import LogLikelihood
+from probgen.demo.registry import DemoData, DemoEntry
+from probgen.evaluate.api import evaluate
+from probgen.infer.fit import fit
+from probgen.plots import plot_density_2d
 
 __all__ = ["gaussian_mixture_program", "bernoulli_mixture_program", "demo_entries"]
 
@@ -57,10 +59,8 @@ def _fit_and_score(make, k: int, steps: int, lr: float):
     def run(data: DemoData, out_dir: str) -> LogLikelihood:
         x = data.train[0]
         model = make(k, x.shape[1], prefix=f"demo_{data.name}_{k}_")
-        probgen.fit(model, x, num_steps=steps, optim=lr, seed=0, progress=False)
+        fit(model, x, num_steps=steps, optim=lr, seed=0, progress=False)
         if data.name == "iris" and k == 3:
-            from probgen.plots import plot_density_2d
-
             weights = pyro.param(f"demo_iris_{k}_weights").detach()
             locs = pyro.param(f"demo_iris_{k}_locs").detach()[:, :2]
             scales = pyro.param(f"demo_iris_{k}_scales").detach()[:, :2]
@@ -71,7 +71,7 @@ def _fit_and_score(make, k: int, steps: int, lr: float):
 
             plot_density_2d(density, x[:, :2], os.path.join(out_dir, "iris_mixture_density.png"),
                             title="iris (standardized), 3-component program: first two features")
-        return probgen.evaluate(model, data.test)
+        return evaluate(model, data.test)
 
     return run
 

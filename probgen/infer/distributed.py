@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -14,6 +15,9 @@ import pyro
 import torch
 import torch.distributed as dist
 from pyro import poutine
+
+from probgen.core.validate import as_batch
+from probgen.infer import mcmc
 
 __all__ = ["DataParallel", "launch_torchrun", "run_mcmc_distributed", "is_torchrun"]
 
@@ -230,12 +234,7 @@ def run_mcmc_distributed(model: Any, data: Any = None, *, num_samples: int = 100
         idata = run_mcmc_distributed(model, x, num_samples=500, warmup_steps=500)
         # torchrun --nproc-per-node 4 script.py -> idata.posterior.sizes["chain"] == 4
     """
-    import math
-
-    import arviz as az
-
-    from probgen.core.validate import as_batch
-    from probgen.infer import mcmc
+    import arviz as az  # heavy: only when MCMC runs
 
     if kernel not in ("nuts", "hmc"):
         raise ValueError(f"kernel must be 'nuts' or 'hmc', got {kernel!r}")

@@ -42,9 +42,15 @@ def _model_state(bundled: GenerativeModel | None) -> dict[str, Any]:
 
 
 def restore_state(state: dict[str, Any], bundled: GenerativeModel | None) -> None:
+    """Parameters back from a snapshot: a bundled model's modules from its state_dict (their
+    param-store names carry a per-process instance number), everything else from the store."""
+    store_state = state["param_store"]
     if bundled is not None and state.get("model_state") is not None:
         bundled.load_state_dict(state["model_state"])
-    restore_param_store(state["param_store"])
+        kept = {name for name in store_state["params"] if "$$$" not in name}
+        store_state = {"params": {n: store_state["params"][n] for n in kept},
+                       "constraints": {n: store_state["constraints"].get(n) for n in kept}}
+    restore_param_store(store_state)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from pyro.infer.mcmc import HMC, MCMC, NUTS
 from pyro.ops.contract import contract_to_tensor
 from pyro.poutine.subsample_messenger import _Subsample
 
+from probgen.core.model import GenerativeModel
 from probgen.core.validate import as_batch
 
 __all__ = ["run_mcmc", "loo_compare", "pointwise_log_likelihood", "max_plate_nesting_of"]
@@ -26,8 +27,6 @@ _DRAWS = "_mcmc_draws"
 
 
 def _program(model: Any) -> Callable:
-    from probgen.core.model import GenerativeModel
-
     if isinstance(model, GenerativeModel):
         return model.model
     if not callable(model):

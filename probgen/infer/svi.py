@@ -195,6 +195,17 @@ def _check_guide_sites(info: ProgramInfo, guide_trace: poutine.Trace) -> None:
                          "them")
 
 
+def _renamed(optim_state: dict, old: str, new: str) -> dict:
+    def rename(name: str) -> str:
+        return new + name[len(old):] if name.startswith(old) else name
+
+    if optim_state.get("kind") == "torch":
+        return {**optim_state, "names": [rename(n) for n in optim_state["names"]]}
+    if optim_state.get("kind") == "pyro":
+        return {**optim_state, "state": {rename(k): v for k, v in optim_state["state"].items()}}
+    return optim_state
+
+
 class SVI(TrainingMethod):
     r"""Stochastic variational inference: maximize Σ_n E_q[log p(x_n, z) − log q(z | x_n)] with
     mini-batches scaled by N/B on the data plate only (Hoffman et al., 2013).
@@ -281,7 +292,16 @@ class SVI(TrainingMethod):
             self.setup.optim.step()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optim": self.optimizer.state_dict()}
+        bundled = self.setup.model if isinstance(self.setup.model, GenerativeModel) else None
+        return {"optim": self.optimizer.state_dict(),
+                "prefix": bundled.pyro_name + "$$$" if bundled is not None else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optim"])
+        """The optimizer's state, its parameter names moved to this model instance's prefix
+        (a bundled model's names carry a per-process instance number)."""
+        bundled = self.setup.model if isinstance(self.setup.model, GenerativeModel) else None
+        old, new = state.get("prefix"), bundled.pyro_name + "$$$" if bundled is not None else None
+        optim = state["optim"]
+        if old and new and old != new:
+            optim = _renamed(optim, old, new)
+        self.optimizer.load_state_dict(optim)
