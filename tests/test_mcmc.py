@@ -4,6 +4,7 @@ import math
 import warnings
 
 import arviz as az
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -112,7 +113,7 @@ def test_pointwise_log_likelihood_of_an_hmm_matches_the_forward_algorithm():
     samples = {"transition": dist.Dirichlet(torch.ones(2, 2, dtype=torch.float64)).sample((3,)),
                "locs": torch.randn(3, 2, dtype=torch.float64)}
     name, pointwise = pointwise_log_likelihood(hmm, samples, (x,))
-    assert name == "sequences" and pointwise.shape == (3, 4)
+    assert name == "x" and pointwise.shape == (3, 4)
     # forward algorithm, vectorised over draws and sequences
     emissions = dist.Normal(samples["locs"][:, None, None, :], 1.0).log_prob(x[None, :, :, None])
     alpha = emissions[:, :, 0] - math.log(2)  # (draws, sequences, states)
@@ -134,7 +135,7 @@ def test_loo_and_waic_run_on_a_fitted_gmm_and_hmm():
     sequences = (3 * states - 1.5 + torch.randn(3, 6)).double()
     hmm_data = quiet(run_mcmc, hmm, sequences, num_samples=12, warmup_steps=5, seed=0,
                      progress=False, max_tree_depth=2)
-    assert hmm_data.log_likelihood["sequences"].shape == (1, 12, 3)
+    assert hmm_data.log_likelihood["x"].shape == (1, 12, 3)
     assert quiet(az.waic, hmm_data).elpd_waic < 0
     assert "diverging" in hmm_data.sample_stats
 
@@ -189,3 +190,21 @@ def test_mcmc_examples_smoke_run(name):
     out = subprocess.run([sys.executable, str(script), "--smoke"], capture_output=True, text=True,
                          timeout=600, check=True).stdout
     assert "elpd_loo" in out and "rank" in out
+
+
+def test_inference_data_names_the_observation_and_keeps_deterministic_sites():
+    def sequences_model(y):
+        loc = pyro.sample("loc", dist.Normal(0.0, 3.0))
+        pyro.deterministic("loc_squared", loc**2)
+        with pyro.plate("sequences", len(y)):
+            for t in range(y.shape[1]):
+                pyro.sample(f"y_{t}", dist.Normal(loc, 1.0), obs=y[:, t])
+
+    y = torch.randn(6, 3) + 1.0
+    idata = run_mcmc(sequences_model, y, num_samples=20, warmup_steps=20, seed=0,
+                     progress=False, min_ess=0, rhat_threshold=float("inf"))
+    assert list(idata.log_likelihood.data_vars) == ["y"]
+    assert list(idata.observed_data.data_vars) == ["y"]
+    squared = idata.posterior["loc_squared"].values
+    np.testing.assert_allclose(squared, idata.posterior["loc"].values ** 2, rtol=1e-5)
+    assert np.unique(squared).size > 1  # recomputed per draw

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import warnings
 from collections import OrderedDict
@@ -13,7 +14,7 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.distributions.util import is_identically_zero
-from pyro.infer import config_enumerate
+from pyro.infer import Predictive, config_enumerate
 from pyro.infer.mcmc import HMC, MCMC, NUTS
 from pyro.ops.contract import contract_to_tensor
 from pyro.poutine.subsample_messenger import _Subsample
@@ -162,7 +163,8 @@ def pointwise_log_likelihood(model: Callable, samples: dict[str, torch.Tensor],
     with poutine.block():
         prototype = poutine.trace(poutine.condition(model, data=first)).get_trace(*batch)
     sites = _sample_sites(prototype)
-    observed = [name for name, site in sites if site["is_observed"] and name not in samples]
+    observed = [name for name, site in sites if site["is_observed"] and name not in samples
+                and not site["infer"].get("_deterministic")]
     if not observed:
         raise ValueError("the program has no observed sites, so there is no likelihood to "
                          "evaluate; pass the data the program conditions on")
@@ -180,8 +182,16 @@ def pointwise_log_likelihood(model: Callable, samples: dict[str, torch.Tensor],
     pieces = [evaluate({name: value[start:start + step] for name, value in samples.items()},
                        step > 1)
               for start in range(0, num_draws, step)]
-    name = observed[0] if len(observed) == 1 else data_plate
-    return name, torch.cat(pieces)
+    return observation_name(observed), torch.cat(pieces)
+
+
+def observation_name(observed: list[str]) -> str:
+    """The name arviz's ``log_likelihood`` and ``observed_data`` share: the observed site, or
+    the stem of per-step sites (``y_0 … y_T`` → ``y``), else the sites joined with ``+``."""
+    if len(observed) == 1:
+        return observed[0]
+    stems = {re.sub(r"_\d+$", "", name) for name in observed}
+    return stems.pop() if len(stems) == 1 else "+".join(observed)
 
 
 def _warn_on_diagnostics(idata, num_chains: int, rhat_threshold: float, min_ess: float) -> None:
@@ -264,6 +274,7 @@ def run_mcmc(model: Any, data: Any = None, *, kernel: str = "nuts", num_samples:
     sampling_seconds = time.perf_counter() - start
 
     posterior = {name: value.detach().cpu().numpy() for name, value in grouped.items()}
+    posterior.update(_deterministic_sites(program, grouped, batch, num_chains, num_samples))
     diverging_array = np.zeros((num_chains, num_samples), dtype=bool)
     for chain, indices in enumerate(diverging):
         diverging_array[chain, list(indices)] = True
@@ -284,6 +295,26 @@ def run_mcmc(model: Any, data: Any = None, *, kernel: str = "nuts", num_samples:
     idata.posterior.attrs["kernel"] = kernel
     _warn_on_diagnostics(idata, num_chains, rhat_threshold, min_ess)
     return idata
+
+
+def _deterministic_sites(program: Callable, grouped: dict[str, torch.Tensor],
+                         batch: tuple[torch.Tensor, ...], num_chains: int, num_samples: int
+                         ) -> dict[str, np.ndarray]:
+    """``pyro.deterministic`` sites recomputed at every draw (MCMC keeps only sample sites)."""
+    first = {name: value[0, 0] for name, value in grouped.items()}
+    with poutine.block(), torch.no_grad():
+        prototype = poutine.trace(poutine.condition(program, data=first)).get_trace(*batch)
+    names = [name for name, site in prototype.nodes.items()
+             if site["type"] == "sample" and site["infer"].get("_deterministic")]
+    if not names:
+        return {}
+    flat = {name: value.reshape(num_chains * num_samples, *value.shape[2:])
+            for name, value in grouped.items()}
+    with torch.no_grad():
+        values = Predictive(program, posterior_samples=flat, return_sites=names)(*batch)
+    shapes = {name: prototype.nodes[name]["value"].shape for name in names}
+    return {name: values[name].reshape(num_chains, num_samples, *shapes[name])
+            .detach().cpu().numpy() for name in names}
 
 
 def loo_compare(fits: dict[str, Any], *, pareto_k_threshold: float = 0.7):
