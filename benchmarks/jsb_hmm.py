@@ -20,8 +20,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import print_table, timed, write_results  # noqa: E402
 from probgen.data.jsb import load_jsb_chorales  # noqa: E402
-from probgen.models.hmm.baum_welch import baum_welch, initialize_from_data  # noqa: E402
-from probgen.models.hmm import HMM, evaluate_forward  # noqa: E402
+from probgen.infer import fit as probgen_fit  # noqa: E402
+from probgen.models.hmm import HMM, evaluate_forward, initialize_from_data  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -50,11 +50,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for num_states in states:
         hmm = HMM(num_states, "bernoulli", num_features=88).double().to(device)
         initialize_from_data(hmm, *splits["train"].as_tuple(), seed=args.seed)
-        seconds, fit = timed(lambda hmm=hmm: baum_welch(
-            hmm, *splits["train"].as_tuple(), num_iterations=args.iterations, tol=args.tol,
-            pseudocount=args.pseudocount))
+        seconds, fit = timed(lambda hmm=hmm: probgen_fit(
+            hmm, splits["train"].as_tuple(), method="baum_welch", num_steps=args.iterations,
+            tol=args.tol, pseudocount=args.pseudocount, seed=args.seed, progress=False))
         row = {"model": f"hmm-{num_states}", "states": num_states, "fit_seconds": seconds,
-               "iterations": fit.num_iterations, "converged": fit.converged}
+               "iterations": fit.num_steps, "converged": fit.converged}
         for name, split in splits.items():
             result = evaluate_forward(hmm, split.as_tuple())
             row[f"{name}_ll_per_step"] = result.settings["log_likelihood_per_step"]
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 row["test_num_steps"] = result.settings["num_steps"]
         rows.append(row)
         print(f"{row['model']}: test {row['test_ll_per_step']:.4f} nats/step "
-              f"({fit.num_iterations} iterations, {seconds:.1f} s)", flush=True)
+              f"({fit.num_steps} iterations, {seconds:.1f} s)", flush=True)
     print_table(rows, ["model", "iterations", "fit_seconds", "train_ll_per_step",
                        "valid_ll_per_step", "test_ll_per_step", "test_ll_per_sequence",
                        "test_ll_per_sequence_stderr"])

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from benchmarks._common import print_table, write_results
-from probgen.models.ebm.ais import ais_log_partition, evaluate_ais
-from probgen.models.ebm.contrastive import train_cd
+from probgen.core.paths import find_data
+from probgen.infer import fit
 from probgen.models.ebm import RBM
+from probgen.models.ebm.ais import ais_log_partition, evaluate_ais
 
 # Salakhutdinov & Murray (2008), "On the quantitative analysis of deep belief networks", ICML,
 # Table 2 (MNIST, 500 hidden units, AIS estimate of the average test log-probability).
@@ -29,20 +28,12 @@ PUBLISHED = [
 ]
 
 
-def shared_data() -> Path:
-    if "PROBGEN_SHARED_DATA" in os.environ:
-        return Path(os.environ["PROBGEN_SHARED_DATA"])
-    import probgen
-
-    here = getattr(probgen, "__file__", None)
-    candidate = Path(here).parents[2] / "shared" / "data" if here else None
-    return candidate if candidate is not None and candidate.exists() else Path("/work/shared/data")
-
-
 def load_binarized_mnist() -> dict[str, np.ndarray]:
-    path = shared_data() / "binarized_mnist" / "binarized_mnist.npz"
-    if not path.exists():
-        raise SystemExit(f"binarized MNIST not found at {path}; set PROBGEN_SHARED_DATA")
+    """The statically binarized MNIST arrays, from the data folders probgen searches."""
+    path = find_data("binarized_mnist/binarized_mnist.npz")
+    if path is None:
+        raise SystemExit("binarized_mnist/binarized_mnist.npz is in none of the data folders "
+                         "($PROBGEN_DATA, the cache, $PROBGEN_SHARED_DATA or ../shared/data)")
     with np.load(path) as archive:
         return {name: archive[name] for name in ("train", "valid", "test")}
 
@@ -78,8 +69,9 @@ def main() -> None:
     epochs, start = 0, time.perf_counter()
     while time.perf_counter() - start < 60 * args.minutes:
         momentum = 0.5 if epochs < 5 else 0.9
-        train_cd(rbm, train, k=args.k, epochs=1, batch_size=args.batch_size, lr=args.lr,
-                 momentum=momentum, weight_decay=2e-4, seed=args.seed + epochs, progress=False)
+        fit(rbm, train, method="cd", k=args.k, epochs=1, batch_size=args.batch_size,
+            optim=args.lr, momentum=momentum, weight_decay=2e-4, seed=args.seed + epochs,
+            progress=False)
         epochs += 1
         print(f"epoch {epochs}: {time.perf_counter() - start:.0f} s")
     train_seconds = time.perf_counter() - start

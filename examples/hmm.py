@@ -17,8 +17,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 import probgen
-from probgen.models.hmm.baum_welch import baum_welch, initialize_from_data
-from probgen.models.hmm import HMM
+from probgen.models.hmm import HMM, initialize_from_data
 
 
 def per_step(model: HMM, sequences: torch.Tensor, lengths: torch.Tensor) -> float:
@@ -82,12 +81,13 @@ def main() -> None:
     for restart in range(args.restarts):
         candidate = HMM(args.states, "gaussian", num_features=args.features).double().to(device)
         initialize_from_data(candidate, *train, seed=args.seed + restart)
-        result = baum_welch(candidate, *train, num_iterations=args.em_iterations, tol=1e-7)
-        if best is None or result.final_log_likelihood > best[1].final_log_likelihood:
+        result = probgen.fit(candidate, train, method="baum_welch", num_steps=args.em_iterations,
+                             tol=1e-7, seed=args.seed, progress=False)
+        if best is None or result.losses[-1] < best[1].losses[-1]:  # losses: -log p(train)
             best = (candidate, result)
     em_model, result = best
     print(f"Baum-Welch      test log-likelihood per step: {per_step(em_model, *test):.4f} "
-          f"(best of {args.restarts} restarts, {result.num_iterations} iterations, "
+          f"(best of {args.restarts} restarts, {result.num_steps} iterations, "
           f"{time.perf_counter() - start:.2f} s)")
     accuracy = viterbi_accuracy(em_model, states[split:], *test)
     print(f"                Viterbi accuracy on test steps: {accuracy:.3f}")
@@ -96,8 +96,8 @@ def main() -> None:
     svi_model = HMM(args.states, "gaussian", num_features=args.features).double().to(device)
     initialize_from_data(svi_model, *train, seed=args.seed)
     start = time.perf_counter()
-    probgen.fit(svi_model, train, num_steps=args.svi_steps, optim=0.05, progress=False,
-                seed=args.seed)
+    probgen.fit(svi_model, train, method="svi", num_steps=args.svi_steps, optim=0.05,
+                progress=False, seed=args.seed)
     exact = probgen.evaluate(svi_model, test, estimator="exact")
     steps = float(test[1].sum())
     print(f"SVI (Pyro)      test log-likelihood per step: {float(exact.per_example.sum()) / steps:.4f} "
@@ -110,7 +110,8 @@ def main() -> None:
         for num_states in (8, 32):
             hmm = HMM(num_states, "bernoulli", num_features=88).double()
             initialize_from_data(hmm, *data.train.as_tuple())
-            baum_welch(hmm, *data.train.as_tuple(), num_iterations=60, tol=1e-5, pseudocount=0.1)
+            probgen.fit(hmm, data.train.as_tuple(), method="baum_welch", num_steps=60, tol=1e-5,
+                        pseudocount=0.1, seed=args.seed, progress=False)
             print(f"JSB chorales, {num_states:3d} states: test log-likelihood per step "
                   f"{per_step(hmm, *data.test.as_tuple()):.4f}")
 

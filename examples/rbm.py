@@ -13,10 +13,10 @@ import argparse
 
 import torch
 
+import probgen
 from probgen.data.bundled import load_dataset, train_test_split
-from probgen.models.ebm.ais import ais_log_partition, evaluate_ais, evaluate_rbm_exact
-from probgen.models.ebm.contrastive import train_cd
 from probgen.models.ebm import RBM
+from probgen.models.ebm.ais import ais_log_partition, evaluate_ais, evaluate_rbm_exact
 
 
 def main() -> None:
@@ -44,14 +44,18 @@ def main() -> None:
     algorithm = f"PCD-{args.k}" if args.persistent else f"CD-{args.k}"
     for num_hidden in args.hidden:
         rbm = RBM(x.shape[1], num_hidden, seed=args.seed).to(args.device)
-        result = train_cd(rbm, train, k=args.k, persistent=args.persistent, epochs=args.epochs,
-                          batch_size=50, lr=0.05, momentum=0.9, seed=args.seed,
-                          progress=not args.smoke)
+        result = probgen.fit(rbm, train, method="pcd" if args.persistent else "cd", k=args.k,
+                             epochs=args.epochs, batch_size=50, optim=0.05, momentum=0.9,
+                             seed=args.seed, progress=not args.smoke)
+        with torch.no_grad():  # one Gibbs round trip from the test images
+            reconstruction = rbm.sample_visible(rbm.sample_hidden(test))
+            error = float(((reconstruction - test) ** 2).mean())
         log_z = ais_log_partition(rbm, num_chains=args.num_chains, num_betas=args.num_betas,
                                   seed=args.seed)
         ais = evaluate_ais(rbm, (test,), log_partition=log_z)
         print(f"\nRBM {num_hidden} hidden, {algorithm}, {args.epochs} epochs "
-              f"({result.seconds:.1f} s); reconstruction error {result.reconstruction_errors[-1]:.3f}")
+              f"({result.num_steps} updates, {result.seconds:.1f} s); test reconstruction error "
+              f"{error:.3f}")
         print(f"  AIS   log Z = {log_z.log_z:.3f} ± {log_z.stderr:.3f} "
               f"({log_z.effective_sample_size:.0f} effective chains of {args.num_chains})")
         print(f"  test  {ais}")

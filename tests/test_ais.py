@@ -5,6 +5,8 @@ import math
 import pytest
 import torch
 
+import probgen
+from probgen.models.ebm import RBM, GaussianRBM
 from probgen.models.ebm.ais import (
     ais_log_partition,
     ais_log_partition_energy,
@@ -13,8 +15,6 @@ from probgen.models.ebm.ais import (
     evaluate_rbm_exact,
     exact_log_partition,
 )
-from probgen.models.ebm.contrastive import train_cd
-from probgen.models.ebm import RBM, GaussianRBM
 
 
 def random_rbm(num_visible, num_hidden, scale=0.5, seed=0, cls=RBM):
@@ -56,7 +56,8 @@ def test_ais_log_z_within_3_stderr_of_exact_on_trained_rbm():
     torch.manual_seed(0)
     data = prototype_data(200, 14).double()
     rbm = RBM(14, 8, seed=0).double()
-    train_cd(rbm, data, k=1, num_steps=100, batch_size=20, lr=0.2, seed=0, progress=False)
+    probgen.fit(rbm, data, method="cd", k=1, num_steps=100, batch_size=20, optim=0.2, seed=0,
+                progress=False)
     exact = float(exact_log_partition(rbm).detach())
     estimate = ais_log_partition(rbm, num_chains=200, num_betas=400, seed=2)
     assert rbm.weight.abs().max() > 0.5  # training moved the weights far from the init

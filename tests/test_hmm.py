@@ -16,9 +16,13 @@ from pyro.infer import TraceEnum_ELBO
 from pyro.ops.indexing import Vindex
 
 from probgen.data.sequences import lengths_to_mask
-from probgen.models.hmm.forward_backward import _forward_log, forward_backward, forward_log_likelihood
-from probgen.models.registry import get_model_class
 from probgen.models.hmm import HMM, evaluate_forward
+from probgen.models.hmm.forward_backward import (
+    _forward_log,
+    forward_backward,
+    forward_log_likelihood,
+)
+from probgen.models.registry import get_model_class
 
 ROOT = Path(__file__).resolve().parents[1]
 EMISSION_CONFIGS = {
@@ -295,12 +299,14 @@ def test_generic_exact_evaluate_equals_forward_on_a_pyro_style_program():
     torch.testing.assert_close(bundled.per_example, fast.per_example, rtol=0, atol=1e-6)
 
 
-def test_masking_the_latent_warns_and_is_off_by_padded_steps_times_log_states():
+def test_masking_the_latent_is_refused_or_off_by_padded_steps_times_log_states():
     evaluate = pytest.importorskip("probgen.evaluate").evaluate
     hmm, x, lengths, params = _pyro_style_setup()
     program = pyro_style_hmm(*params, mask_latent=True)
+    with pytest.raises(ValueError, match="x_.*Mask the observations"):
+        evaluate(program, (x, lengths), estimator="exact")
     with pytest.warns(UserWarning, match="x_"):
-        wrong = evaluate(program, (x, lengths), estimator="exact")
+        wrong = evaluate(program, (x, lengths), estimator="exact", allow_masked_latents=True)
     right = hmm.log_prob(x, lengths).detach()
     padded = (x.shape[1] - lengths).double()
     torch.testing.assert_close(wrong.per_example - right, padded * math.log(3), rtol=0, atol=1e-9)
@@ -336,6 +342,16 @@ def test_cuda_picks_the_parallel_scan_and_matches_the_cpu_value():
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-10, atol=1e-8)
 
 
+def test_capabilities_come_from_the_config():
+    for emission, space, support in [("gaussian", "continuous", "real"),
+                                     ("bernoulli", "discrete", "binary"),
+                                     ("categorical", "discrete", "categorical")]:
+        options = {"num_categories": 3} if emission == "categorical" else {"num_features": 2}
+        hmm = HMM(2, emission, **options)
+        assert (hmm.data_space, hmm.support) == (space, support)
+        assert "data_space" not in vars(hmm) and "support" not in vars(hmm)  # not per instance
+
+
 def test_generic_svi_fit_on_the_program_raises_the_exact_likelihood():
     probgen = pytest.importorskip("probgen")
     truth = make_hmm("gaussian-diag", num_states=2)
@@ -343,7 +359,8 @@ def test_generic_svi_fit_on_the_program_raises_the_exact_likelihood():
     torch.manual_seed(1)
     hmm = HMM(2, "gaussian", num_features=2).double()
     before = float(hmm.log_prob(sequences, lengths).detach().sum())
-    result = probgen.fit(hmm, (sequences, lengths), num_steps=30, optim=0.05, progress=False, seed=0)
+    result = probgen.fit(hmm, (sequences, lengths), method="svi", num_steps=30, optim=0.05,
+                         progress=False, seed=0)
     after = float(hmm.log_prob(sequences, lengths).detach().sum())
     assert after > before + 1.0
     # the SVI loss is the exact negative log-likelihood (every latent enumerated, empty guide)

@@ -93,7 +93,7 @@ def test_missing_file_without_download_names_the_places_searched(tmp_path):
 
 
 def test_demo_entries_fit_and_score_a_smoke_subset(jsb_file):
-    from probgen.models.hmm import demo_entries
+    from probgen.demo.hmm import demo_entries
 
     entries = demo_entries(smoke=True)
     assert [e.name for e in entries] == ["hmm-4", "hmm-16"]

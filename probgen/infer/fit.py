@@ -167,10 +167,11 @@ def fit(
     seed = _seed(seed, parallel)
     if bundled is not None:
         bundled.train()
-    if not (warm_start or resume):
+    if not (warm_start or resume or bundled is not None):  # a bundled model owns its modules
         _fresh_parameters(program, guide, batches.first)
     setup = TrainingSetup(model, program, guide, batches.first, batches.size, batches.batch_size,
-                          optim, loss, num_particles, data_plate, dict(options), parallel)
+                          optim, loss, num_particles, data_plate, dict(options), parallel,
+                          batches.tensors if batches.loader is None else None)
     run = Run(method_class(setup), bundled, {
         "size": batches.size, "batch_size": batches.batch_size, "seed": seed, "method": name,
         "num_particles": num_particles, "data_id": None if batches.loader is not None else data_fingerprint(*batches.tensors),

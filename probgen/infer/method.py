@@ -29,6 +29,7 @@ class TrainingSetup:
         data_plate: the plate over examples (None: found by inspecting the program).
         options: method-specific keyword options given to ``fit``.
         parallel: the data-parallel group of a torchrun launch (``fit(distributed=True)``).
+        data: all the training tensors when they are in memory (None for a DataLoader).
     """
 
     model: Any
@@ -43,6 +44,7 @@ class TrainingSetup:
     data_plate: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     parallel: Any = None
+    data: tuple[torch.Tensor, ...] | None = None
 
 
 class TrainingMethod:

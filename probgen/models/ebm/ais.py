@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from probgen.core.result import LogLikelihood, data_fingerprint
-from probgen.models.ebm.contrastive import mala_step
-from probgen.models.ebm.model import RBM, NeuralEBM, RBMBase
+from probgen.models.ebm.model import NeuralEBM, RBMBase
+from probgen.models.ebm.partition import binary_states, exact_log_partition
+from probgen.models.ebm.samplers import mala_step
 
 __all__ = [
     "PartitionEstimate",
@@ -49,43 +50,6 @@ class PartitionEstimate:
         """(Σ w)² / Σ w²: how many chains the estimate is effectively worth."""
         return float(torch.exp(2 * torch.logsumexp(self.log_weights, 0)
                                - torch.logsumexp(2 * self.log_weights, 0)))
-
-
-def binary_states(num_units: int, start: int = 0, stop: int | None = None, *,
-                  dtype: torch.dtype = torch.float32, device: Any = None) -> torch.Tensor:
-    """The binary vectors numbered ``start..stop-1`` (bit i = unit i), shape ``(stop-start, n)``."""
-    stop = 2**num_units if stop is None else stop
-    index = torch.arange(start, stop, device=device)
-    bits = torch.arange(num_units, device=device)
-    return ((index[:, None] >> bits) & 1).to(dtype)
-
-
-def exact_log_partition(rbm, *, chunk_size: int = 2**14) -> torch.Tensor:
-    r"""Exact log Z of an RBM: log Σ_h exp(log_marginal_hidden(h)) over all 2^H hidden states.
-
-    For a Bernoulli RBM with a narrower visible layer, enumerates v instead:
-    log Z = log Σ_v exp(-F(v)). Chunked over states; differentiable in the parameters.
-    Raises ValueError when both layers are wider than ``rbm.max_exact_units`` (20).
-    """
-
-    limit = rbm.max_exact_units
-    num_hidden, num_visible = rbm.num_hidden, rbm.num_visible
-    can_enumerate_visible = isinstance(rbm, RBM) and num_visible <= limit
-    if num_hidden <= limit and (num_hidden <= num_visible or not can_enumerate_visible):
-        num_units, log_term = num_hidden, rbm.log_marginal_hidden
-    elif can_enumerate_visible:
-        num_units, log_term = num_visible, (lambda v: -rbm.free_energy(v))
-    else:
-        raise ValueError(f"exact log Z needs a layer of at most {limit} units to enumerate, but "
-                         f"this {type(rbm).__name__} has {num_visible} visible and {num_hidden} "
-                         "hidden units; use the AIS estimate (ais_log_partition / estimator='ais')")
-    weight = rbm.weight
-    chunk_log_z = [
-        torch.logsumexp(log_term(binary_states(num_units, start, min(start + chunk_size, 2**num_units),
-                                               dtype=weight.dtype, device=weight.device)), 0)
-        for start in range(0, 2**num_units, chunk_size)
-    ]
-    return torch.logsumexp(torch.stack(chunk_log_z), 0)
 
 
 def beta_schedule(num_betas: int, *, dtype: torch.dtype = torch.float64, device: Any = None

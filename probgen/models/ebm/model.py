@@ -11,16 +11,40 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributions import constraints
 
 from probgen.core.model import GenerativeModel
+from probgen.models.ebm.partition import exact_log_partition, exact_partition_layer
+from probgen.models.ebm.samplers import mala_sample
 from probgen.models.registry import register_model
 from probgen.nn.energy import EnergyMLP
 
-__all__ = ["RBMBase", "RBM", "GaussianRBM", "NeuralEBM", "demo_entries"]
+__all__ = ["RBMBase", "RBM", "GaussianRBM", "NeuralEBM"]
 
 
 def _as_beta(beta: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(beta, dtype=like.dtype, device=like.device)
+
+
+class _Unnormalized(dist.TorchDistribution):
+    """The factor exp(-energy) of a model whose log Z cannot be computed, as an observed site.
+
+    Running the program works (``probgen.fit`` traces it to find its parameters); scoring it
+    (``log_prob``, as SVI or an exact estimator would) raises ``error(message)``.
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real
+
+    def __init__(self, batch_shape: torch.Size, error: type[Exception], message: str) -> None:
+        self.error, self.message = error, message
+        super().__init__(torch.Size(batch_shape), validate_args=False)
+
+    def expand(self, batch_shape, _instance=None) -> _Unnormalized:
+        return _Unnormalized(torch.Size(batch_shape), self.error, self.message)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        raise self.error(self.message)
 
 
 class RBMBase(GenerativeModel):
@@ -31,12 +55,13 @@ class RBMBase(GenerativeModel):
     ``(*batch, H)``; every method is vectorised over leading dimensions (chains, examples).
 
     Subclasses define ``visible_log_factor``, ``sample_visible``, ``log_marginal_hidden``,
-    ``base_log_partition``, ``sample_base`` and ``base_rate_bias``; AIS
+    ``base_log_partition``, ``sample_base`` and ``base_rate_from_sums``; AIS
     (:mod:`probgen.models.ebm.ais`) and CD (:mod:`probgen.models.ebm.contrastive`) use only these.
     """
 
     has_exact_log_prob: ClassVar[bool] = False
     default_estimator: ClassVar[str | None] = "ais"
+    default_method: ClassVar[str] = "cd"  # probgen.fit(rbm, x): CD-1 (also "pcd")
     # Enumerate at most 2**this many states for the exact partition function.
     max_exact_units: ClassVar[int] = 20
 
@@ -120,6 +145,10 @@ class RBMBase(GenerativeModel):
     # --- the AIS base-rate model (W = 0, c = 0) -------------------------------------------
     def base_rate_bias(self, x: torch.Tensor) -> torch.Tensor:
         """Visible biases of the base-rate model fitted to data ``x`` (Salakhutdinov & Murray, 2008)."""
+        return self.base_rate_from_sums(x.sum(0), x.shape[0])
+
+    def base_rate_from_sums(self, total: torch.Tensor, count: int) -> torch.Tensor:
+        """:meth:`base_rate_bias` from the data's sum ``(V,)`` over ``count`` examples."""
         raise NotImplementedError
 
     def base_log_partition(self, base_bias: torch.Tensor) -> torch.Tensor:
@@ -134,6 +163,12 @@ class RBMBase(GenerativeModel):
         with torch.no_grad():
             self.base_bias.copy_(self.base_rate_bias(x.to(self.base_bias)))
 
+    def set_base_rate_from_sums(self, count: int, total: torch.Tensor,
+                                squares: torch.Tensor) -> None:
+        """:meth:`set_base_rate` from the data's sum (and sum of squares) over ``count`` rows."""
+        with torch.no_grad():
+            self.base_bias.copy_(self.base_rate_from_sums(total.to(self.base_bias), count))
+
     def annealed_log_prob(self, v: torch.Tensor, beta: float | torch.Tensor,
                           base_bias: torch.Tensor) -> torch.Tensor:
         r"""log f_β(v) = (1-β)·vis(v; b_A) + β·vis(v; b) + Σ_j softplus(β (c_j + (v/σ)·W_j)) (S&M 2008)."""
@@ -143,10 +178,13 @@ class RBMBase(GenerativeModel):
                 + F.softplus(beta * self.hidden_logits(v)).sum(-1))
 
     # --- the Pyro programs ---------------------------------------------------------------
+    @property
+    def has_exact_partition(self) -> bool:
+        """A layer has at most ``max_exact_units`` units to enumerate: log Z is exact."""
+        return exact_partition_layer(self) is not None
+
     def log_partition(self) -> torch.Tensor:
         """Exact log Z by enumeration (differentiable); raises when both layers are too wide."""
-        from probgen.models.ebm.ais import exact_log_partition
-
         return exact_log_partition(self)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
@@ -157,10 +195,21 @@ class RBMBase(GenerativeModel):
     def model(self, x: torch.Tensor) -> None:
         """The normalised program: a factor -F(x) - log Z per example (needs the exact log Z).
 
-        Wide RBMs have no tractable log Z: train them with ``probgen.models.ebm.contrastive.train_cd``
-        and score them with the ``"ais"`` estimator.
+        Wide RBMs have no tractable log Z: the program still runs, but scoring it raises. Train
+        them with ``probgen.fit(rbm, x, method="cd")`` (or ``"pcd"``) and score them with the
+        ``"ais"`` estimator.
         """
         pyro.module(self.pyro_name, self)
+        if not self.has_exact_partition:
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("log_prob", _Unnormalized(
+                    (x.shape[0],), ValueError,
+                    f"this {type(self).__name__} has {self.num_visible} visible and "
+                    f"{self.num_hidden} hidden units: its log Z cannot be enumerated, so its "
+                    "program has no tractable density. Train it with probgen.fit(rbm, x, "
+                    "method='cd' or 'pcd') and score it with estimator='ais'"),
+                    obs=x.new_zeros(x.shape[0]))
+            return
         log_z = self.log_partition()
         with pyro.plate("data", x.shape[0]):
             pyro.factor("log_prob", -self.free_energy(x) - log_z)
@@ -200,9 +249,9 @@ class RBM(RBMBase):
             logits = (1 - beta) * base_bias + beta * logits
         return torch.bernoulli(torch.sigmoid(logits))
 
-    def base_rate_bias(self, x: torch.Tensor) -> torch.Tensor:
+    def base_rate_from_sums(self, total: torch.Tensor, count: int) -> torch.Tensor:
         # Smoothed pixel marginals, so pixels never on in the data keep a finite bias.
-        mean = (x.sum(0) + 0.5) / (x.shape[0] + 1.0)
+        mean = (total + 0.5) / (count + 1.0)
         return torch.logit(mean)
 
     def base_log_partition(self, base_bias: torch.Tensor) -> torch.Tensor:
@@ -255,8 +304,8 @@ class GaussianRBM(RBMBase):
         mean = bias + beta * self.sigma * (h @ self.weight.T)
         return mean + self.sigma * torch.randn_like(mean)
 
-    def base_rate_bias(self, x: torch.Tensor) -> torch.Tensor:
-        return x.mean(0)
+    def base_rate_from_sums(self, total: torch.Tensor, count: int) -> torch.Tensor:
+        return total / count
 
     def base_log_partition(self, base_bias: torch.Tensor) -> torch.Tensor:
         return (0.5 * self.num_visible * torch.log(2 * math.pi * self.sigma**2)
@@ -288,8 +337,8 @@ def _energy_program(energy: Callable[[torch.Tensor], torch.Tensor], base_loc: to
 class NeuralEBM(GenerativeModel):
     r"""p_θ(x) = exp(-E_θ(x)) / Z_θ with an energy network E_θ (Du & Mordatch, 2019).
 
-    Trained by :func:`probgen.models.ebm.contrastive.train_ebm` with Langevin or HMC negative
-    samples; scored by AIS from a diagonal Gaussian base fitted to the training data.
+    Trained by ``probgen.fit(ebm, x)`` (method ``"contrastive"``, with Langevin or HMC negative
+    samples); scored by AIS from a diagonal Gaussian base fitted to the training data.
 
     Example:
         >>> ebm = NeuralEBM(2, hidden_sizes=(8,))
@@ -300,6 +349,7 @@ class NeuralEBM(GenerativeModel):
     data_space: ClassVar[str] = "continuous"
     support: ClassVar[str] = "real"
     default_estimator: ClassVar[str | None] = "ais"
+    default_method: ClassVar[str] = "contrastive"
 
     def __init__(self, num_features: int, *, hidden_sizes: tuple[int, ...] | list[int] = (64, 64),
                  spectral_norm: bool = False, seed: int | None = 0) -> None:
@@ -328,42 +378,39 @@ class NeuralEBM(GenerativeModel):
             self.base_loc.copy_(x.mean(0))
             self.base_scale.copy_(x.std(0).clamp_min(1e-3) if x.shape[0] > 1 else 1.0)
 
+    def set_base_rate_from_sums(self, count: int, total: torch.Tensor,
+                                squares: torch.Tensor) -> None:
+        """:meth:`set_base_rate` from the data's sum and sum of squares over ``count`` rows."""
+        with torch.no_grad():
+            mean = total / count
+            self.base_loc.copy_(mean)
+            if count > 1:
+                variance = ((squares - count * mean**2) / (count - 1)).clamp_min(0)
+                self.base_scale.copy_(variance.sqrt().clamp_min(1e-3))
+            else:
+                self.base_scale.fill_(1.0)
+
     def base_distribution(self) -> dist.Distribution:
         return dist.Normal(self.base_loc, self.base_scale).to_event(1)
 
     def sample(self, num_samples: int, *, num_steps: int = 500, step_size: float | None = None
                ) -> torch.Tensor:
         """Metropolis-adjusted Langevin chains (exact in the limit) started from the base."""
-        from probgen.models.ebm.contrastive import mala_sample
-
         start = self.base_distribution().sample((num_samples,))
         step = step_size if step_size is not None else 0.1 * float(self.base_scale.mean())
         return mala_sample(self.energy, start, num_steps=num_steps, step_size=step)
 
     def model(self, x: torch.Tensor) -> None:
-        """Unnormalised: there is no tractable Z; evaluate with the ``"ais"`` estimator."""
-        raise NotImplementedError("a neural EBM has no normalised Pyro program (Z is intractable); "
-                                  "train it with probgen.models.ebm.contrastive.train_ebm, score it "
-                                  "with estimator='ais', and sample it with energy_program()")
+        """Unnormalised: there is no tractable Z. The program runs (registering the energy
+        network) but scoring it raises; evaluate with the ``"ais"`` estimator."""
+        pyro.module(self.pyro_name, self)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("log_prob", _Unnormalized(
+                (x.shape[0],), NotImplementedError,
+                "a neural EBM has no normalised Pyro program (Z is intractable); train it with "
+                "probgen.fit(ebm, x, method='contrastive'), score it with estimator='ais', and "
+                "sample it with energy_program()"), obs=x.new_zeros(x.shape[0]))
 
     def energy_program(self) -> Callable[[], torch.Tensor]:
         """A program with latent ``x`` ~ exp(-E(x)) / Z, for ``run_mcmc`` or Pyro's NUTS."""
         return _energy_program(self.energy, self.base_loc, self.base_scale)
-
-
-def demo_entries(smoke: bool) -> list:
-    """An RBM on binarized digits, trained by CD and scored by AIS (kind estimate)."""
-    from probgen.demo.registry import DemoEntry
-
-    def run(data, out_dir: str):
-        from probgen.models.ebm.ais import evaluate_ais
-        from probgen.models.ebm.contrastive import train_cd
-
-        train = data.train[0].to(torch.float32)
-        rbm = RBM(train.shape[1], 16 if smoke else 64, seed=0)
-        train_cd(rbm, train, k=1, persistent=True, epochs=3 if smoke else 60, batch_size=64,
-                 lr=0.05, seed=0, progress=False)
-        return evaluate_ais(rbm, data.test, num_chains=32 if smoke else 200,
-                            num_betas=300 if smoke else 5000, seed=0)
-
-    return [DemoEntry(dataset="digits", name="rbm (cd, ais)", run=run)]

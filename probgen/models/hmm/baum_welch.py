@@ -1,43 +1,20 @@
-"""Baum-Welch EM for :class:`probgen.models.hmm.HMM`: batched forward-backward, closed-form M-step."""
+"""Baum-Welch EM for :class:`probgen.models.hmm.HMM` as a ``probgen.fit`` method: batched
+forward-backward, closed-form M-step."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import math
+import warnings
 from typing import Any
 
 import torch
 
 from probgen.data.sequences import lengths_to_mask
-from probgen.models.hmm.forward_backward import (
-    forward_backward,
-    forward_log_likelihood,
-    single_thread_if_small,
-)
+from probgen.infer.method import TrainingMethod, TrainingSetup
+from probgen.models.hmm.forward_backward import forward_backward, single_thread_if_small
 from probgen.models.hmm.model import HMM
 
-__all__ = ["BaumWelchResult", "baum_welch", "initialize_from_data"]
-
-
-@dataclass(frozen=True)
-class BaumWelchResult:
-    """What a Baum-Welch run did.
-
-    Fields:
-        log_likelihoods: total log p(data) (nats, summed over sequences) at the parameters that
-            entered each iteration (computed by its E-step; nondecreasing without priors).
-        final_log_likelihood: total log p(data) at the returned parameters.
-        num_iterations: iterations run; converged: whether ``tol`` stopped the run.
-        seconds: wall time; num_steps: observed time steps in the data.
-    """
-
-    log_likelihoods: list[float] = field(default_factory=list)
-    final_log_likelihood: float = float("nan")
-    num_iterations: int = 0
-    converged: bool = False
-    seconds: float = 0.0
-    num_steps: int = 0
+__all__ = ["BaumWelch", "initialize_from_data"]
 
 
 def _sufficient_statistics(model: HMM, sequences: torch.Tensor, mask: torch.Tensor):
@@ -83,68 +60,116 @@ def _m_step(model: HMM, initial_counts, transition_counts, posteriors, values, *
     model.set_parameters(**updates)
 
 
-def baum_welch(
-    model: HMM,
-    sequences: torch.Tensor,
-    lengths: torch.Tensor | None = None,
-    *,
-    num_iterations: int = 100,
-    tol: float | None = 1e-6,
-    pseudocount: float = 0.0,
-    variance_prior: float = 1e-6,
-    probability_floor: float = 1e-10,
-    callback: Callable[[int, float], Any] | None = None,
-) -> BaumWelchResult:
-    r"""Fit ``model`` in place by EM: θ ← argmax_θ E_{p(z | x, θ_old)} log p(x, z | θ) (Baum, 1970).
+def _same_data(x: torch.Tensor, source: torch.Tensor) -> bool:
+    """``x`` views the very memory of ``source`` (which is kept alive, so no new tensor can
+    take its place) the same way: fit's full batch, or its first-batch slice of it."""
+    return x is source or (x.data_ptr() == source.data_ptr() and x.shape == source.shape
+                           and x.stride() == source.stride() and x.dtype == source.dtype
+                           and x.device == source.device)
 
-    Each iteration runs one batched forward-backward pass over the padded batch (no loop over
-    sequences) and the closed-form M-step.
 
-    Arguments:
-        sequences, lengths: a padded batch ``(B, T, ...)`` and its lengths ``(B,)``.
-        tol: stop when the log-likelihood per observed step improves by less than this
-            (``None``: run all ``num_iterations``).
+@HMM.training_method("baum_welch")
+class BaumWelch(TrainingMethod):
+    r"""Baum-Welch EM for an :class:`~probgen.models.hmm.HMM` (Baum, 1970), run by
+    ``probgen.fit(hmm, (sequences, lengths), method="baum_welch")`` (the HMM's default method):
+    θ ← argmax_θ E_{p(z | x, θ_old)} log p(x, z | θ).
+
+    Each step is one EM iteration: the closed-form M-step from the previous E-step's expected
+    counts, then one batched forward-backward pass over the padded batch (no loop over
+    sequences) at the new parameters. ``losses[i]`` is −log p(data) (nats, summed over
+    sequences) at the parameters after step ``i``: nonincreasing without priors, and the last
+    one is the returned model's. ``num_steps`` counts EM iterations. Padded steps are
+    unobserved (masked out of every count).
+
+    Options (``probgen.fit(..., method="baum_welch", **options)``):
+        tol: converged when the log-likelihood per observed time step improves by less than
+            this (default 1e-6; ``None`` runs all ``num_steps``).
+        init: ``"model"`` (default: start from the model's parameters) or ``"kmeans"``
+            (:func:`initialize_from_data`, seeded from the RNG ``fit`` seeds).
         pseudocount: added to initial, transition and categorical/Bernoulli counts (a
             Dirichlet/Beta prior; 0 is maximum likelihood).
         variance_prior: added to each state's summed squared deviations (hmmlearn's
             ``covars_prior``; keeps a state from collapsing onto one point).
         probability_floor: Bernoulli probabilities are clipped to [floor, 1 - floor].
-        callback: called as ``callback(iteration, log_likelihood)`` after each E-step.
 
     Example:
+        >>> import probgen
         >>> hmm = HMM(2, "gaussian", num_features=1)
         >>> x = hmm.sample(5, length=20)
-        >>> baum_welch(hmm, x, num_iterations=3, tol=None).num_iterations
+        >>> probgen.fit(hmm, x, num_steps=3, tol=None, progress=False).num_steps
         3
     """
-    sequences, lengths = model.validate_batch(sequences, lengths)
-    mask = lengths_to_mask(lengths, sequences.shape[1])
-    num_steps = int(lengths.sum())
-    history: list[float] = []
-    converged = False
-    start = time.perf_counter()
-    work = sequences.shape[0] * sequences.shape[1] * model.num_states
-    with torch.no_grad(), single_thread_if_small(work, sequences.device):
-        for iteration in range(num_iterations):
-            total, initial_counts, transition_counts, posteriors, values = _sufficient_statistics(
-                model, sequences, mask)
-            history.append(float(total))
-            if callback is not None:
-                callback(iteration, history[-1])
-            if not torch.isfinite(total):
-                raise FloatingPointError(f"Baum-Welch iteration {iteration}: log-likelihood is "
-                                         f"{float(total)}; some data is impossible under the "
-                                         "current parameters (raise pseudocount or variance_prior)")
-            if tol is not None and len(history) > 1 and (history[-1] - history[-2]) / num_steps < tol:
-                converged = True
-                break
-            _m_step(model, initial_counts.sum(0), transition_counts, posteriors, values,
-                    pseudocount=pseudocount, variance_prior=variance_prior,
-                    probability_floor=probability_floor)
-        final = forward_log_likelihood(model.log_initial, model.log_transition,
-                                       model.emission_log_prob(sequences), mask).sum()
-    return BaumWelchResult(history, float(final), len(history), converged,
-                           time.perf_counter() - start, num_steps)
+
+    full_batch = True
+    uses_optim = False
+    options = ("tol", "init", "pseudocount", "variance_prior", "probability_floor")
+
+    def __init__(self, setup: TrainingSetup) -> None:
+        super().__init__(setup)
+        model = setup.model
+        if not isinstance(model, HMM):
+            raise TypeError(f"method 'baum_welch' fits an HMM, got {type(model).__name__}")
+        if setup.batch_size != setup.num_examples or setup.parallel is not None:
+            raise ValueError("Baum-Welch needs all the sequences at every step: pass them as a "
+                             "padded tensor (and lengths), not batches from a DataLoader, and "
+                             "without distributed=True")
+        if setup.optim is not None:
+            raise TypeError("Baum-Welch has closed-form updates and takes no optim=; leave it None")
+        options = {"tol": 1e-6, "init": "model", "pseudocount": 0.0, "variance_prior": 1e-6,
+                   "probability_floor": 1e-10, **setup.options}
+        if options["init"] not in ("model", "kmeans"):
+            raise ValueError(f"init must be 'model' or 'kmeans', got {options['init']!r}")
+        self.model = model
+        self.tol = None if options["tol"] is None else float(options["tol"])
+        self.m_step_options = {key: float(options[key]) for key in
+                               ("pseudocount", "variance_prior", "probability_floor")}
+        if options["init"] == "kmeans":
+            seed = int(torch.randint(2**31 - 1, ()).item())
+            initialize_from_data(model, *setup.example, seed=seed)
+        self._use_data(setup.example)
+        if not math.isfinite(self.log_likelihood):
+            raise FloatingPointError(f"Baum-Welch: log-likelihood {self.log_likelihood} at the "
+                                     "initial parameters; some data is impossible under them")
+
+    def _use_data(self, batch: tuple[torch.Tensor, ...]) -> None:
+        sequences, lengths = self.model.validate_batch(*batch)
+        self.source = batch[0]
+        self.sequences, self.mask = sequences, lengths_to_mask(lengths, sequences.shape[1])
+        self.num_observed = int(lengths.sum())
+        self.work = sequences.shape[0] * sequences.shape[1] * self.model.num_states
+        self._e_step()
+
+    def _e_step(self) -> None:
+        with torch.no_grad(), single_thread_if_small(self.work, self.sequences.device):
+            total, *self.statistics = _sufficient_statistics(self.model, self.sequences, self.mask)
+        self.log_likelihood = float(total)
+
+    def step(self, batch: tuple[torch.Tensor, ...], scale: float) -> float:
+        if not _same_data(batch[0], self.source):  # a transform made new data: E-step on it
+            self._use_data(batch)
+        previous = self.log_likelihood
+        initial_counts, transition_counts, posteriors, values = self.statistics
+        with torch.no_grad(), single_thread_if_small(self.work, self.sequences.device):
+            _m_step(self.model, initial_counts.sum(0), transition_counts, posteriors, values,
+                    **self.m_step_options)
+        self._e_step()
+        if not math.isfinite(self.log_likelihood):
+            warnings.warn(f"Baum-Welch: log-likelihood {self.log_likelihood} after an "
+                          "M-step; some data is impossible under the new parameters (raise "
+                          "pseudocount or variance_prior)", RuntimeWarning, stacklevel=2)
+        elif self.tol is not None and (self.log_likelihood - previous) / self.num_observed < self.tol:
+            self.converged = True
+        return -self.log_likelihood
+
+    def tensors(self) -> list[torch.Tensor]:
+        return list(self.model.parameters())
+
+    def validation_loss(self, batch: tuple[torch.Tensor, ...]) -> float:
+        with torch.no_grad():
+            return -float(self.model.log_prob(*batch).mean())
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._e_step()  # at the parameters fit restored from the checkpoint
 
 
 def _kmeans_plus_plus(values: torch.Tensor, num_states: int, generator: torch.Generator,

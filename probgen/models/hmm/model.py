@@ -12,19 +12,19 @@ from pyro import poutine
 from pyro.ops.indexing import Vindex
 from torch import nn
 
-from probgen.data.sequences import lengths_to_mask, validate_sequences
+from probgen.core.model import GenerativeModel
 from probgen.core.result import LogLikelihood, data_fingerprint
+from probgen.data.sequences import lengths_to_mask, validate_sequences
 from probgen.models.hmm.forward_backward import (
     forward_backward,
     forward_log_likelihood,
     single_thread_if_small,
     viterbi,
 )
-from probgen.core.model import GenerativeModel
 from probgen.models.registry import register_model
 
 __all__ = ["HMM", "EMISSIONS", "forward_log_likelihood", "forward_backward", "viterbi",
-           "evaluate_forward", "demo_entries", "single_thread_if_small"]
+           "evaluate_forward", "single_thread_if_small"]
 
 EMISSIONS = ("categorical", "bernoulli", "gaussian")
 
@@ -40,6 +40,10 @@ class HMM(GenerativeModel):
     sequences padded to ``(batch, time, ...)`` and lengths ``(batch,)``; padded steps are
     unobserved (only the observation sites are masked, never the states).
 
+    Fit it with ``probgen.fit(hmm, (sequences, lengths))``: Baum-Welch EM by default
+    (:class:`~probgen.models.hmm.baum_welch.BaumWelch`), or ``method="svi"`` for gradient steps
+    on the enumerated program.
+
     Example:
         >>> hmm = HMM(num_states=3, emission="gaussian", num_features=2)
         >>> x = hmm.sample(4, length=10)
@@ -49,6 +53,7 @@ class HMM(GenerativeModel):
 
     has_exact_log_prob: ClassVar[bool] = True
     has_guide: ClassVar[bool] = True  # every latent is enumerated: the empty guide is exact
+    default_method: ClassVar[str] = "baum_welch"  # probgen.fit(hmm, data): Baum-Welch EM
 
     def __init__(self, num_states: int, emission: str = "gaussian", *, num_features: int | None = None,
                  num_categories: int | None = None, covariance: str = "diag") -> None:
@@ -70,8 +75,6 @@ class HMM(GenerativeModel):
             config["covariance"] = covariance
         super().__init__(num_states=num_states, emission=emission, **config)
         self.num_states, self.emission = num_states, emission
-        self.data_space = "continuous" if emission == "gaussian" else "discrete"
-        self.support = {"categorical": "categorical", "bernoulli": "binary"}.get(emission, "real")
         self.initial_logits = nn.Parameter(torch.zeros(num_states))
         self.transition_logits = nn.Parameter(0.1 * torch.randn(num_states, num_states))
         if emission == "categorical":
@@ -84,6 +87,18 @@ class HMM(GenerativeModel):
                 self.log_scales = nn.Parameter(torch.zeros(num_states, num_features))
             else:  # lower triangle of the Cholesky factor, log of its diagonal on the diagonal
                 self.scale_tril_raw = nn.Parameter(torch.zeros(num_states, num_features, num_features))
+
+    # --- capabilities, from the config -------------------------------------------------------------
+    @property
+    def data_space(self) -> str:  # type: ignore[override]
+        """``"continuous"`` for Gaussian emissions, else ``"discrete"``."""
+        return "continuous" if self.config["emission"] == "gaussian" else "discrete"
+
+    @property
+    def support(self) -> str:  # type: ignore[override]
+        """``"categorical"``, ``"binary"`` (Bernoulli) or ``"real"`` (Gaussian) steps."""
+        return {"categorical": "categorical", "bernoulli": "binary"}.get(self.config["emission"],
+                                                                          "real")
 
     # --- parameters in probability space ---------------------------------------------------------
     @property
@@ -274,43 +289,3 @@ def evaluate_forward(model: HMM, batch: tuple[torch.Tensor, ...], *,
         settings={"num_steps": num_steps,
                   "log_likelihood_per_step": float(per_sequence.sum()) / num_steps},
         data_id=data_fingerprint(sequences, lengths))
-
-
-
-
-# --- probgen demo ------------------------------------------------------------------------------
-def demo_entries(smoke: bool) -> list:
-    """Bernoulli HMMs with a few state counts on JSB chorales, fitted by Baum-Welch.
-
-    Returns [] when the chorales are neither local nor downloadable.
-    """
-    from probgen.data.jsb import find_jsb_file, load_jsb_chorales
-    from probgen.demo.registry import DemoData, DemoEntry
-
-    if find_jsb_file() is None:
-        try:
-            load_jsb_chorales(timeout=10.0)  # downloads, checks and caches
-        except Exception:  # offline, or the source moved: the demo goes on without this family
-            return []
-
-    def load(smoke: bool) -> DemoData:
-        data = load_jsb_chorales()
-        train, test = (data.train[:40], data.test[:20]) if smoke else (data.train, data.test)
-        return DemoData("jsb_chorales", train.as_tuple(), test.as_tuple(),
-                        f"JSB chorales, 88-key piano rolls at quarter notes, {len(train)} train / "
-                        f"{len(test)} test chorales (per-example = per chorale)")
-
-    def make_run(num_states: int, num_iterations: int):
-        def run(data: DemoData, out_dir: str) -> LogLikelihood:
-            from probgen.models.hmm.baum_welch import baum_welch, initialize_from_data
-
-            hmm = HMM(num_states, "bernoulli", num_features=88).double()
-            initialize_from_data(hmm, *data.train, seed=0)
-            baum_welch(hmm, *data.train, num_iterations=num_iterations, tol=1e-5, pseudocount=0.1)
-            return evaluate_forward(hmm, data.test)
-
-        return run
-
-    states = (4, 16) if smoke else (8, 32)
-    iterations = 10 if smoke else 40
-    return [DemoEntry("jsb_chorales", f"hmm-{s}", make_run(s, iterations), load) for s in states]

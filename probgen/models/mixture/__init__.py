@@ -1,6 +1,14 @@
-"""Gaussian mixtures: the program, its EM training method and model selection."""
+"""Gaussian mixtures: the program, its EM training method (``probgen.fit(gmm, x)``) and model
+selection."""
 
+from probgen.models.mixture.em import EM, ComponentCollapseWarning, initial_parameters
 from probgen.models.mixture.model import *  # noqa: F403
 from probgen.models.mixture.model import __all__ as _model_all
+from probgen.models.mixture.selection import (
+    ModelSelection,
+    heldout_log_likelihood,
+    select_num_components,
+)
 
-__all__ = list(_model_all)
+__all__ = list(_model_all) + ["EM", "ComponentCollapseWarning", "initial_parameters",
+                              "ModelSelection", "heldout_log_likelihood", "select_num_components"]

@@ -1,57 +1,24 @@
-"""Vectorized EM for Gaussian mixtures: two matrix products per iteration, any device."""
+"""EM for Gaussian mixtures as a ``probgen.fit`` method: two matrix products per iteration."""
 
 from __future__ import annotations
 
 import math
-import time
 import warnings
-from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from probgen.core.validate import validate_data
+from probgen.infer.method import TrainingMethod, TrainingSetup
 from probgen.models.mixture.model import GaussianMixture, GaussianMixturePrior, log_prior
 
-__all__ = [
-    "ComponentCollapseWarning",
-    "EMResult",
-    "GaussianMixturePrior",
-    "fit_em",
-    "initial_parameters",
-    "log_prior",
-]
+__all__ = ["EM", "ComponentCollapseWarning", "initial_parameters"]
 
-Init = Literal["kmeans++", "random_points", "model"]
+INITS = ("kmeans++", "random_points", "model")
 
 
 class ComponentCollapseWarning(UserWarning):
     """A mixture component shrank onto too few points; its covariance is held up by regularization."""
-
-
-@dataclass(frozen=True)
-class EMResult:
-    """What :func:`fit_em` did.
-
-    Fields:
-        log_likelihood_history: mean per-example log p(x) in nats after 0, 1, ..., num_iters
-            M-steps (entry 0: the initial parameters; the last entry: the returned parameters).
-        objective_history: the quantity EM increases: the mean log-likelihood, plus
-            log p(θ) / N under a prior (MAP).
-        converged: the objective changed by less than ``tol`` in the last iteration.
-        num_iters: M-steps taken.
-        seconds: wall time of the EM loop (initialization included).
-        collapsed_components: components that collapsed at some iteration (see
-            :class:`ComponentCollapseWarning`).
-    """
-
-    log_likelihood_history: list[float]
-    objective_history: list[float]
-    converged: bool
-    num_iters: int
-    seconds: float
-    collapsed_components: tuple[int, ...] = field(default_factory=tuple)
 
 
 # --- sufficient statistics in standardized coordinates ---------------------------------------
@@ -175,139 +142,184 @@ def initial_parameters(x: Tensor, num_components: int, *, covariance: str = "ful
     return params
 
 
-# --- the EM loop -----------------------------------------------------------------------------
-def fit_em(
-    model: GaussianMixture,
-    x: Tensor,
-    *,
-    num_iters: int = 100,
-    tol: float = 1e-6,
-    init: Init = "kmeans++",
-    prior: GaussianMixturePrior | None = None,
-    seed: int | None = None,
-    progress: bool = False,
-    dtype: torch.dtype | None = None,
-) -> EMResult:
-    r"""Fit a :class:`~probgen.models.mixture.GaussianMixture` by EM (Dempster et al., 1977).
+# --- the EM training method ------------------------------------------------------------------
+def _same_data(x: Tensor, source: Tensor) -> bool:
+    """``x`` views the very memory of ``source`` (which is kept alive, so no new tensor can
+    take its place) the same way: fit's full batch, or its first-batch slice of it."""
+    return x is source or (x.data_ptr() == source.data_ptr() and x.shape == source.shape
+                           and x.stride() == source.stride() and x.dtype == source.dtype
+                           and x.device == source.device)
 
-    Each iteration is two matrix products over the data: log π_k N(x | μ_k, Σ_k) = φ(x)·η_k + c_k
-    with φ(x) = [x, upper(x xᵀ)] (E-step) and the expected statistics Rᵀφ(X) (M-step). The data
-    are standardized once (per-feature mean and scale) so that the moment form stays accurate;
-    EM is affine-equivariant, so the iterates equal those on the raw data. Everything runs on
-    ``x``'s device, in ``dtype`` (default: the model's dtype; float64 is the careful choice).
 
-    Arguments:
-        init: ``"kmeans++"``, ``"random_points"`` or ``"model"`` (start from the model's current
-            parameters).
-        tol: stop when the objective (mean log-likelihood, + log-prior / N under MAP) changes by
-            less than this; 0 runs all ``num_iters``.
+@GaussianMixture.training_method("em")
+class EM(TrainingMethod):
+    r"""EM for a :class:`~probgen.models.mixture.GaussianMixture` (Dempster et al., 1977), run by
+    ``probgen.fit(gmm, x, method="em")`` (the mixture's default method).
+
+    Each step is one iteration: the M-step from the responsibilities of the previous E-step,
+    then the E-step at the new parameters, whose log-likelihood is the step's loss. Both are one
+    matrix product over the data: log π_k N(x | μ_k, Σ_k) = φ(x)·η_k + c_k with
+    φ(x) = [x, upper(x xᵀ)] (E-step) and the expected statistics Rᵀφ(X) (M-step). The data are
+    standardized once (per-feature mean and scale) so that the moment form stays accurate; EM
+    is affine-equivariant, so the iterates equal those on the raw data. Everything runs on the
+    data's device, in ``dtype`` (default: the model's dtype; float64 is the careful choice).
+
+    Losses: ``losses[i]`` is the negative log-likelihood of the whole training set (plus the
+    negative log-prior under MAP) at the parameters after step ``i``; the last one is the
+    returned model's. ``num_steps`` bounds the iterations; fit stops earlier when converged.
+
+    Options (``probgen.fit(..., method="em", **options)``):
+        tol: converged when the objective per example (mean log-likelihood, + log-prior / N
+            under MAP) changes by less than this (default 1e-6; 0 runs all ``num_steps``).
+        init: ``"kmeans++"`` (default), ``"random_points"`` (see :func:`initial_parameters`,
+            drawn from the RNG ``fit`` seeds) or ``"model"`` (the model's current parameters).
         prior: a :class:`GaussianMixturePrior` for MAP EM. Then ``reg_covar`` is not added (the
             prior's scale regularizes), so each iteration provably increases the MAP objective.
             Without a prior, ``model.config["reg_covar"]`` is added to every covariance diagonal.
+        dtype: compute in this dtype (e.g. float64 for a float32 model).
+
+    A component that collapses onto too few points raises a :class:`ComponentCollapseWarning`
+    (once per component).
 
     Example:
+        >>> import probgen
         >>> from probgen.models.mixture import GaussianMixture
         >>> x = torch.randn(500, 2, dtype=torch.float64)
-        >>> gmm = GaussianMixture(2, 2).double()
-        >>> result = fit_em(gmm, x, num_iters=20, seed=0)
-        >>> result.log_likelihood_history[-1] >= result.log_likelihood_history[0]
-        True
+        >>> result = probgen.fit(GaussianMixture(2, 2).double(), x, num_steps=20, seed=0,
+        ...                      progress=False)
+        >>> result.method, result.losses[-1] <= result.losses[0]
+        ('em', True)
     """
-    start = time.perf_counter()
-    full = not model.is_diagonal  # full and tied Σ_k: Cholesky factors; else scales
-    tied, spherical = model.covariance == "tied", model.covariance == "spherical"
-    dtype = dtype or model.dtype or torch.get_default_dtype()
-    x = validate_data(x, event_shape=model.event_shape(), float_dtype=dtype)
-    if model.device is not None and x.device != model.device:
-        raise ValueError(f"data is on {x.device} but the model is on {model.device}; move one of "
-                         f"them (x.to('{model.device}') or model.to('{x.device}'))")
-    num_examples, num_features = x.shape
-    num_components = model.num_components
-    if num_components > num_examples:
-        raise ValueError(f"num_components={num_components} exceeds the {num_examples} examples")
-    if init == "model":
-        params = {key: value.detach().to(dtype) for key, value in model.parameters_dict().items()}
-    else:
-        params = initial_parameters(x, num_components, covariance=model.covariance, init=init,
-                                    seed=seed)
 
-    # Standardize: x' = (x - shift) / scale; parameters move with it. Spherical Σ_k stay
-    # spherical only under one common scale.
-    shift = x.mean(0)
-    scale = x.std(0)
-    if spherical:
-        scale = scale.square().mean().sqrt().expand(num_features)
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    z = (x - shift) / scale  # (N, D)
-    phi = _features(z, full)  # (F, N)
-    locs = (params["locs"] - shift) / scale
-    outer_scale = scale[:, None] * scale[None, :] if full else scale**2
-    # Inside the loop Σ is always (K, D, D) factors or (K, D) scales; tied and spherical expand.
-    cov_shape = (num_components, num_features, num_features)[:3 if full else 2]
-    if full:
-        scale_tril = torch.linalg.cholesky(params["covariances"].expand(cov_shape) / outer_scale)
-    else:
-        variances = params["variances"]
-        variances = variances[:, None] if spherical else variances
-        scale_tril = (variances.expand(cov_shape) / outer_scale).sqrt()
-    log_weights = params["weights"].log()
-    reg = torch.as_tensor(float(model.config["reg_covar"]), device=x.device, dtype=dtype)
-    reg_std = reg / scale**2  # (D,): reg_covar in standardized units
-    resolved = None
-    if prior is not None:
-        resolved = prior.resolve(x, num_components, model.covariance)
-        prior_mean = (resolved["mean"] - shift) / scale
-        prior_scale = resolved["scale"] / outer_scale
-        kappa, dof = resolved["mean_precision"], resolved["dof"]
-        alpha = resolved["concentration"]
-    log_scale_sum = scale.log().sum()
-    exp_floor = math.log(torch.finfo(dtype).tiny) + 1.0
+    full_batch = True
+    uses_optim = False
+    options = ("tol", "init", "prior", "dtype")
 
-    def original(log_weights: Tensor, locs: Tensor, scale_tril: Tensor) -> dict[str, Tensor]:
-        out = {"weights": log_weights.exp(), "locs": locs * scale + shift}
-        if full:
-            tril = scale[:, None] * scale_tril  # S L is the Cholesky factor of S Σ S
-            tril = tril[0] if tied else tril
+    def __init__(self, setup: TrainingSetup) -> None:
+        super().__init__(setup)
+        model = setup.model
+        if not isinstance(model, GaussianMixture):
+            raise TypeError(f"method 'em' fits a GaussianMixture, got {type(model).__name__}")
+        if setup.batch_size != setup.num_examples or setup.parallel is not None:
+            raise ValueError("EM needs all the data at every step: pass it as a tensor (not "
+                             "batches from a DataLoader) and without distributed=True")
+        options = {"tol": 1e-6, "init": "kmeans++", "prior": None, "dtype": None, **setup.options}
+        init, prior = options["init"], options["prior"]
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; choose 'kmeans++', 'random_points' or 'model'")
+        if prior is not None and not isinstance(prior, GaussianMixturePrior):
+            raise TypeError(f"prior must be a GaussianMixturePrior or None, got {type(prior).__name__}")
+        if setup.optim is not None:
+            raise TypeError("EM has closed-form updates and takes no optim=; leave it None")
+        self.model, self.tol, self.prior = model, float(options["tol"]), prior
+        self.dtype = options["dtype"] or model.dtype or torch.get_default_dtype()
+        self.full = not model.is_diagonal  # full and tied Σ_k: Cholesky factors; else scales
+        self.tied, self.spherical = model.covariance == "tied", model.covariance == "spherical"
+        x = setup.example[0].to(self.dtype)
+        num_examples, num_features = x.shape
+        num_components = model.num_components
+        if num_components > num_examples:
+            raise ValueError(f"num_components={num_components} exceeds the {num_examples} examples")
+        if init == "model":
+            params = {key: value.detach().to(self.dtype)
+                      for key, value in model.parameters_dict().items()}
+        else:
+            params = initial_parameters(x, num_components, covariance=model.covariance, init=init)
+
+        # Standardize: x' = (x - shift) / scale; parameters move with it. Spherical Σ_k stay
+        # spherical only under one common scale.
+        shift, scale = x.mean(0), x.std(0)
+        if self.spherical:
+            scale = scale.square().mean().sqrt().expand(num_features)
+        self.shift, self.scale = shift, torch.where(scale > 0, scale, torch.ones_like(scale))
+        self.outer_scale = (self.scale[:, None] * self.scale[None, :] if self.full
+                            else self.scale**2)
+        # Inside the loop Σ is always (K, D, D) factors or (K, D) scales; tied and spherical expand.
+        self.cov_shape = (num_components, num_features, num_features)[:3 if self.full else 2]
+        if self.full:
+            scale_tril = torch.linalg.cholesky(params["covariances"].expand(self.cov_shape)
+                                               / self.outer_scale)
+        else:
+            variances = params["variances"]
+            variances = variances[:, None] if self.spherical else variances
+            scale_tril = (variances.expand(self.cov_shape) / self.outer_scale).sqrt()
+        # The iterate in standardized coordinates, updated in place (fit snapshots these).
+        self.log_weights = params["weights"].log()
+        self.locs = (params["locs"] - self.shift) / self.scale
+        self.scale_tril = scale_tril.contiguous()
+        self.reg = torch.as_tensor(float(model.config["reg_covar"]), device=x.device,
+                                   dtype=self.dtype)
+        self.reg_std = self.reg / self.scale**2  # (D,): reg_covar in standardized units
+        self.resolved = None
+        if prior is not None:
+            self.resolved = prior.resolve(x, num_components, model.covariance)
+            self.prior_mean = (self.resolved["mean"] - self.shift) / self.scale
+            self.prior_scale = self.resolved["scale"] / self.outer_scale
+        self.log_scale_sum = self.scale.log().sum()
+        self.exp_floor = math.log(torch.finfo(self.dtype).tiny) + 1.0
+        self.collapsed: set[int] = set()  # components already warned about
+        self.iteration = 0
+        self._use_data(setup.example[0])
+        if init != "model":
+            self._write_model()
+
+    # --- the two halves ------------------------------------------------------------------------
+    def _use_data(self, x: Tensor) -> None:
+        """Features of ``x`` in the standardized coordinates, then the E-step on them."""
+        self.source = x
+        self.num_examples = x.shape[0]
+        z = (x.to(self.dtype) - self.shift) / self.scale  # (N, D)
+        self.phi = _features(z, self.full)  # (F, N)
+        self._e_step()
+
+    def _original(self) -> dict[str, Tensor]:
+        """The iterate in the data's coordinates."""
+        scale, shift = self.scale, self.shift
+        out = {"weights": self.log_weights.exp(), "locs": self.locs * scale + shift}
+        if self.full:
+            tril = scale[:, None] * self.scale_tril  # S L is the Cholesky factor of S Σ S
+            tril = tril[0] if self.tied else tril
             out["covariances"] = tril @ tril.transpose(-1, -2)
             out["scale_tril"] = tril
         else:
-            variances = (scale_tril * scale) ** 2
-            out["variances"] = variances[:, 0] if spherical else variances
+            variances = (self.scale_tril * scale) ** 2
+            out["variances"] = variances[:, 0] if self.spherical else variances
         return out
 
-    def e_step(log_weights: Tensor, locs: Tensor, scale_tril: Tensor) -> tuple[Tensor, float, float]:
-        eta, const = _natural_parameters(log_weights, locs, scale_tril, full)
+    def _write_model(self) -> None:
+        final = self._original()
+        self.model.set_parameters(final["weights"], final["locs"],
+                                  final.get("scale_tril", final.get("variances")), factored=True)
+
+    @torch.no_grad()
+    def _e_step(self) -> None:
+        """Responsibilities ``(K, N)``, the total log-likelihood and the objective."""
+        eta, const = _natural_parameters(self.log_weights, self.locs, self.scale_tril, self.full)
         # Components first: reductions over K become K-1 elementwise ops on length-N rows.
-        log_joint = torch.addmm(const[:, None], eta, phi)  # (K, N)
+        log_joint = torch.addmm(const[:, None], eta, self.phi)  # (K, N)
         peak = log_joint.amax(0)  # (N,)
         # In place (no second (K, N) buffer); the clamp keeps exp away from underflow, whose
         # slow scalar path costs 5-15x: e^-86 (float32) is already 0 next to the peak's 1.
-        responsibilities = log_joint.sub_(peak).clamp_(min=exp_floor).exp_()
+        responsibilities = log_joint.sub_(peak).clamp_(min=self.exp_floor).exp_()
         normalizer = responsibilities.sum(0)  # (N,)
         responsibilities.div_(normalizer)
         log_marginal = peak + normalizer.log()  # (N,)
-        total = float(log_marginal.sum()) - num_examples * float(log_scale_sum)
+        total = float(log_marginal.sum()) - self.num_examples * float(self.log_scale_sum)
         objective = total
-        if resolved is not None:
-            current = original(log_weights, locs, scale_tril)
+        if self.resolved is not None:
+            current = self._original()
             current.pop("scale_tril", None)
-            objective += float(log_prior(current, resolved))
-        return responsibilities, total / num_examples, objective / num_examples
+            objective += float(log_prior(current, self.resolved))
+        self.responsibilities, self.log_likelihood, self.objective = responsibilities, total, objective
 
-    responsibilities, mean_ll, objective = e_step(log_weights, locs, scale_tril)
-    ll_history, objective_history = [mean_ll], [objective]
-    collapsed_ever: set[int] = set()
-    converged = False
-    iterations = range(num_iters)
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterations = tqdm(iterations, desc="EM", leave=False)
-    iteration = 0
-    for iteration in iterations:  # noqa: B007  (iteration is read after the loop)
-        # M-step from the expected sufficient statistics: one (K, N) @ (N, F) product.
+    @torch.no_grad()
+    def _m_step(self) -> None:
+        """The new iterate from the expected sufficient statistics: one (K, N) @ (N, F) product."""
+        dtype, full, tied, spherical = self.dtype, self.full, self.tied, self.spherical
+        num_examples, (num_components, num_features) = self.num_examples, self.locs.shape
+        responsibilities, cov_shape, reg_std = self.responsibilities, self.cov_shape, self.reg_std
         counts = responsibilities.sum(1)  # (K,)
-        stats = responsibilities @ phi.T  # (K, F)
+        stats = responsibilities @ self.phi.T  # (K, F)
         safe_counts = counts.clamp_min(torch.finfo(dtype).tiny)[:, None]
         means = stats[:, :num_features] / safe_counts  # (K, D)
         moments = _second_moments(stats[:, num_features:] / safe_counts, num_features, full)
@@ -316,7 +328,7 @@ def fit_em(
         else:
             scatter = moments - means**2  # (K, D)
         empty = counts < 1e-10 * num_examples
-        if resolved is None:
+        if self.resolved is None:
             new_log_weights = (counts / num_examples).clamp_min(torch.finfo(dtype).tiny).log()
             new_locs = means
             if tied:  # Σ = Σ_k N_k S_k / N
@@ -325,6 +337,9 @@ def fit_em(
                 scatter = scatter.mean(-1, keepdim=True)
             new_cov = (scatter + (torch.diag(reg_std) if full else reg_std)).expand(cov_shape)
         else:
+            resolved, prior_mean, prior_scale = self.resolved, self.prior_mean, self.prior_scale
+            kappa, dof = resolved["mean_precision"], resolved["dof"]
+            alpha = resolved["concentration"]
             total = num_examples + num_components * (alpha - 1)
             new_log_weights = ((counts + alpha - 1) / total).clamp_min(torch.finfo(dtype).tiny).log()
             new_locs = (counts[:, None] * means + kappa * prior_mean) / (counts[:, None] + kappa)
@@ -348,48 +363,73 @@ def fit_em(
                 numerator = prior_scale + counts[:, None] * scatter + shrink * offset**2
                 new_cov = numerator / (dof + counts + 3)[:, None]
             empty = torch.zeros_like(empty)  # the prior defines every component
-        floor = reg_std if resolved is None else 0 * reg_std
+        floor = reg_std if self.resolved is None else 0 * reg_std
         if tied:  # one shared Σ: factor it once; a collapse is reported as component 0's
             new_tril, collapsed = _factor(new_cov[:1], floor, full)
             new_tril = new_tril.expand(cov_shape)
             collapsed = torch.cat([collapsed, collapsed.new_zeros(num_components - 1)])
         else:
             new_tril, collapsed = _factor(new_cov, floor, full)
-        if resolved is None:
+        if self.resolved is None:
             collapsed = collapsed & ~empty
         # An empty component keeps its parameters (its mean is 0/0); its weight goes to ~0.
         # A tied Σ is shared, so it always takes the new value.
         keep = torch.zeros_like(empty) if tied else empty
         keep = keep[:, None, None] if full else keep[:, None]
-        new_locs = torch.where(empty[:, None], locs, new_locs)
-        new_tril = torch.where(keep, scale_tril, new_tril)
-        log_weights, locs, scale_tril = new_log_weights, new_locs, new_tril
+        new_locs = torch.where(empty[:, None], self.locs, new_locs)
+        new_tril = torch.where(keep, self.scale_tril, new_tril)
+        self.log_weights.copy_(new_log_weights)
+        self.locs.copy_(new_locs)
+        self.scale_tril.copy_(new_tril)
+        self.iteration += 1
         flags = torch.stack([collapsed, empty]).cpu()  # one sync, with the E-step's
-        new_collapsed = [k for k in flags[0].nonzero().flatten().tolist() if k not in collapsed_ever]
+        new_collapsed = [k for k in flags[0].nonzero().flatten().tolist() if k not in self.collapsed]
         for k in new_collapsed:
-            collapsed_ever.add(k)
+            self.collapsed.add(k)
             what = ("The tied covariance (shared by all components)" if tied else
                     f"Gaussian mixture component {k}")
             points = num_examples if tied else float(counts[k])
             warnings.warn(
-                f"{what} collapsed at EM iteration {iteration + 1} "
-                f"({points:.3g} effective points): reg_covar={float(reg):g} makes up at "
+                f"{what} collapsed at EM iteration {self.iteration} "
+                f"({points:.3g} effective points): reg_covar={float(self.reg):g} makes up at "
                 "least half of its variance along some direction, so its density is degenerate. "
                 "It is kept positive definite by regularization; increase reg_covar, fit with "
                 "prior=GaussianMixturePrior(), or use fewer components.",
                 ComponentCollapseWarning, stacklevel=2)
-        responsibilities, mean_ll, objective = e_step(log_weights, locs, scale_tril)
-        ll_history.append(mean_ll)
-        objective_history.append(objective)
-        if abs(objective_history[-1] - objective_history[-2]) < tol:
-            converged = True
-            break
-    final = original(log_weights, locs, scale_tril)
-    model.set_parameters(final["weights"], final["locs"],
-                         final.get("scale_tril", final.get("variances")), factored=True)
-    return EMResult(ll_history, objective_history, converged,
-                    iteration + 1 if num_iters > 0 else 0,
-                    time.perf_counter() - start, tuple(sorted(collapsed_ever)))
+
+    # --- the TrainingMethod protocol -----------------------------------------------------------
+    def step(self, batch: tuple[Tensor, ...], scale: float) -> float:
+        if not _same_data(batch[0], self.source):  # a transform made new data: E-step on it
+            self._use_data(batch[0])
+        previous = self.objective / self.num_examples
+        self._m_step()
+        self._e_step()
+        self._write_model()
+        if abs(self.objective / self.num_examples - previous) < self.tol:
+            self.converged = True
+        return -self.objective
+
+    def tensors(self) -> list[Tensor]:
+        return [*self.model.parameters(), self.log_weights, self.locs, self.scale_tril]
+
+    def validation_loss(self, batch: tuple[Tensor, ...]) -> float:
+        with torch.no_grad():
+            return -float(self.model.log_prob(batch[0]).mean())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"log_weights": self.log_weights.clone(), "locs": self.locs.clone(),
+                "scale_tril": self.scale_tril.clone(), "iteration": self.iteration,
+                "collapsed": sorted(self.collapsed)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:
+            return
+        self.log_weights.copy_(state["log_weights"])
+        self.locs.copy_(state["locs"])
+        self.scale_tril.copy_(state["scale_tril"])
+        self.iteration = int(state["iteration"])
+        self.collapsed = set(int(k) for k in state["collapsed"])
+        self._e_step()
 
 
 def _factor(covariances: Tensor, reg_std: Tensor, full: bool) -> tuple[Tensor, Tensor]:

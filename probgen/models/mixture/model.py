@@ -1,4 +1,4 @@
-"""Gaussian mixture: a Pyro program with enumerated assignments, exact log p(x), and EM."""
+"""Gaussian mixture: a Pyro program with enumerated assignments, exact log p(x), the MAP prior."""
 
 from __future__ import annotations
 
@@ -10,19 +10,10 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
-from probgen.core.result import LogLikelihood, data_fingerprint
 from probgen.core.model import GenerativeModel
 from probgen.models.registry import register_model
 
-__all__ = [
-    "GaussianMixture",
-    "GaussianMixturePrior",
-    "ModelSelection",
-    "demo_entries",
-    "heldout_log_likelihood",
-    "log_prior",
-    "select_num_components",
-]
+__all__ = ["GaussianMixture", "GaussianMixturePrior", "log_prior", "COVARIANCE_TYPES"]
 
 _CHUNK_ELEMENTS = 2**24  # rows per chunk in log_prob: chunk * K * D <= this
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")  # scikit-learn's four
@@ -34,8 +25,9 @@ class GaussianMixture(GenerativeModel):
     tied (one full Σ shared by all components), diagonal or spherical (σ_k² I), as in scikit-learn.
 
     The Pyro program samples an assignment per example (enumerated in parallel, so
-    ``TraceEnum_ELBO`` gives the exact marginal) and observes x under that component; fit it
-    with :func:`probgen.fit` (gradient) or :func:`probgen.models.mixture.em.fit_em` (EM, much faster).
+    ``TraceEnum_ELBO`` gives the exact marginal) and observes x under that component. Fit it with
+    ``probgen.fit(gmm, x)``: EM by default (:class:`~probgen.models.mixture.em.EM`, options
+    ``tol``, ``init``, ``prior``, ``dtype``), or ``method="svi"`` for gradient steps on the program.
 
     Parameters (unconstrained, so gradient fitting stays valid): ``logits`` ``(K,)``, ``locs``
     ``(K, D)``, and ``scale_tril_raw`` (strict lower triangle, log-diagonal) of shape
@@ -58,6 +50,7 @@ class GaussianMixture(GenerativeModel):
     has_exact_log_prob = True
     data_space = "continuous"
     support = "real"
+    default_method = "em"
 
     def __init__(self, num_components: int, num_features: int, covariance: str = "full",
                  reg_covar: float = 1e-6) -> None:
@@ -74,7 +67,7 @@ class GaussianMixture(GenerativeModel):
         self.covariance = covariance
         k, d = self.num_components, self.num_features
         self.logits = nn.Parameter(torch.zeros(k))
-        # Spread initial means so components differ; fit_em re-initializes from data.
+        # Spread initial means so components differ; EM re-initializes from data (init="kmeans++").
         self.locs = nn.Parameter(torch.randn(k, d))
         if covariance in ("full", "tied"):
             self.scale_tril_raw = nn.Parameter(torch.zeros(k if covariance == "full" else 1, d, d))
@@ -189,10 +182,14 @@ class GaussianMixture(GenerativeModel):
         with pyro.plate("data", x.shape[0]):
             assignment = pyro.sample("assignment", dist.Categorical(weights),
                                      infer={"enumerate": "parallel"})
+            # Valid by construction (exp'd diagonals), so no argument check: run without
+            # enumeration (fit tracing the program, predictive draws) the factors are (N, D, D).
             if self.is_diagonal:
-                likelihood = dist.Normal(locs[assignment], scales[assignment]).to_event(1)
+                likelihood = dist.Normal(locs[assignment], scales[assignment],
+                                         validate_args=False).to_event(1)
             else:
-                likelihood = dist.MultivariateNormal(locs[assignment], scale_tril=scales[assignment])
+                likelihood = dist.MultivariateNormal(locs[assignment], scale_tril=scales[assignment],
+                                                     validate_args=False)
             pyro.sample("obs", likelihood, obs=x)
 
     # --- exact fast paths ----------------------------------------------------------------
@@ -343,86 +340,3 @@ def log_prior(params: dict[str, Tensor], prior: dict[str, Tensor]) -> Tensor:
     shape, rate = dof / 2, prior["scale"] / 2
     log_ig = shape * rate.log() - torch.lgamma(shape) - (shape + 1) * variances.log() - rate / variances
     return log_dirichlet + log_normal.sum() + log_ig.sum()
-
-
-# --- evaluation and model selection ------------------------------------------------------------
-def heldout_log_likelihood(model: GaussianMixture, x: Tensor) -> LogLikelihood:
-    """Exact held-out log-likelihood as a LogLikelihood (``probgen.evaluate`` when available)."""
-    try:
-        from probgen.evaluate import evaluate
-    except ImportError:
-        evaluate = None
-    if evaluate is not None:
-        return evaluate(model, x, estimator="exact")
-    model.eval()
-    with torch.no_grad():
-        per_example = model.log_prob(x)
-    return LogLikelihood(per_example, kind="exact", estimator="exact", num_dims=model.num_features,
-                         data_space="continuous", data_id=data_fingerprint(x))
-
-
-@dataclass(frozen=True)
-class ModelSelection:
-    """Held-out exact log-likelihoods and training BICs over K; pass ``heldout`` to compare."""
-
-    heldout: dict[str, LogLikelihood]
-    bic: dict[str, float]
-    models: dict[str, GaussianMixture]
-
-    @property
-    def best_by_heldout(self) -> str:
-        """The name with the highest held-out mean log-likelihood."""
-        return max(self.heldout, key=lambda name: self.heldout[name].mean)
-
-    @property
-    def best_by_bic(self) -> str:
-        """The name with the lowest BIC."""
-        return min(self.bic, key=self.bic.__getitem__)
-
-
-def select_num_components(train: Tensor, test: Tensor, candidates: tuple[int, ...] = (1, 2, 3, 4),
-                          *, covariance: str = "full", prior: GaussianMixturePrior | None = None,
-                          num_iters: int = 200, seed: int = 0,
-                          reg_covar: float = 1e-6) -> ModelSelection:
-    """Fit a GMM by EM for each K in ``candidates``; score on ``test`` (exact) and by BIC.
-
-    Example:
-        >>> x = torch.randn(200, 2, dtype=torch.float64)
-        >>> sel = select_num_components(x[:150], x[150:], (1, 2))
-        >>> sorted(sel.heldout)
-        ['gmm-full-K1', 'gmm-full-K2']
-    """
-    from probgen.models.mixture.em import fit_em
-
-    heldout, bic, models = {}, {}, {}
-    for num_components in candidates:
-        name = f"gmm-{covariance}-K{num_components}"
-        model = GaussianMixture(num_components, train.shape[1], covariance, reg_covar)
-        model = model.to(device=train.device, dtype=train.dtype)
-        fit_em(model, train, num_iters=num_iters, prior=prior, seed=seed)
-        heldout[name] = heldout_log_likelihood(model, test)
-        bic[name] = model.bic(train)
-        models[name] = model
-    return ModelSelection(heldout, bic, models)
-
-
-def demo_entries(smoke: bool) -> list:
-    """``probgen demo``: full-covariance GMMs, K = 1..4, fitted by MAP EM on iris.
-
-    The conjugate prior (:class:`GaussianMixturePrior`, Fraley & Raftery
-    defaults) keeps components with a handful of points from collapsing on 120 examples.
-    """
-    from probgen.demo.registry import DemoEntry
-    from probgen.models.mixture.em import fit_em
-
-    def runner(num_components: int):
-        def run(data, out_dir: str) -> LogLikelihood:
-            train, test = data.train[0].double(), data.test[0].double()
-            model = GaussianMixture(num_components, train.shape[1], "full").double()
-            fit_em(model, train, num_iters=30 if smoke else 300, prior=GaussianMixturePrior(),
-                   seed=0)
-            return heldout_log_likelihood(model, test)
-
-        return run
-
-    return [DemoEntry("iris", f"gmm-full-K{k} (MAP EM)", runner(k)) for k in (1, 2, 3, 4)]
