@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import probgen
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import RESULTS, print_table, timed, write_results  # noqa: E402
@@ -50,7 +52,7 @@ def cpu_record(name: str, **match) -> dict | None:
 def bench_gmm(args, device: torch.device) -> list[dict]:
     from benchmarks.gmm import mean_log_likelihood, simulate
     from probgen.models.mixture import GaussianMixture
-    from probgen.models.mixture.em import fit_em, initial_parameters
+    from probgen.models.mixture.em import initial_parameters
 
     n, d, k, iters = args.gmm_examples, args.gmm_features, args.gmm_components, args.gmm_iters
     x = simulate(n, d, k, args.seed)  # float64 on the CPU
@@ -62,7 +64,8 @@ def bench_gmm(args, device: torch.device) -> list[dict]:
 
         def run(model=model, data=data):
             model.set_parameters(init["weights"], init["locs"], init["covariances"])
-            fit_em(model, data, num_iters=iters, tol=0.0, init="model")
+            probgen.fit(model, data, method="em", num_steps=iters, tol=0.0, init="model",
+                        progress=False)
             synchronize(device)
             return model
 

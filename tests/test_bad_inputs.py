@@ -95,7 +95,7 @@ CASES: list[Case] = [
     Case("LogLikelihood", "unknown kind", lambda: probgen.LogLikelihood(torch.zeros(2), kind="upper", estimator="x", num_dims=1, data_space="continuous"), ValueError, "kind must be"),
     Case("LogLikelihood", "NaN values", lambda: _ll([float("nan")]), ValueError, "NaN"),
     # probgen.save / load
-    Case("probgen.save", "raw program", lambda: probgen.save(program, "/tmp/x.pt"), TypeError, "checkpoint"),
+    Case("probgen.save", "raw program", lambda: probgen.save(program, "/tmp/x.pt"), TypeError, "FitResult of probgen.fit"),
     Case("probgen.load", "missing file", lambda: probgen.load("/nonexistent/model.pt"), FileNotFoundError, "no checkpoint"),
     # data
     Case("probgen.data.load_dataset", "unknown name", lambda: probgen.data.load_dataset("imagenet"), ValueError, "unknown data set"),
@@ -134,21 +134,19 @@ def _flow():
 
 def _family_cases() -> list[Case]:
     from probgen.data.sequences import pad_sequences
-    from probgen.models.hmm.baum_welch import baum_welch
-    from probgen.models.mixture.em import fit_em
     from probgen.infer.mcmc import run_mcmc
 
     ragged = [torch.randn(4, 2).double(), torch.randn(2, 2).double()]
     seqs = torch.randn(2, 5, 2).double()
     return [
-        Case("fit_em (GMM)", "NaN", lambda: fit_em(_gmm(), NAN.double(), num_iters=2), ValueError, "NaN"),
-        Case("fit_em (GMM)", "wrong feature count", lambda: fit_em(_gmm(), torch.randn(9, 5).double(), num_iters=2), ValueError, r"\(3,\)"),
+        Case("fit method=em (GMM)", "NaN", lambda: probgen.fit(_gmm(), NAN.double(), method="em", num_steps=2, progress=False), ValueError, "NaN"),
+        Case("fit method=em (GMM)", "wrong feature count", lambda: probgen.fit(_gmm(), torch.randn(9, 5).double(), method="em", num_steps=2, progress=False), ValueError, r"\(3,\)"),
         Case("GaussianMixture", "zero components", lambda: __import__("probgen.models.mixture", fromlist=["x"]).GaussianMixture(0, 2), ValueError, "num_components"),
         Case("HMM.log_prob", "ragged sequences without padding", lambda: _hmm().log_prob(ragged), (ValueError, TypeError), "pad|ragged|lengths"),
         Case("HMM.log_prob", "lengths longer than the padded time", lambda: _hmm().log_prob(seqs, torch.tensor([7, 2])), ValueError, "length"),
         Case("HMM.log_prob", "wrong feature size", lambda: _hmm().log_prob(torch.randn(2, 5, 3).double()), ValueError, r"feature|\(2,\)"),
         Case("HMM (evaluate)", "NaN inside observed steps", lambda: probgen.evaluate(_hmm(), (torch.full((1, 3, 2), float("nan")).double(), torch.tensor([3]))), ValueError, "NaN"),
-        Case("baum_welch", "negative lengths", lambda: baum_welch(_hmm(), seqs, torch.tensor([-1, 2]), num_iterations=1), ValueError, "length"),
+        Case("fit method=baum_welch", "negative lengths", lambda: probgen.fit(_hmm(), (seqs, torch.tensor([-1, 2])), method="baum_welch", num_steps=1, progress=False), ValueError, "length"),
         Case("pad_sequences", "empty list", lambda: pad_sequences([]), ValueError, "empty|at least one"),
         Case("VAE (fit)", "non-binary data for Bernoulli", lambda: probgen.fit(_vae(), torch.rand(10, 6), num_steps=1, progress=False), ValueError, "binar"),
         Case("VAE (evaluate)", "wrong feature count", lambda: probgen.evaluate(_vae(), torch.ones(4, 7), estimator="iwae", k=2), ValueError, r"\(6,\)"),
@@ -159,7 +157,7 @@ def _family_cases() -> list[Case]:
         Case("FlowModel (fit)", "Inf", lambda: probgen.fit(_flow(), torch.full((4, 3), float("inf")).double(), num_steps=1, progress=False), ValueError, "Inf"),
         Case("FlowModel", "unknown kind", lambda: __import__("probgen.models.flow", fromlist=["x"]).FlowModel(3, kind="glow9"), ValueError, "kind|glow9"),
         Case("run_mcmc", "unknown kernel", lambda: run_mcmc(program, GOOD, kernel="gibbs9", num_samples=2, warmup_steps=1), ValueError, "kernel"),
-        Case("probgen.load", "a fit checkpoint is not a model", lambda: probgen.load(_fit_checkpoint()), probgen.core.checkpoint.CheckpointError, "not a saved model"),
+        Case("probgen.load", "a program's fit checkpoint without the program", lambda: probgen.load(_fit_checkpoint()), TypeError, "model=program"),
     ]
 
 
