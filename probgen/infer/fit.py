@@ -172,14 +172,7 @@ def fit(
     setup = TrainingSetup(model, program, guide, batches.first, batches.size, batches.batch_size,
                           optim, loss, num_particles, data_plate, dict(options), parallel,
                           batches.tensors if batches.loader is None else None)
-    run = Run(method_class(setup), bundled, {
-        "size": batches.size, "batch_size": batches.batch_size, "seed": seed, "method": name,
-        "num_particles": num_particles, "data_id": None if batches.loader is not None else data_fingerprint(*batches.tensors),
-        "model": type(bundled).__name__ if bundled is not None else "program"})
-    if isinstance(run.method, SVI):  # what probgen.load needs to rebuild an autoguide
-        run.settings["discrete_latents"] = list(run.method.info.discrete_latents)
-        if bundled is None and transform is None:  # bundled: checked in validate_batch
-            check_observed_support(program, batches.tensors, run.method.info.data_plate)
+    run = _start_run(method_class(setup), name, batches, seed, check_support=transform is None)
     pyro.set_rng_seed(seed)  # training's stream starts at the seed, whatever setup drew
     start = run.load(Path(checkpoint), batches.first) if _resuming(resume, checkpoint) else 0
     if parallel is not None:
@@ -242,6 +235,21 @@ def _check_options(method_class: type[TrainingMethod], options: dict, scheduler_
     positive_int("patience", patience)
     positive_int("validate_every", validate_every)
     positive_int("num_particles", num_particles, allow_none=False)
+
+
+def _start_run(method: TrainingMethod, name: str, batches: Batches, seed: int, *,
+               check_support: bool) -> Run:
+    """The run's settings (what a resume must match) and the last boundary check."""
+    bundled = method.setup.model if isinstance(method.setup.model, GenerativeModel) else None
+    settings = {"size": batches.size, "batch_size": batches.batch_size, "seed": seed,
+                "method": name, "num_particles": method.setup.num_particles,
+                "data_id": data_fingerprint(*batches.tensors) if batches.loader is None else None,
+                "model": type(bundled).__name__ if bundled is not None else "program"}
+    if isinstance(method, SVI):  # what probgen.load needs to rebuild an autoguide
+        settings["discrete_latents"] = list(method.info.discrete_latents)
+        if bundled is None and check_support:  # a bundled model checks in validate_batch
+            check_observed_support(method.setup.program, batches.tensors, method.info.data_plate)
+    return Run(method, bundled, settings)
 
 
 def _seed(seed: int | None, parallel: Any) -> int:
