@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+
+import probgen
 from scipy import integrate, stats
 
 from probgen.data.transforms import (
@@ -200,3 +202,13 @@ def test_evaluate_dequantized_estimator():
     assert (ll.kind, ll.data_space, ll.num_dims) == ("lower_bound", "dequantized", 2)
     with pytest.raises(ValueError, match="exact log_prob"):
         evaluate_dequantized(torch.nn.Linear(2, 2), (x,), num_levels=4)
+
+
+def test_dequantized_estimator_is_reachable_through_evaluate_on_integer_data():
+    from probgen.models.flow import FlowModel
+
+    model = FlowModel(4, kind="maf", transforms=1, hidden=(8,), domain="unit_interval")
+    counts = torch.randint(0, 17, (20, 4), generator=torch.Generator().manual_seed(0))
+    bound = probgen.evaluate(model, counts, estimator="dequantized", num_levels=17, k=4, seed=0)
+    assert bound.kind == "lower_bound" and bound.settings["num_levels"] == 17
+    assert bound.mean <= 0.0  # a log-probability mass of discrete data

@@ -143,9 +143,9 @@ def evaluate(
         batch = tuple(t.to(device) for t in batch)
         if bundled:
             model.to(device)
-    if bundled:
+    if bundled and estimator != "dequantized":  # it takes discrete data for a density model
         batch = model.validate_batch(*batch)
-    else:
+    elif not bundled:
         batch = cast_floats(batch, program_dtype(model, batch))
     if seed is not None:
         pyro.set_rng_seed(seed)
