@@ -6,10 +6,9 @@ import math
 
 import pytest
 import torch
-
-import probgen
 from scipy import integrate, stats
 
+import probgen
 from probgen.data.transforms import (
     LogitTransform,
     UniformDequantizer,
