@@ -129,6 +129,13 @@ def compare(results: dict[str, LogLikelihood] | Sequence[LogLikelihood], *,
     if kinds != {"exact"}:
         notes.append("lower bounds understate a model's log-likelihood and estimates may err either "
                      "way: a bound above another model's exact value is decisive, the reverse is not")
+    if "estimate" in kinds:
+        notes.append("an estimate is not a bound, and its ± covers only its Monte Carlo noise, not "
+                     "its bias: AIS's test log-likelihood is biased high (optimistic) when its "
+                     "schedule is short, by far more than its stderr when few chains carry the "
+                     "weight (see its ess setting); a RAISE lower bound (estimator='raise') "
+                     "below it brackets the truth, and a large gap between the two means "
+                     "neither is accurate yet")
     ordered = sorted(results.items(), key=lambda item: item[1].mean, reverse=True)
     best = ordered[0][1]
     rows = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ from probgen.models.ebm.samplers import mala_step
 
 __all__ = [
     "PartitionEstimate",
+    "ais_ess_threshold",
     "ais_log_partition",
     "ais_log_partition_energy",
     "beta_schedule",
@@ -36,7 +38,9 @@ class PartitionEstimate:
         stderr: delta-method standard error of log Ẑ: sd(w) / (√M · mean(w)).
         log_weights: ``(M,)`` log importance weights log w_m of the chains.
         log_z_base: log Z_0 of the base distribution the chains started from.
-        settings: the estimator's settings (``num_chains``, ``num_betas``, ...).
+        settings: the estimator's settings (``num_chains``, ``num_betas``, ...) and its
+            diagnostics: ``ess`` (the chains' effective sample size (Σw)²/Σw²) and
+            ``log_weight_variance`` (the sample variance of log w over chains).
     """
 
     log_z: float
@@ -80,6 +84,20 @@ def _seeded(seed: int | None, device: torch.device):
         yield
 
 
+def ais_ess_threshold(num_chains: int) -> float:
+    """The effective sample size below which AIS warns: 10% of the chains, but at least 10
+    chains (at most half the chains, so that a run with fewer than 20 chains can pass)."""
+    return min(max(10.0, 0.1 * num_chains), 0.5 * num_chains)
+
+
+def weight_diagnostics(log_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""ESS (Σw)²/Σw² and the sample variance of log w over the last dimension (chains)."""
+    ess = torch.exp(2 * torch.logsumexp(log_weights, -1) - torch.logsumexp(2 * log_weights, -1))
+    variance = (log_weights.var(-1, unbiased=True) if log_weights.shape[-1] > 1
+                else torch.zeros_like(ess))
+    return ess, variance
+
+
 def _partition_estimate(log_weights: torch.Tensor, log_z_base: float, settings: dict
                         ) -> PartitionEstimate:
     num_chains = log_weights.numel()
@@ -87,6 +105,19 @@ def _partition_estimate(log_weights: torch.Tensor, log_z_base: float, settings: 
     scaled = torch.exp(log_weights - log_weights.max())  # w / max w
     stderr = float(scaled.std(unbiased=True) / (math.sqrt(num_chains) * scaled.mean())
                    ) if num_chains > 1 else float("inf")
+    ess, variance = weight_diagnostics(log_weights.detach().to(torch.float64))
+    settings = {**settings, "ess": round(float(ess), 2),
+                "log_weight_variance": float(f"{float(variance):.4g}")}
+    threshold = ais_ess_threshold(num_chains)
+    if float(ess) < threshold:
+        warnings.warn(
+            f"AIS effective sample size is {float(ess):.1f} of {num_chains} chains (below "
+            f"{threshold:g}; log-weight variance {float(variance):.3g}): a few chains carry all "
+            f"the weight, so log Z is likely underestimated and the test log-likelihood likely "
+            f"biased high (optimistic), by more than its stderr suggests. Increase num_betas "
+            f"(now {settings.get('num_betas')}; try 10x) and check that the estimate stops "
+            "moving, and bracket it from below with estimator='raise'",
+            UserWarning, stacklevel=3)
     return PartitionEstimate(log_z=log_z_base + float(log_mean_w), stderr=stderr,
                              log_weights=log_weights.detach().to("cpu", torch.float64),
                              log_z_base=log_z_base, settings=settings)
@@ -100,6 +131,11 @@ def ais_log_partition(rbm, *, num_chains: int = 100, num_betas: int = 10000,
     log w = Σ_k [log f_{β_k}(v_k) - log f_{β_{k-1}}(v_k)], v_{k+1} ~ T_{β_k}(v_k), v_1 ~ p_A,
     on the geometric path f_β = p_A^{1-β} p*_B^β from the base-rate model p_A (biases from
     ``base_data``, else ``rbm.base_bias`` as set by training). All chains run in parallel.
+
+    Ẑ is unbiased, so log Ẑ is biased *low* (Jensen) and a log-likelihood -F(v) - log Ẑ is biased
+    *high*; with too few temperatures the bias can be many stderrs. The result's settings
+    record the effective sample size ``ess`` and ``log_weight_variance``, and a ``UserWarning``
+    fires when ``ess`` is below :func:`ais_ess_threshold` (10% of the chains, at least 10).
     """
     if num_chains < 1:
         raise ValueError(f"num_chains must be >= 1, got {num_chains}")
@@ -156,9 +192,8 @@ def ais_log_partition_energy(energy, base_loc: torch.Tensor, base_scale: torch.T
                     acceptance.append(float(accepted.double().mean()))
     settings = {"num_chains": num_chains, "num_betas": num_betas, "mala_steps": mala_steps,
                 "step_size": step}
-    estimate = _partition_estimate(log_weights, 0.0, settings)
-    estimate.settings["acceptance_rate"] = sum(acceptance) / max(len(acceptance), 1)
-    return estimate
+    settings["acceptance_rate"] = sum(acceptance) / max(len(acceptance), 1)
+    return _partition_estimate(log_weights, 0.0, settings)
 
 
 @RBMBase.estimator("ais", options=("num_chains", "num_betas", "log_partition", "seed",
@@ -175,6 +210,11 @@ def evaluate_ais(model, batch: tuple[torch.Tensor, ...], *, num_chains: int = 10
     :class:`~probgen.models.ebm.RBM`, :class:`~probgen.models.ebm.GaussianRBM` (Gibbs
     transitions) and :class:`~probgen.models.ebm.NeuralEBM` (MALA transitions; options
     ``mala_steps``, ``step_size``).
+
+    The estimate is biased high when ``num_betas`` is too small (log Ẑ is biased low). Its
+    settings carry the diagnostics ``ess`` and ``log_weight_variance``, and a ``UserWarning``
+    fires when ``ess`` < :func:`ais_ess_threshold`; bracket it from below with
+    ``estimator="raise"`` (:func:`probgen.models.ebm.reverse_ais.evaluate_raise`).
     """
     if not batch:
         raise ValueError("evaluate_ais needs a batch with the data as its first tensor")
@@ -211,3 +251,8 @@ def evaluate_rbm_exact(model, batch: tuple[torch.Tensor, ...]) -> LogLikelihood:
         per_example = -model.free_energy(x) - exact_log_partition(model)
     return LogLikelihood(per_example, kind="exact", estimator="exact", num_dims=model.num_dims(x),
                          data_space=model.data_space, data_id=data_fingerprint(*batch))
+
+
+# RAISE (reverse AIS) declares the "raise" estimator on RBMBase; imported here so that importing
+# probgen.models.ebm (which imports this module) declares it too.
+from probgen.models.ebm import reverse_ais  # noqa: E402,F401
