@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import math
 import os
+import pickle
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,7 @@ from probgen.core.result import LogLikelihood
 from probgen.data.bundled import BUNDLED, load_dataset, train_test_split
 from probgen.demo.run import run_demo
 from probgen.evaluate import compare, evaluate
-from probgen.infer import fit
+from probgen.infer import TrainingDiverged, fit
 from probgen.infer.distributed import is_torchrun, launch_torchrun
 from probgen.models.io import load, save
 from probgen.models.registry import get_model_class
@@ -31,44 +34,114 @@ class UsageError(ValueError):
     """A bad command line: reported as one line and exit code 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but its errors are one line (no usage block) and exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+SPLIT_SEED, TEST_FRACTION = 0, 0.2
+PREP_FILE = "data.json"  # how a run's data were prepared: fit writes it, the others reuse it
+
+
+def _read_file(path: Path, key: str | None) -> torch.Tensor:
+    try:
+        if path.suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+        elif path.suffix == ".npz":
+            arrays = np.load(path, allow_pickle=False)
+            name = key or (arrays.files[0] if arrays.files else None)
+            if name not in arrays.files:
+                raise UsageError(f"{path} has arrays {arrays.files}, not {name!r} (use --key)")
+            array = arrays[name]
+        elif path.suffix == ".pt":
+            data = torch.load(path, weights_only=True, map_location="cpu")
+            if not isinstance(data, torch.Tensor):
+                raise UsageError(f"--data {path} must hold a single tensor, got "
+                                 f"{type(data).__name__}; save one with torch.save(tensor, path)")
+            array = None
+        elif path.suffix == ".csv":
+            array = np.loadtxt(path, delimiter=",", ndmin=2)
+        else:
+            raise UsageError(f"unsupported data file {path.suffix!r}; use .npy, .npz, .pt or .csv")
+    except UsageError:
+        raise
+    except pickle.UnpicklingError as error:
+        raise UsageError(f"refusing to load --data {path}: it holds objects other than tensors "
+                         f"(weights_only load failed: {str(error).splitlines()[0][:150]}); save a "
+                         "plain tensor with torch.save(tensor, path)") from None
+    except IsADirectoryError:
+        raise UsageError(f"--data {path} is a folder; pass a .npy, .npz, .pt or .csv file") from None
+    except (ValueError, OSError, RuntimeError, EOFError, KeyError, IndexError,
+            UnicodeDecodeError) as error:
+        first = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise UsageError(f"cannot read --data {path} ({type(error).__name__}: {first}); "
+                         "pass a numeric .npy, .npz, .pt or .csv file") from None
+    if array is not None:
+        if array.dtype == object or array.dtype.kind not in "biuf c".replace(" ", ""):
+            raise UsageError(f"--data {path} holds {array.dtype} values; probgen needs numbers")
+        if np.iscomplexobj(array):
+            raise UsageError(f"--data {path} is complex ({array.dtype}); probgen models real data: "
+                             "pass the real part, the magnitude, or both as features")
+        data = torch.from_numpy(np.ascontiguousarray(array))
+    if data.is_complex():
+        raise UsageError(f"--data {path} is complex ({data.dtype}); probgen models real data: "
+                         "pass the real part, the magnitude, or both as features")
+    return data
+
+
 def load_data_arg(spec: str, *, split: str = "all", standardize: bool = False,
-                  binarize: float | None = None, key: str | None = None) -> torch.Tensor:
-    """A bundled data set name or a file (.npy, .npz, .pt, .csv) as a float tensor."""
+                  binarize: float | None = None, key: str | None = None,
+                  stats: dict[str, Any] | None = None, return_prep: bool = False):
+    """A bundled data set name or a file (.npy, .npz, .pt, .csv) as a float tensor.
+
+    ``standardize`` uses the training split's mean and std (or ``stats``, a run's recorded
+    ones); ``binarize`` thresholds after that. With ``return_prep`` also returns how the data
+    were prepared (what ``probgen fit`` records in the run folder's data.json).
+    """
+    if binarize is not None and not math.isfinite(binarize):
+        raise UsageError(f"--binarize must be a finite threshold, got {binarize}; e.g. "
+                         "--binarize 0.5")
     if spec in BUNDLED:
         data = load_dataset(spec).data
     else:
+        if not spec:
+            raise UsageError("--data is empty; pass a bundled data set "
+                             f"({', '.join(sorted(BUNDLED))}) or a file")
         path = Path(spec)
         if not path.exists():
             raise UsageError(f"--data {spec!r} is neither a bundled data set "
                              f"({', '.join(sorted(BUNDLED))}) nor an existing file")
-        if path.suffix == ".npy":
-            data = torch.from_numpy(np.load(path, allow_pickle=False))
-        elif path.suffix == ".npz":
-            arrays = np.load(path, allow_pickle=False)
-            name = key or arrays.files[0]
-            if name not in arrays.files:
-                raise UsageError(f"{path} has arrays {arrays.files}, not {name!r} (use --key)")
-            data = torch.from_numpy(arrays[name])
-        elif path.suffix == ".pt":
-            data = torch.load(path, weights_only=True)
-            if not isinstance(data, torch.Tensor):
-                raise UsageError(f"{path} must hold a single tensor")
-        elif path.suffix == ".csv":
-            data = torch.from_numpy(np.loadtxt(path, delimiter=",", ndmin=2))
-        else:
-            raise UsageError(f"unsupported data file {path.suffix!r}; use .npy, .npz, .pt or .csv")
+        data = _read_file(path, key)
+    if data.dim() == 0 or len(data) == 0:
+        raise UsageError(f"--data {spec} holds no examples (shape {tuple(data.shape)})")
     data = data.to(torch.float64) if not data.is_floating_point() else data
     if split != "all":
-        train_index, test_index = train_test_split(len(data), 0.2, seed=0)
+        if len(data) < 2:
+            raise UsageError(f"--split {split} needs at least 2 examples; {spec} has {len(data)}")
+        train_index, test_index = train_test_split(len(data), TEST_FRACTION, seed=SPLIT_SEED)
         reference = data[train_index]
         data = reference if split == "train" else data[test_index]
     else:
         reference = data
+    prep: dict[str, Any] = {"data": spec, "key": key, "split": split, "split_seed": SPLIT_SEED,
+                            "test_fraction": TEST_FRACTION, "standardize": bool(standardize),
+                            "binarize": binarize}
     if standardize:
-        data = (data - reference.mean(0)) / reference.std(0).clamp_min(1e-12)
+        if stats is not None:
+            mean = torch.tensor(stats["mean"], dtype=data.dtype)
+            std = torch.tensor(stats["std"], dtype=data.dtype)
+            if mean.shape != data.shape[1:]:
+                raise UsageError(f"the run standardized examples of shape {tuple(mean.shape)} "
+                                 f"but --data {spec} has {tuple(data.shape[1:])}")
+        else:
+            mean, std = reference.mean(0), reference.std(0).clamp_min(1e-12)
+        data = (data - mean) / std
+        prep.update(mean=mean.tolist(), std=std.tolist())
     if binarize is not None:
         data = (data >= binarize).to(torch.float64)
-    return data
+    return (data, prep) if return_prep else data
 
 
 def _parse_options(pairs: list[str]) -> dict[str, Any]:
@@ -100,48 +173,227 @@ def _build_model(name: str, data: torch.Tensor, options: dict[str, Any]):
                          f"{accepted}: pass them with --set key=value") from None
 
 
-def _data_options(args) -> dict[str, Any]:
-    return {"split": args.split, "standardize": args.standardize, "binarize": args.binarize,
-            "key": args.key}
+def _check_seed(seed: Any) -> None:
+    if seed is not None and not 0 <= seed <= 2**32 - 1:
+        raise UsageError(f"--seed must be in 0 .. 2**32 - 1 (4294967295), got {seed}")
+
+
+def _check_device(device: str | None) -> None:
+    if device is None:
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {device!r} is not a device; use cpu, cuda, cuda:1 or mps") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: CUDA is not available on this machine (torch "
+                             f"{torch.__version__}); use --device cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} "
+                             "CUDA device(s)")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {device}: MPS is not available here; use --device cpu")
+    elif parsed.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise UsageError(f"--device {device!r}: use cpu, cuda, cuda:N or mps")
+
+
+def _out_folder(value: str, flag: str = "--out") -> Path:
+    """A run folder we can write to: not '', not an existing file, writable."""
+    if not value or not value.strip():
+        raise UsageError(f"{flag} is empty; name a folder such as {flag} runs/gmm")
+    out = Path(value)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{flag} {value} is an existing file; it must name a folder for the "
+                         "run (model.pt, checkpoint.pt, fit.json)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".probgen-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise UsageError(f"{flag} {value} is not writable ({error.strerror or error}); choose "
+                         "another folder or fix its permissions") from None
+    return out
+
+
+def _out_file(value: str | None, flag: str = "--out") -> Path | None:
+    """A file we can write: not '', not a folder, its folder writable."""
+    if value is None:
+        return None
+    if not value or not value.strip():
+        raise UsageError(f"{flag} is empty; name a file such as {flag} result.json")
+    out = Path(value)
+    if out.is_dir() or value.endswith(os.sep):
+        raise UsageError(f"{flag} {value} is a folder; name a file inside it, e.g. "
+                         f"{out / 'result.json'}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"{flag} {value}: cannot create its folder ({error.strerror or error})"
+                         ) from None
+    if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise UsageError(f"{flag} {value} is not writable; choose another path")
+    return out
+
+
+def _read_prep(run: str) -> tuple[dict[str, Any] | None, Path | None]:
+    """The data preparation a run recorded (data.json next to its model.pt), if any."""
+    path = Path(run)
+    folder = path if path.is_dir() else path.parent
+    prep_path = folder / PREP_FILE
+    if not prep_path.is_file():
+        return None, prep_path
+    try:
+        prep = json.loads(prep_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UsageError(f"{prep_path} is unreadable ({error}); delete it to evaluate without "
+                         "the run's recorded data preparation") from None
+    if not isinstance(prep, dict):
+        raise UsageError(f"{prep_path} is not a data-preparation record; delete it")
+    return prep, prep_path
+
+
+def _resolve_prep(args, prep: dict[str, Any] | None, where: Path | None) -> dict[str, Any]:
+    """The run's recorded data preparation, with the command line's flags checked against it."""
+    options = {"split": args.split or "all", "standardize": bool(args.standardize),
+               "binarize": args.binarize, "key": args.key, "stats": None}
+    if prep is None:
+        return options
+    same_data = prep.get("data") == args.data
+    if args.standardize is not None and bool(args.standardize) != bool(prep.get("standardize")):
+        raise UsageError(f"--standardize conflicts with the run, fitted on unstandardized data "
+                         f"({where}); drop --standardize")
+    options["standardize"] = bool(prep.get("standardize"))
+    if options["standardize"]:
+        options["stats"] = {"mean": prep.get("mean"), "std": prep.get("std")}
+        if options["stats"]["mean"] is None or options["stats"]["std"] is None:
+            options["stats"] = None
+    if args.binarize is not None and args.binarize != prep.get("binarize"):
+        raise UsageError(f"--binarize {args.binarize} conflicts with the run's recorded "
+                         f"--binarize {prep.get('binarize')} ({where}); drop the flag to reuse it")
+    options["binarize"] = prep.get("binarize")
+    if args.key is None and same_data:
+        options["key"] = prep.get("key")
+    if args.split is None:
+        options["split"] = "test" if same_data and prep.get("split") == "train" else "all"
+    elif args.split == "train" and same_data and prep.get("split") == "train":
+        pass  # training-set likelihood, asked for explicitly
+    return options
+
+
+def _progress(args) -> bool:
+    if args.quiet and args.progress:
+        raise UsageError("--quiet and --progress contradict each other; pass one")
+    return bool(args.progress) or (not args.quiet and sys.stdout.isatty())
+
+
+def _check_resume(out: Path, name: str, model, prep: dict[str, Any]) -> None:
+    """--resume continues the same run: same model family, config and data preparation."""
+    record = out / "fit.json"
+    if not record.is_file():
+        return
+    try:
+        previous = json.loads(record.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return
+    if previous.get("model") != name:
+        raise UsageError(f"--resume: {out} holds a {previous.get('model')!r} run, not {name!r}; "
+                         "use another --out for a new run")
+    old_config = json.loads(json.dumps(previous.get("config")))
+    new_config = json.loads(json.dumps(dict(model.config)))
+    if old_config != new_config:
+        changed = sorted(k for k in set(old_config or {}) | set(new_config)
+                         if (old_config or {}).get(k) != new_config.get(k))
+        raise UsageError(f"--resume: the run in {out} was fitted with a different config "
+                         f"(changed: {', '.join(changed)}); pass the same --set options or use "
+                         "another --out")
+    old_prep = previous.get("data_prep")
+    if isinstance(old_prep, dict):
+        for field in ("data", "split", "standardize", "binarize", "key"):
+            if old_prep.get(field) != prep.get(field):
+                raise UsageError(f"--resume: the run in {out} prepared its data with {field}="
+                                 f"{old_prep.get(field)!r}, now {prep.get(field)!r}; pass the "
+                                 "same data flags or use another --out")
+
+
+def _fit_record(args, model, prep, result, diverged: str | None = None) -> str:
+    return json.dumps({
+        "model": args.model, "config": model.config, "data": args.data, "data_prep": prep,
+        "steps": result.num_steps,
+        "final_loss": result.losses[-1] if result.losses else None, "seconds": result.seconds,
+        "losses": result.losses, "diverged": diverged}, indent=1)
 
 
 def _cmd_fit(args) -> None:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    data = load_data_arg(args.data, **_data_options(args))
+    out = _out_folder(args.out)
+    prepare = dict(standardize=bool(args.standardize), binarize=args.binarize, key=args.key,
+                   return_prep=True)
+    if args.split is not None:
+        data, prep = load_data_arg(args.data, split=args.split, **prepare)
+    else:  # the CLI holds out a test split of every data set: fit on the rest by default
+        try:
+            data, prep = load_data_arg(args.data, split="train", **prepare)
+        except UsageError as error:
+            if "needs at least 2 examples" not in str(error):
+                raise
+            data, prep = load_data_arg(args.data, split="all", **prepare)
     options = _parse_options(args.set)
+    progress = _progress(args)
     torch.manual_seed(args.seed)  # the model's initial parameters are part of the run
     model = _build_model(args.model, data, options)
+    if args.resume:
+        _check_resume(out, args.model, model, prep)
     if args.device:
         model.to(args.device)
     if model.dtype is not None:
         data = data.to(model.dtype)
     distributed = is_torchrun()
-    result = fit(model, data, method=args.method, num_steps=args.steps, epochs=args.epochs,
-                 batch_size=args.batch_size, optim=args.lr, seed=args.seed, device=args.device,
-                 checkpoint=out / "checkpoint.pt", checkpoint_every=args.checkpoint_every,
-                 resume=args.resume, progress=not args.quiet, distributed=distributed)
+    if not args.resume and os.environ.get("RANK", "0") == "0":
+        # recorded before training, so a killed run's --resume is checked against it too
+        (out / "fit.json").write_text(json.dumps({
+            "model": args.model, "config": model.config, "data": args.data, "data_prep": prep,
+            "steps": 0, "status": "running"}, indent=1))
+        (out / PREP_FILE).write_text(json.dumps(prep, indent=1))
+    diverged = None
+    try:
+        warnings.filterwarnings("ignore", message="Encountered NaN")  # reported below, once
+        result = fit(model, data, method=args.method, num_steps=args.steps, epochs=args.epochs,
+                     batch_size=args.batch_size, optim=args.lr, seed=args.seed,
+                     device=args.device, checkpoint=out / "checkpoint.pt",
+                     checkpoint_every=args.checkpoint_every, resume=args.resume,
+                     progress=progress, distributed=distributed)
+    except TrainingDiverged as error:
+        diverged, result = str(error).splitlines()[0], error.result
     if distributed and torch.distributed.get_rank() != 0:
         return
     save(model, out / "model.pt")
-    (out / "fit.json").write_text(json.dumps({
-        "model": args.model, "config": model.config, "data": args.data, "steps": result.num_steps,
-        "final_loss": result.losses[-1] if result.losses else None, "seconds": result.seconds,
-        "losses": result.losses}, indent=1))
+    (out / "fit.json").write_text(_fit_record(args, model, prep, result, diverged))
+    (out / PREP_FILE).write_text(json.dumps(prep, indent=1))
+    if diverged is not None:
+        raise UsageError(f"training diverged ({diverged}); wrote the rolled-back parameters "
+                         f"to {out}/model.pt and fit.json; lower --lr "
+                         "or standardize the data")
     plot_training_curve(result.losses, str(out / "training_curve.png"))
-    print(f"fitted {args.model} for {result.num_steps} steps "
-          f"(final loss {result.losses[-1]:.4f}); wrote {out}/model.pt, checkpoint.pt, fit.json, "
+    final = f"{result.losses[-1]:.4f}" if result.losses else "n/a"
+    print(f"fitted {args.model} for {result.num_steps} steps on the {prep['split']} split "
+          f"(final loss {final}); wrote {out}/model.pt, checkpoint.pt, fit.json, data.json, "
           "training_curve.png")
 
 
 def _load_run(run: str):
+    if not run:
+        raise UsageError("the run is empty; pass a run folder (from probgen fit) or a model.pt")
     path = Path(run)
     return load(path / "model.pt" if path.is_dir() else path)
 
 
 def _cmd_evaluate(args) -> None:
+    out = _out_file(args.out)
+    prep, where = _read_prep(args.run)
+    options = _resolve_prep(args, prep, where)
     model = _load_run(args.run)
-    data = load_data_arg(args.data, **_data_options(args))
+    data = load_data_arg(args.data, **options)
     if model.dtype is not None:
         data = data.to(model.dtype)
     if args.device:
@@ -149,65 +401,110 @@ def _cmd_evaluate(args) -> None:
     result = evaluate(model, data, estimator=args.estimator, k=args.k,
                       batch_size=args.batch_size, device=args.device, seed=args.seed)
     print(result)
-    if args.out:
-        result.to_json(args.out)
-        print(f"wrote {args.out}")
+    if out is not None:
+        result.to_json(out)
+        print(f"wrote {out}")
 
 
 def _cmd_sample(args) -> None:
     if args.num_samples <= 0:
         raise UsageError(f"-n must be a positive number of samples, got {args.num_samples}")
+    out = _out_file(args.out)
+    prep, _ = _read_prep(args.run) if args.run else (None, None)
     model = _load_run(args.run)
     if args.device:
         model.to(args.device)
     torch.manual_seed(args.seed)
     with torch.no_grad():
         samples = model.sample(args.num_samples)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    units = ""
+    if prep and prep.get("standardize") and prep.get("binarize") is None and not args.standardized \
+            and prep.get("mean") is not None:
+        mean = torch.tensor(prep["mean"], dtype=samples.dtype, device=samples.device)
+        std = torch.tensor(prep["std"], dtype=samples.dtype, device=samples.device)
+        if mean.shape == samples.shape[1:]:
+            samples = samples * std + mean  # back to the data's units (run's recorded stats)
+            units = " in the data's units (the run's standardization undone; --standardized keeps it)"
     if out.suffix == ".png":
         side = int(round(samples[0].numel() ** 0.5))
+        if side * side != samples[0].numel():
+            raise UsageError(f"--out {out}: a .png grid needs square examples, these have "
+                             f"{samples[0].numel()} values; write a .pt file instead")
         plot_sample_grid(samples.reshape(len(samples), side, side), str(out))
     else:
         torch.save(samples.cpu(), out)
-    print(f"wrote {args.num_samples} samples to {out}")
+    print(f"wrote {args.num_samples} samples to {out}{units}")
+
+
+def _default_names(paths: list[str]) -> list[str]:
+    """Each result named by its run folder (evaluate --out runs/gmm/test.json -> "gmm"); longer
+    path tails only where folder names collide."""
+    resolved = [Path(p).resolve() for p in paths]
+    for depth in range(1, 1 + max(len(p.parts) for p in resolved)):
+        names = []
+        for p in resolved:
+            tail = p.parent.parts[-depth:] if p.parent.parts[-depth:] else (p.stem,)
+            names.append("/".join(tail) if p.parent != Path(p.anchor) else p.stem)
+        if len(set(names)) == len(names):
+            return names
+    return [str(p) for p in resolved]
 
 
 def _cmd_compare(args) -> None:
-    names = args.names or [Path(p).stem for p in args.results]
+    if args.names is not None and len(args.names) == 0:
+        raise UsageError("--names needs one name per result file")
+    names = args.names or _default_names(args.results)
     if len(names) != len(args.results):
         raise UsageError(f"--names has {len(names)} names for {len(args.results)} results")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise UsageError(f"duplicate result names {duplicates}; give each result its own name "
+                         "with --names (or pass each file once)")
+    plot, json_out = _out_file(args.plot, "--plot"), _out_file(args.json, "--json")
     results = {}
     for name, path in zip(names, args.results):
         if not Path(path).exists():
             raise UsageError(f"no result file {path}; write one with probgen evaluate --out")
+        if Path(path).is_dir():
+            raise UsageError(f"{path} is a folder; pass the JSON file probgen evaluate --out wrote")
         try:
             results[name] = LogLikelihood.from_json(path)
-        except (json.JSONDecodeError, KeyError) as error:
+        except (json.JSONDecodeError, KeyError, UnicodeDecodeError, TypeError,
+                AttributeError) as error:
             raise UsageError(f"{path} is not a LogLikelihood JSON file ({error})") from None
     table = compare(results)
     print(table)
-    if args.plot:
-        table.plot(args.plot)
-        print(f"wrote {args.plot}")
-    if args.json:
-        Path(args.json).write_text(table.to_json())
+    if plot:
+        table.plot(str(plot))
+        print(f"wrote {plot}")
+    if json_out:
+        json_out.write_text(table.to_json())
 
 
 def _cmd_demo(args) -> None:
+    from probgen.demo.run import collect_entries
+
+    if args.only is not None:
+        known = sorted({entry.dataset for entry in collect_entries(args.smoke)})
+        if args.only not in known:
+            raise UsageError(f"--only {args.only!r} is not a demo data set; choose one of "
+                             f"{', '.join(known)}")
+    _out_folder(args.out)
     if args.device:
         os.environ["PROBGEN_DEVICE"] = args.device
     run_demo(args.out, smoke=args.smoke, only=args.only)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="probgen", description=__doc__)
+    parser = _Parser(prog="probgen", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def data_args(p):
         p.add_argument("--data", required=True, help="bundled name (iris, wine, digits) or a file")
-        p.add_argument("--split", choices=["all", "train", "test"], default="all")
-        p.add_argument("--standardize", action="store_true", help="standardize with train stats")
+        p.add_argument("--split", choices=["all", "train", "test"], default=None,
+                       help="fit: train (default); evaluate: the run's held-out test split")
+        p.add_argument("--standardize", action="store_true", default=None,
+                       help="standardize with train stats (evaluate/sample reuse the run's)")
         p.add_argument("--binarize", type=float, default=None, help="threshold for 0/1 data")
         p.add_argument("--key", default=None, help="array name inside an .npz file")
         p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...")
@@ -228,6 +525,8 @@ def _parser() -> argparse.ArgumentParser:
     fit_cmd.add_argument("--checkpoint-every", type=int, default=None)
     fit_cmd.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     fit_cmd.add_argument("--quiet", action="store_true", help="no progress bar")
+    fit_cmd.add_argument("--progress", action="store_true",
+                         help="progress bar even when stdout is not a terminal")
     fit_cmd.add_argument("--nproc", type=int, default=None,
                          help="train with N processes (torchrun; NCCL on GPUs, gloo on CPU)")
     fit_cmd.set_defaults(run_fn=_cmd_fit)
@@ -247,6 +546,8 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", default="samples.pt", help=".pt tensor or .png grid")
     sample.add_argument("--device", default=None)
     sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--standardized", action="store_true",
+                        help="keep samples standardized (default: the run's data units)")
     sample.set_defaults(run_fn=_cmd_sample)
 
     comp = sub.add_parser("compare", help="one table from LogLikelihood JSON files")
@@ -265,21 +566,42 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_BAD_INPUT = (UsageError, ValueError, TypeError, CheckpointError, FileNotFoundError, OSError,
+              pickle.UnpicklingError, KeyError, IndexError, UnicodeDecodeError, MemoryError)
+
+
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, KeyError) and error.args:
+        return f"missing entry {error.args[0]!r} (KeyError)"
+    text = str(error).strip()
+    first = text.splitlines()[0].strip() if text else ""
+    if not first:
+        return type(error).__name__
+    if isinstance(error, (ValueError, TypeError, OSError)):
+        return first
+    return f"{first} ({type(error).__name__})"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if getattr(args, "nproc", None):
-        if args.nproc <= 0:
-            print(f"probgen: error: --nproc must be positive, got {args.nproc}", file=sys.stderr)
-            return 2
-        if not is_torchrun():
-            return launch_torchrun(list(argv if argv is not None else sys.argv[1:]), args.nproc)
-    handler = args.run_fn
+    """Run the command line; any bad input gives one line on stderr and exit code 2."""
     try:
-        handler(args)
-    except (UsageError, ValueError, TypeError, CheckpointError, FileNotFoundError) as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        print(f"probgen: error: {message}", file=sys.stderr)
+        args = _parser().parse_args(argv)
+        if getattr(args, "nproc", None) is not None and args.nproc <= 0:
+            raise UsageError(f"--nproc must be a positive number of processes, got {args.nproc}")
+        _check_seed(getattr(args, "seed", None))
+        _check_device(getattr(args, "device", None))
+        if getattr(args, "nproc", None) and not is_torchrun():
+            return launch_torchrun(list(argv if argv is not None else sys.argv[1:]), args.nproc)
+        args.run_fn(args)
+    except _BAD_INPUT as error:
+        print(f"probgen: error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except Exception as error:  # a bug, not bad input: still one line, exit 1
+        if os.environ.get("PROBGEN_DEBUG"):
+            raise
+        print(f"probgen: internal error: {type(error).__name__}: {_one_line(error)} "
+              "(set PROBGEN_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -83,3 +83,35 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     assert a.keys() == b.keys() and a
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-5)
+
+
+def test_run_records_its_data_preparation_and_evaluate_reuses_it(tmp_path, capsys):
+    """fit trains on the train split by default and writes data.json (split, seed, the training
+    split's standardization statistics); evaluate without flags reuses them on the test split."""
+    out = tmp_path / "gmm"
+    assert main(FIT + ["--steps", "5", "--out", str(out)]) == 0
+    prep = json.loads((out / "data.json").read_text())
+    assert prep["split"] == "train" and prep["split_seed"] == 0 and prep["standardize"]
+    assert len(prep["mean"]) == 4 and len(prep["std"]) == 4
+    explicit, reused = tmp_path / "a.json", tmp_path / "b.json"
+    assert main(["evaluate", str(out), "--data", "iris", "--standardize", "--split", "test",
+                 "--out", str(explicit)]) == 0
+    assert main(["evaluate", str(out), "--data", "iris", "--out", str(reused)]) == 0
+    a, b = json.loads(explicit.read_text()), json.loads(reused.read_text())
+    assert b["num_examples"] == 30 and a["mean"] == pytest.approx(b["mean"])
+    # samples come back in the data's units (iris features are positive, around 1..8)
+    assert main(["sample", str(out), "-n", "200", "--out", str(tmp_path / "s.pt")]) == 0
+    assert torch.load(tmp_path / "s.pt", weights_only=True).mean() > 1.0
+
+
+def test_compare_names_results_by_run_folder(tmp_path, capsys):
+    from probgen.core.result import LogLikelihood
+
+    for run in ("run_a", "run_b"):
+        (tmp_path / run).mkdir()
+        LogLikelihood(torch.tensor([-1.0, -2.0]), kind="exact", estimator="exact", num_dims=1,
+                      data_space="continuous").to_json(tmp_path / run / "test.json")
+    assert main(["compare", str(tmp_path / "run_a" / "test.json"),
+                 str(tmp_path / "run_b" / "test.json")]) == 0
+    table = capsys.readouterr().out
+    assert "run_a" in table and "run_b" in table

@@ -77,11 +77,25 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"refusing to load {path}: it holds objects other than tensors and plain data "
             f"(weights_only load failed: {str(error).splitlines()[0]}). probgen checkpoints never "
             "need that; a file that does may run code when unpickled") from None
-    except (RuntimeError, EOFError) as error:
-        raise CheckpointError(f"{path} is not a readable checkpoint ({error})") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file; pass the file inside "
+                              "it (e.g. model.pt)") from None
+    except (RuntimeError, EOFError, IndexError, KeyError, ValueError, TypeError, AttributeError,
+            UnicodeDecodeError, OverflowError, MemoryError, OSError) as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or not written by "
+                              f"torch.save: {type(error).__name__}: {first[:200]}); write it "
+                              "again with probgen.save or probgen fit") from None
     if not isinstance(state, dict) or "format" not in state:
         raise CheckpointError(f"{path} is not a probgen checkpoint (no 'format' entry)")
-    if int(state.get("format_version", 0)) > FORMAT_VERSION:
+    if not isinstance(state["format"], str):
+        raise CheckpointError(f"{path} is not a probgen checkpoint ('format' is "
+                              f"{type(state['format']).__name__}, not a name)")
+    version = state.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"{path} has a malformed format_version {version!r}; it was not "
+                              "written by probgen")
+    if version > FORMAT_VERSION:
         raise CheckpointError(f"{path} was written by a newer probgen (format "
                               f"{state['format_version']} > {FORMAT_VERSION}); upgrade probgen")
     return state

@@ -8,9 +8,76 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["SUPPORTS", "as_batch", "validate_data", "check_device"]
+__all__ = ["SUPPORTS", "as_batch", "validate_data", "check_device", "check_size",
+           "check_finite", "check_memory", "max_parameter_bytes"]
 
 SUPPORTS = ("real", "positive", "nonnegative", "unit_interval", "binary", "count", "categorical")
+
+
+def check_size(name: str, value: Any, *, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum``; refuses booleans, fractions (2.7), NaN and strings.
+
+    An integral float (``3.0``, as JSON may give) is accepted and returned as ``3``.
+    """
+    if isinstance(value, (bool, np.bool_)) or value is None:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}; pass a number "
+                         f"such as {name}={max(minimum, 2)}")
+    if isinstance(value, (int, np.integer)):
+        number = int(value)
+    elif isinstance(value, (float, np.floating)) and np.isfinite(value) and float(value).is_integer():
+        number = int(value)
+    else:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}; sizes are "
+                         f"whole numbers (e.g. {name}={max(minimum, 2)})")
+    if number < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return number
+
+
+def check_finite(name: str, value: Any, *, positive: bool = False, nonnegative: bool = False
+                 ) -> float:
+    """``value`` as a finite float (and > 0 or >= 0 when asked); refuses NaN, Inf and booleans."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    number = float(value)
+    if not np.isfinite(number):
+        raise ValueError(f"{name} must be a finite number, got {number}; pass a real value "
+                         f"(NaN or Inf would make every parameter NaN)")
+    if positive and not number > 0:
+        raise ValueError(f"{name} must be positive, got {number}")
+    if nonnegative and not number >= 0:
+        raise ValueError(f"{name} must be >= 0, got {number}")
+    return number
+
+
+def max_parameter_bytes() -> int:
+    """The most memory a constructor may allocate for parameters (env PROBGEN_MAX_PARAMETER_BYTES,
+    default 4 GiB): beyond it a size is almost surely a typo or a crafted file."""
+    import os
+
+    try:
+        return int(float(os.environ.get("PROBGEN_MAX_PARAMETER_BYTES", 4 * 2**30)))
+    except ValueError:
+        return 4 * 2**30
+
+
+def _human(num_bytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if num_bytes < 1024 or unit == "PiB":
+            return f"{num_bytes:.1f} {unit}"
+        num_bytes /= 1024
+    return f"{num_bytes:.1f} PiB"
+
+
+def check_memory(what: str, num_elements: int, *, element_bytes: int = 4, hint: str = "") -> None:
+    """Refuse to allocate ``num_elements`` parameters when they exceed ``max_parameter_bytes()``,
+    stating the memory they would take, before anything is allocated."""
+    need = int(num_elements) * element_bytes
+    limit = max_parameter_bytes()
+    if need > limit:
+        raise ValueError(f"{what} would allocate {_human(need)} of parameters ({int(num_elements):,} "
+                         f"values), over the {_human(limit)} limit; {hint + '; ' if hint else ''}"
+                         "or raise the limit with PROBGEN_MAX_PARAMETER_BYTES")
 
 
 def _to_tensor(x: Any, name: str) -> torch.Tensor:

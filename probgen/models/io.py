@@ -25,6 +25,7 @@ from probgen.core.model import GenerativeModel
 from probgen.core.version import __version__
 from probgen.infer.result import FitResult
 from probgen.models.registry import get_model_class
+from probgen.core.validate import check_memory
 
 __all__ = ["save", "load"]
 
@@ -112,6 +113,60 @@ def _empty_guide(*args: Any, **kwargs: Any) -> None:
     return None
 
 
+def _config_text(config: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in config.items())[:200]
+
+
+def _checked_model_state(state: dict[str, Any], path: Any) -> tuple[type, dict, dict]:
+    """The class, config and state_dict of a ``probgen-model`` file, their types checked."""
+    for key, kind in (("model", str), ("config", dict), ("state_dict", dict)):
+        if not isinstance(state.get(key), kind):
+            raise CheckpointError(f"{path} is a damaged or crafted model file: '{key}' is "
+                                  f"{type(state.get(key)).__name__}, not {kind.__name__}; save the "
+                                  "model again with probgen.save")
+    try:
+        cls = get_model_class(state["model"])
+    except ValueError as error:
+        raise CheckpointError(f"{path}: {error}") from None
+    config = state["config"]
+    if not all(isinstance(k, str) for k in config):
+        raise CheckpointError(f"{path}: the saved config has non-string keys; it was crafted")
+    saved = state["state_dict"]
+    for name, value in saved.items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{path}: state_dict entry {name!r} is not a named tensor; the "
+                                  "file is damaged or crafted")
+    return cls, config, saved
+
+
+def _check_shapes_before_allocating(cls: type, config: dict[str, Any], saved: dict[str, Any],
+                                    path: Any) -> None:
+    """Build the model on the meta device (no memory) and compare its parameter shapes with the
+    file's before the real constructor allocates them: a crafted config such as
+    ``num_components=10**6`` is refused here, with the memory it would have taken."""
+    try:
+        with torch.device("meta"):
+            shadow = cls(**config)
+        expected = shadow.state_dict()
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: the saved config does not fit {cls.__name__} ({error}); "
+                              "the file is damaged or crafted") from None
+    except Exception:  # a constructor that cannot run on meta: the real one checks itself
+        return
+    numel = sum(t.numel() for t in expected.values())
+    try:
+        check_memory(f"{path}: {cls.__name__}({_config_text(config)})", numel,
+                     hint="the file is damaged or crafted")
+    except ValueError as error:
+        raise CheckpointError(str(error)) from None
+    for name, value in saved.items():
+        if name in expected and tuple(expected[name].shape) != tuple(value.shape):
+            raise CheckpointError(
+                f"{path}: parameter '{name}' has shape {tuple(value.shape)} in the file but "
+                f"{cls.__name__}({_config_text(config)}) needs {tuple(expected[name].shape)}; the "
+                "config and the parameters disagree (damaged or crafted file)")
+
+
 def load(path: str | os.PathLike, *, model: Callable | None = None, guide: Callable | None = None,
          map_location: str | torch.device | None = None) -> Any:
     """Rebuild what :func:`save` wrote.
@@ -129,16 +184,24 @@ def load(path: str | os.PathLike, *, model: Callable | None = None, guide: Calla
     if state["format"] != "probgen-model":
         raise CheckpointError(f"{path} holds a {state['format']!r} checkpoint, not a saved model; "
                               "resume it with probgen.fit(..., checkpoint=path, resume=True)")
-    cls = get_model_class(state["model"])
+    cls, config, saved = _checked_model_state(state, path)
+    _check_shapes_before_allocating(cls, config, saved, path)
     try:
-        model = cls(**state["config"])
-    except TypeError as error:
-        raise CheckpointError(f"the saved config does not fit {cls.__name__} ({error}); it was "
-                              f"written by probgen {state.get('probgen_version')}") from None
-    missing, unexpected = model.load_state_dict(state["state_dict"], strict=False)
+        model = cls(**config)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: the saved config does not fit {cls.__name__} ({error}); "
+                              f"it was written by probgen {state.get('probgen_version')} or "
+                              "crafted") from None
+    try:
+        missing, unexpected = model.load_state_dict(saved, strict=False)
+    except RuntimeError as error:  # size mismatches
+        first = str(error).strip().splitlines()
+        detail = next((line.strip() for line in first if "size mismatch" in line), first[0])
+        raise CheckpointError(f"{path}: saved parameters do not fit {cls.__name__}"
+                              f"({_config_text(config)}): {detail[:300]}") from None
     if missing or unexpected:
-        raise CheckpointError(f"saved parameters do not match {cls.__name__}: missing {missing}, "
-                              f"unexpected {unexpected}")
+        raise CheckpointError(f"{path}: saved parameters do not match {cls.__name__}: missing "
+                              f"{missing}, unexpected {unexpected}")
     if state.get("autoguide"):
         restore_param_store(state["guide_params"])
         model.autoguide = getattr(autoguides, state["autoguide"])(model.model)

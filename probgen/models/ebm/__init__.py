@@ -1,7 +1,7 @@
 """Energy-based models: RBMs and neural EBMs, contrastive training methods (``probgen.fit``:
 ``"cd"``, ``"pcd"``, ``"contrastive"``), AIS estimators."""
 
-from probgen.models.ebm import ais  # noqa: F401  (declares the AIS and exact estimators)
+from probgen.models.ebm import ais, reverse_ais  # noqa: F401  (declare the estimators)
 from probgen.models.ebm.contrastive import CD, PCD, Contrastive
 from probgen.models.ebm.model import *  # noqa: F403
 from probgen.models.ebm.model import __all__ as _model_all

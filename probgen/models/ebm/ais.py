@@ -251,8 +251,3 @@ def evaluate_rbm_exact(model, batch: tuple[torch.Tensor, ...]) -> LogLikelihood:
         per_example = -model.free_energy(x) - exact_log_partition(model)
     return LogLikelihood(per_example, kind="exact", estimator="exact", num_dims=model.num_dims(x),
                          data_space=model.data_space, data_id=data_fingerprint(*batch))
-
-
-# RAISE (reverse AIS) declares the "raise" estimator on RBMBase; imported here so that importing
-# probgen.models.ebm (which imports this module) declares it too.
-from probgen.models.ebm import reverse_ais  # noqa: E402,F401

@@ -18,6 +18,7 @@ from probgen.models.ebm.partition import exact_log_partition, exact_partition_la
 from probgen.models.ebm.samplers import mala_sample
 from probgen.models.registry import register_model
 from probgen.nn.energy import EnergyMLP
+from probgen.core.validate import check_finite, check_memory, check_size
 
 __all__ = ["RBMBase", "RBM", "GaussianRBM", "NeuralEBM"]
 
@@ -67,11 +68,22 @@ class RBMBase(GenerativeModel):
 
     def __init__(self, num_visible: int, num_hidden: int, *, init_scale: float = 0.01,
                  seed: int | None = 0, **extra: Any) -> None:
-        super().__init__(num_visible=num_visible, num_hidden=num_hidden, init_scale=init_scale,
-                         seed=seed, **extra)
-        if num_visible <= 0 or num_hidden <= 0:
+        if isinstance(num_visible, (int, float)) and not isinstance(num_visible, bool) and \
+                isinstance(num_hidden, (int, float)) and not isinstance(num_hidden, bool) and \
+                (num_visible <= 0 or num_hidden <= 0):
             raise ValueError(f"an RBM needs num_visible > 0 and num_hidden > 0, got "
                              f"{num_visible} and {num_hidden}")
+        num_visible = check_size("num_visible", num_visible)
+        num_hidden = check_size("num_hidden", num_hidden)
+        init_scale = check_finite("init_scale", init_scale, nonnegative=True)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)
+                                 or not 0 <= seed < 2**63):
+            raise ValueError(f"seed must be None or an integer in 0 .. 2**63 - 1, got {seed!r}")
+        check_memory(f"{type(self).__name__}({num_visible}, {num_hidden})",
+                     num_visible * num_hidden + 3 * num_visible + num_hidden,
+                     hint="use fewer visible or hidden units")
+        super().__init__(num_visible=num_visible, num_hidden=num_hidden, init_scale=init_scale,
+                         seed=seed, **extra)
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         self.weight = nn.Parameter(init_scale * torch.randn(num_visible, num_hidden,
                                                             generator=generator))
@@ -279,8 +291,7 @@ class GaussianRBM(RBMBase):
 
     def __init__(self, num_visible: int, num_hidden: int, *, sigma: float = 1.0,
                  init_scale: float = 0.01, seed: int | None = 0) -> None:
-        if sigma <= 0:
-            raise ValueError(f"sigma must be positive, got {sigma}")
+        sigma = check_finite("sigma", sigma, positive=True)
         super().__init__(num_visible, num_hidden, init_scale=init_scale, seed=seed, sigma=sigma)
         self.register_buffer("sigma", torch.tensor(float(sigma)))
 
@@ -353,6 +364,14 @@ class NeuralEBM(GenerativeModel):
 
     def __init__(self, num_features: int, *, hidden_sizes: tuple[int, ...] | list[int] = (64, 64),
                  spectral_norm: bool = False, seed: int | None = 0) -> None:
+        num_features = check_size("num_features", num_features)
+        if isinstance(hidden_sizes, (str, bytes)) or not hasattr(hidden_sizes, "__iter__"):
+            raise ValueError(f"hidden_sizes must be a list of layer widths, got {hidden_sizes!r}")
+        hidden_sizes = [check_size("hidden_sizes[]", h) for h in hidden_sizes]
+        widths = [num_features, *hidden_sizes, 1]
+        check_memory(f"NeuralEBM({num_features}, hidden_sizes={hidden_sizes})",
+                     sum(a * b + b for a, b in zip(widths, widths[1:])),
+                     hint="use narrower hidden layers")
         super().__init__(num_features=num_features, hidden_sizes=list(hidden_sizes),
                          spectral_norm=spectral_norm, seed=seed)
         if seed is not None:

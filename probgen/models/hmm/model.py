@@ -22,6 +22,7 @@ from probgen.models.hmm.forward_backward import (
     viterbi,
 )
 from probgen.models.registry import register_model
+from probgen.core.validate import check_memory, check_size
 
 __all__ = ["HMM", "EMISSIONS", "forward_log_likelihood", "forward_backward", "viterbi",
            "evaluate_forward", "single_thread_if_small"]
@@ -57,22 +58,33 @@ class HMM(GenerativeModel):
 
     def __init__(self, num_states: int, emission: str = "gaussian", *, num_features: int | None = None,
                  num_categories: int | None = None, covariance: str = "diag") -> None:
-        if not isinstance(num_states, int) or num_states < 1:
+        if isinstance(num_states, bool) or not isinstance(num_states, int) or num_states < 1:
             raise ValueError(f"num_states must be a positive integer, got {num_states!r}")
         if emission not in EMISSIONS:
             raise ValueError(f"emission must be one of {EMISSIONS}, got {emission!r}")
         if emission == "categorical":
-            if not num_categories or num_categories < 2:
+            if num_categories is None or num_categories is False or (
+                    isinstance(num_categories, (int, float)) and num_categories < 2):
                 raise ValueError("a categorical HMM needs num_categories >= 2")
+            num_categories = check_size("num_categories", num_categories, minimum=2)
             config: dict[str, Any] = {"num_categories": num_categories}
+            width = num_categories
         else:
-            if not num_features or num_features < 1:
+            if num_features is None or num_features is False or (
+                    isinstance(num_features, (int, float)) and num_features < 1):
                 raise ValueError(f"a {emission} HMM needs num_features (the size of one step)")
+            num_features = check_size("num_features", num_features)
             config = {"num_features": num_features}
+            width = num_features
         if emission == "gaussian":
             if covariance not in ("diag", "full"):
                 raise ValueError(f"covariance must be 'diag' or 'full', got {covariance!r}")
             config["covariance"] = covariance
+            if covariance == "full":
+                width = 2 * num_features * num_features
+        check_memory(f"HMM({num_states}, {emission!r})",
+                     num_states + num_states * num_states + num_states * width,
+                     hint="use fewer states or features")
         super().__init__(num_states=num_states, emission=emission, **config)
         self.num_states, self.emission = num_states, emission
         self.initial_logits = nn.Parameter(torch.zeros(num_states))

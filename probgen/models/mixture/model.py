@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from probgen.core.model import GenerativeModel
 from probgen.models.registry import register_model
+from probgen.core.validate import check_finite, check_memory, check_size
 
 __all__ = ["GaussianMixture", "GaussianMixturePrior", "log_prior", "COVARIANCE_TYPES"]
 
@@ -54,13 +55,17 @@ class GaussianMixture(GenerativeModel):
 
     def __init__(self, num_components: int, num_features: int, covariance: str = "full",
                  reg_covar: float = 1e-6) -> None:
-        if int(num_components) < 1 or int(num_features) < 1:
-            raise ValueError(f"num_components and num_features must be >= 1, got "
-                             f"{num_components} and {num_features}")
+        num_components = check_size("num_components", num_components)
+        num_features = check_size("num_features", num_features)
         if covariance not in COVARIANCE_TYPES:
             raise ValueError(f"covariance must be one of {COVARIANCE_TYPES}, got {covariance!r}")
-        if not reg_covar >= 0:
-            raise ValueError(f"reg_covar must be >= 0, got {reg_covar}")
+        reg_covar = check_finite("reg_covar", reg_covar, nonnegative=True)
+        k, d = num_components, num_features
+        scale_numel = {"full": k * d * d, "tied": d * d, "diag": k * d, "spherical": k}[covariance]
+        check_memory(f"GaussianMixture({k}, {d}, covariance={covariance!r})",
+                     k + k * d + scale_numel,
+                     hint="use covariance='diag', fewer components or fewer features"
+                     if covariance in ("full", "tied") else "use fewer components or features")
         super().__init__(num_components=int(num_components), num_features=int(num_features),
                          covariance=covariance, reg_covar=float(reg_covar))
         self.num_components, self.num_features = int(num_components), int(num_features)
