@@ -365,3 +365,26 @@ def test_generic_svi_fit_on_the_program_raises_the_exact_likelihood():
     assert after > before + 1.0
     # the SVI loss is the exact negative log-likelihood (every latent enumerated, empty guide)
     assert result.losses[-1] == pytest.approx(-after, rel=0.05)
+
+
+def test_padding_may_hold_anything_as_documented():
+    """NaN or -1 past each sequence's length is padding: fit and evaluate accept it and score
+    exactly what zero padding scores; a NaN inside an observed step is still refused."""
+    import probgen
+
+    model = HMM(2, "gaussian", num_features=1)
+    x = torch.randn(3, 5, 1)
+    lengths = torch.tensor([5, 3, 2])
+    padded = x.clone()
+    padded[1, 3:] = float("nan")
+    padded[2, 2:] = -1.0
+    zeros = x.clone()
+    zeros[1, 3:] = 0.0
+    zeros[2, 2:] = 0.0
+    expected = probgen.evaluate(model, (zeros, lengths))
+    assert torch.equal(probgen.evaluate(model, (padded, lengths)).per_example,
+                       expected.per_example)
+    assert probgen.fit(model, (padded, lengths), num_steps=2, progress=False).num_steps >= 1
+    padded[0, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        probgen.evaluate(model, (padded, lengths))

@@ -57,6 +57,7 @@ class GenerativeModel(nn.Module):
     support: ClassVar[str] = "real"
     default_method: ClassVar[str] = "svi"
     default_estimator: ClassVar[str | None] = None  # what estimator="auto" picks, if not exact/iwae
+    checks_padding: ClassVar[bool] = False  # validate_batch checks values past each length
 
     # --- declarations ----------------------------------------------------------------------
     @classmethod

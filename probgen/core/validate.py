@@ -114,6 +114,7 @@ def validate_data(
     max_rank: int | None = None,
     allow_empty: bool = False,
     float_dtype: torch.dtype | None = None,
+    finite: bool = True,
 ) -> torch.Tensor:
     """Check ``x`` and return it as a tensor; raise ValueError/TypeError naming problem and fix.
 
@@ -146,7 +147,7 @@ def validate_data(
     if event_shape is not None and tuple(x.shape[1:]) != tuple(event_shape):
         raise ValueError(f"{name} has examples of shape {tuple(x.shape[1:])} but the model expects "
                          f"{tuple(event_shape)}; pass data with the features the model was fitted on")
-    if x.is_floating_point():
+    if x.is_floating_point() and finite:
         bad = ~torch.isfinite(x)
         if bad.any():
             count, first = _first_bad_row(bad)
@@ -181,12 +182,13 @@ def validate_data(
     return x
 
 
-def as_batch(data: Any, *, name: str = "data", model_device: torch.device | None = None
-             ) -> tuple[torch.Tensor, ...]:
+def as_batch(data: Any, *, name: str = "data", model_device: torch.device | None = None,
+             finite: bool = True) -> tuple[torch.Tensor, ...]:
     """Normalize ``data`` (a tensor or a tuple of tensors sharing the first dim) to a tuple.
 
-    Every tensor is checked for emptiness and NaN/Inf; their first dimensions must agree, since
-    probgen slices them together when it mini-batches or chunks.
+    Every tensor is checked for emptiness and NaN/Inf (``finite=False``: left to a model that
+    checks its own padding); their first dimensions must agree, since probgen slices them
+    together when it mini-batches or chunks.
     """
     if isinstance(data, dict):
         raise TypeError(f"{name} must be a tensor or a tuple of tensors, not a dict; pass "
@@ -198,7 +200,8 @@ def as_batch(data: Any, *, name: str = "data", model_device: torch.device | None
         if model_device is not None and isinstance(part, torch.Tensor) and part.device != model_device:
             raise ValueError(f"{name} is on {part.device} but the model is on {model_device}; "
                              f"move one of them (x.to('{model_device}') or pass device=...)")
-    tensors = tuple(validate_data(p, name=f"{name}[{i}]" if len(parts) > 1 else name)
+    tensors = tuple(validate_data(p, name=f"{name}[{i}]" if len(parts) > 1 else name,
+                                  finite=finite)
                     for i, p in enumerate(parts))
     sizes = {t.shape[0] for t in tensors}
     if len(sizes) > 1:

@@ -138,7 +138,8 @@ def evaluate(
         raise ValueError(f"unknown estimator {estimator!r}; choose one of {known}")
     bundled = isinstance(model, GenerativeModel)
     batch = as_batch(floats_to_default_dtype(data),
-                     model_device=model.device if bundled and device is None else None)
+                     model_device=model.device if bundled and device is None else None,
+                     finite=not (bundled and model.checks_padding))
     if device is not None:
         batch = tuple(t.to(device) for t in batch)
         if bundled:

@@ -46,7 +46,8 @@ def _prepare_data(bundled: GenerativeModel | None, program: Callable, device: An
     found: dict[str, torch.dtype | None] = {}
 
     def prepare(batch: Any) -> tuple:
-        batch = as_batch(floats_to_default_dtype(batch))
+        batch = as_batch(floats_to_default_dtype(batch),
+                         finite=bundled is None or not bundled.checks_padding)
         if device is not None:
             batch = tuple(t.to(device) for t in batch)
         if bundled is not None:

@@ -52,6 +52,7 @@ class HMM(GenerativeModel):
         torch.Size([4])
     """
 
+    checks_padding: ClassVar[bool] = True  # padding may hold anything (NaN, -1)
     has_exact_log_prob: ClassVar[bool] = True
     has_guide: ClassVar[bool] = True  # every latent is enumerated: the empty guide is exact
     default_method: ClassVar[str] = "baum_welch"  # probgen.fit(hmm, data): Baum-Welch EM
