@@ -18,15 +18,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import probgen  # noqa: E402
 from benchmarks._common import print_table, timed, write_results  # noqa: E402
 from probgen.data.bundled import load_dataset, train_test_split  # noqa: E402
-from probgen.diffusion.training import train  # noqa: E402
 from probgen.models.diffusion import DiffusionDensity, evaluate_ode, evaluate_vlb  # noqa: E402
+from probgen.models.flow import FlowModel  # noqa: E402
 from probgen.models.latent_diffusion import (  # noqa: E402
     LatentDiffusionVAE,
     evaluate_diffusion_elbo,
     evaluate_diffusion_iwae,
-    two_stage_fit,
+)
+from probgen.models.mixture import (  # noqa: E402
+    GaussianMixture,
+    GaussianMixturePrior,
+    heldout_log_likelihood,
 )
 
 LEVELS = 17  # the digits have grey levels 0..16
@@ -49,6 +54,13 @@ def dequantize(counts: torch.Tensor, copies: int, generator: torch.Generator) ->
     repeated = counts.repeat(copies, 1)
     noise = torch.rand(repeated.shape, generator=generator).to(counts.device)
     return repeated + noise
+
+
+def train(model, data, num_steps: int, **options):
+    """probgen.fit with the settings every digits model here shares: batches of 256, Adam with
+    element-wise gradient clipping (lr 2e-3, clip 10), seed 0."""
+    return probgen.fit(model, data, num_steps=num_steps, batch_size=256, seed=0, progress=False,
+                       optim=pyro.optim.ClippedAdam({"lr": 2e-3, "clip_norm": 10.0}), **options)
 
 
 def log(message: str) -> None:
@@ -74,8 +86,7 @@ def density_rows(args, train_x, test_x):
     model = DiffusionDensity(features=64, hidden_features=(256,) * 3, shift=LEVELS / 2,
                              scale=LEVELS / 2, dequantized=True, logsnr_max=8.0,
                              logsnr_min=-10.0).to(args.device)
-    seconds, _ = timed(lambda: train(model, train_deq, num_steps=args.steps, batch_size=256,
-                                     lr=2e-3, seed=0))
+    seconds, _ = timed(lambda: train(model, train_deq, args.steps))
     ll_vlb = evaluate_vlb(model, (test_deq,), num_samples=4 if args.smoke else 32, seed=0)
     rows.append(row(task, "diffusion (VDM, continuous)", ll_vlb, seconds))
     ll_t = evaluate_vlb(model, (test_deq,), num_samples=4 if args.smoke else 32,
@@ -87,30 +98,21 @@ def density_rows(args, train_x, test_x):
     rows.append(row(task, f"diffusion, prob-flow ODE (n={len(subset)})", ll_ode, 0.0,
                     eval_s=round(ode_seconds, 1)))
 
-    from probgen.models.mixture.em import GaussianMixturePrior, fit_em
-    from probgen.models.mixture import GaussianMixture, heldout_log_likelihood
-
     for k in (1, 10):
         gmm = GaussianMixture(k, 64, "full").double().to(args.device)
-        seconds, _ = timed(lambda gmm=gmm: fit_em(gmm, train_deq.double(), num_iters=10 if args.smoke else 100,
-                                                  prior=GaussianMixturePrior(), seed=0))
+        seconds, _ = timed(lambda gmm=gmm: probgen.fit(  # MAP EM, the mixture's default method
+            gmm, train_deq.double(), num_steps=10 if args.smoke else 100,
+            prior=GaussianMixturePrior(), seed=0, progress=False))
         # a density of the dequantized data: label it so (same numbers, right data space)
         ll = heldout_log_likelihood(gmm, test_deq.double()).shifted(0.0, data_space="dequantized")
         rows.append(row(task, f"gmm full K={k} (MAP EM)", ll, seconds))
-    try:
-        from probgen import fit
-        from probgen.models.flow import FlowModel
-
-        pyro.clear_param_store()
-        torch.manual_seed(0)
-        flow = FlowModel.standardized(train_deq.cpu(), kind="maf", transforms=4,
-                                      hidden=(256, 256)).to(args.device)
-        seconds, _ = timed(lambda: fit(flow, train_deq, num_steps=args.steps, batch_size=256,
-                                       optim=1e-3, seed=0, progress=False))
-        ll = flow_ll(flow, test_deq)
-        rows.append(row(task, "flow (MAF, 4 transforms)", ll, seconds))
-    except (ImportError, TypeError, ValueError) as error:  # the flow family is optional here
-        print(f"flow skipped: {error}")
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    flow = FlowModel.standardized(train_deq.cpu(), kind="maf", transforms=4,
+                                  hidden=(256, 256)).to(args.device)
+    seconds, _ = timed(lambda: probgen.fit(flow, train_deq, num_steps=args.steps, batch_size=256,
+                                           optim=1e-3, seed=0, progress=False))
+    rows.append(row(task, "flow (MAF, 4 transforms)", flow_ll(flow, test_deq), seconds))
     return rows, model
 
 
@@ -135,13 +137,10 @@ def latent_rows(args, train_x, test_x):
         pyro.clear_param_store()
         torch.manual_seed(0)
         vae = LatentDiffusionVAE(prior=prior, **settings).to(args.device)
-        if two_stage:
-            seconds, _ = timed(lambda vae=vae: two_stage_fit(
-                vae, train_bin, vae_steps=args.steps // 2, prior_steps=args.steps // 2,
-                batch_size=256, lr=2e-3, seed=0))
-        else:
-            seconds, _ = timed(lambda vae=vae: train(vae, train_bin, num_steps=args.steps,
-                                                     batch_size=256, lr=2e-3, seed=0))
+        # two-stage: the VAE for half the steps, then the prior with the autoencoder frozen
+        options = {"method": "two_stage", "vae_steps": args.steps // 2} if two_stage else {}
+        seconds, _ = timed(lambda vae=vae, options=options: train(vae, train_bin, args.steps,
+                                                                   **options))
         k = 4 if args.smoke else 32
         ll = evaluate_diffusion_elbo(vae, (test_bin,), num_particles=k, seed=0)
         rows.append(row(task, name, ll, seconds))
@@ -156,23 +155,16 @@ def latent_mnist_rows(args):
     Same networks, batch and number of probgen.fit steps for every model; the two-stage hybrid
     splits its steps between the VAE and the prior. Test bound on all 10,000 test images.
     """
-    import probgen
-    from benchmarks._mnist import shared_data
-    from probgen.data.mnist import load_binarized_mnist
+    from probgen.data.mnist import load_binarized_mnist  # $PROBGEN_DATA, the cache or shared data
 
-    folder = shared_data() / "binarized_mnist" if shared_data() else None
-    train_x = load_binarized_mnist("train", path=folder).float().to(args.device)
-    test_x = load_binarized_mnist("test", path=folder).float().to(args.device)
+    train_x = load_binarized_mnist("train").float().to(args.device)
+    test_x = load_binarized_mnist("test").float().to(args.device)
     steps = args.mnist_steps
     if args.smoke:
         train_x, test_x, steps = train_x[:512], test_x[:64], 10
     task = "binarized MNIST (static, 10k test)"
     settings = dict(features=784, latent_features=args.mnist_latent, hidden_features=(512, 256),
                     denoiser_features=(256, 256, 256), prior_samples=1)
-
-    def fit(model, data, num_steps, **_):
-        return probgen.fit(model, data, num_steps=num_steps, batch_size=128, optim=1e-3,
-                           seed=0, progress=False).losses
 
     rows = []
     for name in args.mnist_models.split(","):
@@ -183,11 +175,10 @@ def latent_mnist_rows(args):
         pyro.clear_param_store()
         torch.manual_seed(0)
         vae = LatentDiffusionVAE(prior=prior, **settings).to(args.device)
-        if two_stage:
-            seconds, _ = timed(lambda vae=vae: two_stage_fit(
-                vae, train_x, vae_steps=steps // 2, prior_steps=steps - steps // 2, fit=fit))
-        else:
-            seconds, _ = timed(lambda vae=vae: fit(vae, train_x, steps))
+        options = {"method": "two_stage", "vae_steps": steps // 2} if two_stage else {}
+        seconds, _ = timed(lambda vae=vae, options=options: probgen.fit(
+            vae, train_x, num_steps=steps, batch_size=128, optim=1e-3, seed=0, progress=False,
+            **options))
         log(f"{label}: trained {steps} steps in {seconds:.0f} s")
         k = 4 if args.smoke else 16
         ll = evaluate_diffusion_elbo(vae, (test_x,), num_particles=k, prior_samples=4, seed=0)

@@ -12,6 +12,8 @@ import torch
 import probgen
 from probgen.data import load_dataset, train_test_split
 from probgen.demo.programs import gaussian_mixture_program
+from probgen.models.flow import FlowModel
+from probgen.models.mixture import GaussianMixture
 
 
 def main() -> None:
@@ -29,20 +31,16 @@ def main() -> None:
     test = ((data[test_index] - mean) / std).to(args.device)
 
     results = {}
-    from probgen.models.mixture.em import fit_em
-    from probgen.models.mixture import GaussianMixture
-
     for k in (1, 2, 3):
         gmm = GaussianMixture(k, 4).double().to(args.device)
-        fit_em(gmm, train, num_iters=20 if args.smoke else 200, seed=0)
+        probgen.fit(gmm, train, num_steps=20 if args.smoke else 200, seed=0,  # EM: its default
+                    progress=False)
         results[f"GMM K={k} (EM)"] = probgen.evaluate(gmm, test)
 
     program = gaussian_mixture_program(3, 4, prefix="journey_")
     probgen.fit(program, train, num_steps=50 if args.smoke else 800, optim=0.05, seed=0,
                 progress=False)
     results["my program: diag mixture K=3"] = probgen.evaluate(program, test)
-
-    from probgen.models.flow import FlowModel
 
     flow = FlowModel(features=4, kind="nsf").double().to(args.device)
     probgen.fit(flow, train, num_steps=30 if args.smoke else 1000, optim=3e-3, seed=0,

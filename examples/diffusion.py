@@ -50,7 +50,8 @@ def main() -> None:
                              num_steps=args.num_steps).to(args.device)
     result = probgen.fit(model, train, num_steps=steps, batch_size=256, optim=2e-3,
                          progress=not args.smoke)
-    print(f"trained {steps} steps in {result.seconds:.1f} s, final loss {result.losses[-1]:.3f}")
+    print(f"trained {steps} steps in {result.seconds:.1f} s, final loss {result.history[-1]:.3f} "
+          "nats per example")
 
     vlb = probgen.evaluate(model, test, estimator="vlb", num_samples=4 if args.smoke else 64)
     ode_subset = test[: 20 if args.smoke else 200]

@@ -13,7 +13,7 @@ import torch
 
 import probgen
 from probgen.data.bundled import load_dataset, train_test_split
-from probgen.data.transforms import dequantized_log_likelihood, uniform_dequantize
+from probgen.data.transforms import dequantized_log_likelihood
 from probgen.models.flow import FlowModel
 
 
@@ -42,17 +42,15 @@ def digits(args: argparse.Namespace) -> None:
     # A density on [0, 1]^64: the flow models logit(α + (1-2α) y), the Jacobian included.
     model = FlowModel(64, kind=args.kind, backend=args.backend, transforms=5, hidden=(128, 128),
                       domain="unit_interval", logit_alpha=0.05).to(args.device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    # Fitted on y = x / 17 with fresh uniform noise u / 17 added to every mini-batch by fit's
+    # transform (drawn from torch's RNG, which fit seeds): y = (x + u) / 17 ∈ [0, 1).
+    result = probgen.fit(model, train / levels, num_steps=args.steps, batch_size=128, optim=1e-3,
+                         transform=lambda y: y + torch.rand_like(y) / levels, seed=0,
+                         progress=not args.smoke)
+    history = result.history
+    for step in range(0, len(history), max(len(history) // 5, 1)):
+        print(f"step {step:5d}  -log p(y) = {history[step]:.2f} nats on the [0, 1) scale")
     generator = torch.Generator(device=args.device).manual_seed(0)
-    for step in range(args.steps):
-        batch = train[torch.randint(0, len(train), (128,), device=args.device)]
-        # fresh uniform noise every step: y = (x + u) / 17
-        loss = -model.log_prob(uniform_dequantize(batch, levels, generator=generator)).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if step % max(args.steps // 5, 1) == 0:
-            print(f"step {step:5d}  -log p(y) = {loss.item():.2f} nats on the [0, 1) scale")
     model.eval()
     # log P(x) >= E_u[log p((x + u)/17) - 64 log 17]: a lower bound on the discrete log-mass.
     for k in (1, 16):

@@ -19,11 +19,7 @@ import torch  # noqa: E402
 
 import probgen  # noqa: E402
 from probgen.data import load_dataset, train_test_split  # noqa: E402
-from probgen.models.latent_diffusion import (  # noqa: E402
-    LatentDiffusionVAE,
-    evaluate_diffusion_elbo,
-    two_stage_fit,
-)
+from probgen.models.latent_diffusion import LatentDiffusionVAE  # noqa: E402
 
 
 def main() -> None:
@@ -53,16 +49,13 @@ def main() -> None:
                                    hidden_features=hidden, prior=prior,
                                    denoiser_features=(64,) if args.smoke else (128,) * 3,
                                    prior_samples=4).to(args.device)
-        if prior == "diffusion" and args.two_stage:
-            from probgen.diffusion.training import train as sgd
-
-            two_stage_fit(model, train, vae_steps=steps // 2, prior_steps=steps // 2,
-                          fit=sgd, batch_size=256, lr=2e-3, seed=0)
-        else:
-            probgen.fit(model, train, num_steps=steps, batch_size=256, optim=2e-3,
-                        progress=not args.smoke, seed=0)
+        # two stages: the VAE for half the steps, then the diffusion prior on its frozen latents
+        two_stage = {"method": "two_stage", "vae_steps": steps // 2} if (
+            prior == "diffusion" and args.two_stage) else {}
+        probgen.fit(model, train, num_steps=steps, batch_size=256, optim=2e-3,
+                    progress=not args.smoke, seed=0, **two_stage)
         k = 4 if args.smoke else 32
-        results[prior] = evaluate_diffusion_elbo(model, (test,), num_particles=k, seed=0)
+        results[prior] = probgen.evaluate(model, test, estimator="diffusion_elbo", k=k, seed=0)
         models[prior] = model
         ll = results[prior]
         print(f"{prior:9s} prior: {ll.mean:8.3f} ± {ll.stderr:.3f} nats  [{ll.label}]")

@@ -12,10 +12,9 @@ from pyro.optim import Adam
 
 import probgen
 from probgen.diffusion import CosineSchedule, GaussianMixtureDenoiser, vlb
-from probgen.diffusion.training import train
 from probgen.distributions.diffusion import DiffusionPrior
-from probgen.models.registry import get_model_class
 from probgen.models.diffusion import DiffusionDensity, evaluate_ode, evaluate_vlb
+from probgen.models.registry import get_model_class
 from probgen.nn.denoiser import MLPDenoiser
 
 DT = torch.float64
@@ -133,7 +132,11 @@ def test_estimator_labels_and_evaluate_auto():
     assert hutchinson.kind == "estimate" and hutchinson.settings["trace"] == "hutchinson"
     auto = probgen.evaluate(model, x, k=4)
     assert auto.kind == "lower_bound" and auto.estimator == "vlb"
-    assert small_model(dequantized=True).data_space == "dequantized"
+    dequantized = small_model(dequantized=True)
+    assert dequantized.data_space == "dequantized" and small_model().data_space == "continuous"
+    assert DiffusionDensity(**dequantized.config).data_space == "dequantized"
+    with pytest.raises(AttributeError):  # declared once, from the config
+        dequantized.data_space = "continuous"
 
 
 def test_ode_log_prob_of_model_with_optimal_denoiser_matches_data_density():
@@ -184,22 +187,27 @@ def test_trained_model_bound_ordering():
     assert gaps[None] > -1.0, f"the trained bound is {gaps[None]:.2f} nats below log p(x)"
 
 
-def test_pyro_training_loop_and_simple_loss():
+def test_fit_with_clipped_adam_and_simple_loss():
+    """probgen.fit trains the family with either objective and a pyro.optim ClippedAdam."""
     torch.manual_seed(11)
     x = torch.randn(64, 2)
     for loss in ("vlb", "simple"):
         pyro.clear_param_store()
         model = small_model(loss=loss)
-        losses = train(model, x, num_steps=4, batch_size=32, seed=0)
-        assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
-        assert not model.training  # train() leaves the model in eval mode: VLB in the program
+        before = [p.detach().clone() for p in model.parameters()]
+        result = probgen.fit(model, x, num_steps=4, batch_size=32, seed=0, progress=False,
+                             optim=pyro.optim.ClippedAdam({"lr": 1e-3, "clip_norm": 10.0}))
+        assert len(result.losses) == 4 and all(math.isfinite(v) for v in result.losses)
+        assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+        ll = probgen.evaluate(model, x, estimator="vlb", num_samples=2, seed=0)
+        assert ll.kind == "lower_bound"  # the "simple" model is still scored by its VLB
         samples = model.sample(5, sampler="ddim", num_steps=5)
         assert samples.shape == (5, 2) and torch.isfinite(samples).all()
 
 
 def test_demo_entry_smoke():
+    from probgen.demo.diffusion import demo_entries
     from probgen.demo.run import DATASETS
-    from probgen.models.diffusion import demo_entries
 
     (entry,) = demo_entries(smoke=True)
     assert entry.dataset == "iris"

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 import probgen
-from probgen.data.transforms import LogitTransform
 from probgen.core.result import LogLikelihood
-from probgen.models.flow import FlowModel, demo_entries
+from probgen.data.transforms import LogitTransform
+from probgen.demo.flow import demo_entries
+from probgen.models.flow import FlowModel
 
 
 def gaussian_data(n: int, seed: int) -> tuple[torch.Tensor, torch.distributions.Distribution]:
@@ -102,3 +103,11 @@ def test_demo_entries_smoke():
     data = DemoData("iris", (iris[train_index],), (iris[test_index],), "standardized iris")
     ll = entries[0].run(data, "")
     assert isinstance(ll, LogLikelihood) and ll.kind == "exact" and math.isfinite(ll.mean)
+
+
+def test_support_follows_the_domain():
+    assert FlowModel(2, kind="maf", transforms=1).support == "real"
+    unit = FlowModel(2, kind="maf", transforms=1, domain="unit_interval")
+    assert unit.support == "unit_interval" and unit.data_space == "continuous"
+    with pytest.raises(AttributeError):
+        unit.support = "real"

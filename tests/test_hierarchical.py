@@ -256,9 +256,9 @@ def test_bad_arguments_name_the_problem(kwargs, match):
 
 
 def test_registered_and_demo_entry_runs():
+    from probgen.demo.hierarchical import demo_entries
     from probgen.demo.run import DATASETS
     from probgen.models.registry import get_model_class
-    from probgen.models.hierarchical import demo_entries
 
     assert get_model_class("hierarchical_vae") is HierarchicalVAE
     (entry,) = demo_entries(smoke=True)
@@ -266,3 +266,14 @@ def test_registered_and_demo_entry_runs():
     ll = entry.run(data, "/tmp")
     assert ll.kind == "lower_bound" and ll.estimator == "iwae"
     assert -64 * math.log(2) < ll.mean < 0
+
+
+def test_capabilities_follow_the_config():
+    for likelihood, expected in (("bernoulli", ("discrete", "binary")),
+                                 ("gaussian", ("continuous", "real")),
+                                 ("discretized_logistic", ("discrete", "count"))):
+        vae = HierarchicalVAE((6,), latent_dims=(2,), hidden_features=((4,),),
+                              likelihood=likelihood)
+        assert (vae.data_space, vae.support) == expected
+    with pytest.raises(AttributeError):
+        vae.support = "real"

@@ -1,5 +1,6 @@
 """Latent-diffusion VAE: its ELBO (diffusion VLB for log p(z)) against the exact log p(x) by
-quadrature over a 1-D latent, labels of its estimators, end-to-end gradients, two-stage fit."""
+quadrature over a 1-D latent, labels of its estimators, end-to-end gradients, and the
+``two_stage`` training method of probgen.fit (equal to two plain fits; resumable)."""
 
 import math
 
@@ -9,14 +10,14 @@ import pytest
 import torch
 from pyro.infer import Trace_ELBO
 
+import probgen
 from probgen.diffusion import GaussianMixtureDenoiser, gaussian_ancestral_marginal
-from probgen.models.registry import get_model_class
 from probgen.models.latent_diffusion import (
     LatentDiffusionVAE,
     evaluate_diffusion_elbo,
     evaluate_diffusion_iwae,
-    two_stage_fit,
 )
+from probgen.models.registry import get_model_class
 
 DT = torch.float64
 PATTERNS = torch.tensor([[(i >> j) & 1 for j in range(3)] for i in range(8)], dtype=DT)
@@ -97,30 +98,89 @@ def test_end_to_end_gradients_reach_every_network():
         assert any(g.abs().sum() > 0 for g in grads), name
 
 
-def test_two_stage_fit_freezes_the_autoencoder_in_stage_two():
+def small_hybrid() -> LatentDiffusionVAE:
+    pyro.clear_param_store()
     torch.manual_seed(3)
-    model = LatentDiffusionVAE(features=6, latent_features=2, hidden_features=(16,),
-                               denoiser_features=(16,))
-    x = torch.bernoulli(torch.full((40, 6), 0.4))
-    snapshots = {}
+    return LatentDiffusionVAE(features=6, latent_features=2, hidden_features=(16,),
+                              denoiser_features=(16,))
 
-    def fit(model, data, num_steps, **options):
-        from probgen.diffusion.training import train
 
-        snapshots[model.stage] = [p.detach().clone() for p in model.decoder.parameters()]
-        denoiser = [p.detach().clone() for p in model.denoiser.parameters()]
-        losses = train(model, data, num_steps=num_steps, **options)
-        if model.stage == "vae":
-            assert all(torch.equal(a, b) for a, b in zip(denoiser, model.denoiser.parameters()))
-        return losses
+BINARY = torch.bernoulli(torch.full((40, 6), 0.4), generator=torch.Generator().manual_seed(0))
 
-    vae_losses, prior_losses = two_stage_fit(model, x, vae_steps=3, prior_steps=3, fit=fit,
-                                             batch_size=20, seed=0)
-    assert len(vae_losses) == 3 and len(prior_losses) == 3
-    after = list(model.decoder.parameters())
-    assert all(torch.equal(a, b) for a, b in zip(snapshots["prior"], after))
-    assert not all(torch.equal(a, b) for a, b in zip(snapshots["vae"], after))
+
+def parameters(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in module.state_dict().items()}
+
+
+def test_two_stage_method_equals_two_plain_fits(tmp_path):
+    """method="two_stage" = SVI on stage "vae" for vae_steps, then SVI on stage "prior" with the
+    autoencoder frozen (the second fit resuming the first's checkpoint, so the random stream
+    and batch order continue): the same parameters, bit for bit."""
+    vae_steps, prior_steps = 5, 4
+    model = small_hybrid()
+    result = probgen.fit(model, BINARY, method="two_stage", vae_steps=vae_steps,
+                         num_steps=vae_steps + prior_steps, batch_size=16, seed=1, progress=False)
+    assert len(result.losses) == vae_steps + prior_steps and result.method == "two_stage"
     assert model.stage == "joint" and all(p.requires_grad for p in model.parameters())
+
+    reference = small_hybrid()
+    initial = parameters(reference)
+    checkpoint = tmp_path / "stages.pt"
+    reference.stage = "vae"
+    probgen.fit(reference, BINARY, num_steps=vae_steps, batch_size=16, seed=1, progress=False,
+                checkpoint=checkpoint)
+    after_vae = parameters(reference)
+    reference.stage = "prior"
+    reference.freeze_autoencoder(True)
+    probgen.fit(reference, BINARY, num_steps=vae_steps + prior_steps, batch_size=16, seed=1,
+                progress=False, checkpoint=checkpoint, resume=True)
+    final = parameters(model)
+    assert all(torch.equal(final[name], value) for name, value in parameters(reference).items())
+    # stage one leaves the prior alone, stage two the autoencoder; each stage trains its part
+    for name in final:
+        part = name.split(".")[0]
+        if part == "denoiser":
+            assert torch.equal(after_vae[name], initial[name]), name
+        else:
+            assert torch.equal(final[name], after_vae[name]), name
+    changed = {name.split(".")[0] for name in final if not torch.equal(final[name], initial[name])}
+    assert changed == {"encoder", "decoder", "denoiser"}
+
+
+@pytest.mark.parametrize("interrupt", [3, 5, 7])
+@pytest.mark.parametrize("adam", ["fused", "pyro"])
+def test_two_stage_resume_across_the_boundary_equals_an_uninterrupted_run(tmp_path, interrupt,
+                                                                          adam):
+    """Interrupted before, at or after the stage boundary (step 5), a resumed run ends where an
+    uninterrupted one does: the stage and its optimizer's moments come back with the step."""
+    def run(num_steps, **options):
+        optim = 3e-3 if adam == "fused" else pyro.optim.ClippedAdam({"lr": 3e-3, "clip_norm": 10.0})
+        return probgen.fit(model, BINARY, method="two_stage", vae_steps=5, num_steps=num_steps,
+                           batch_size=16, optim=optim, seed=2, progress=False, **options)
+
+    model = small_hybrid()
+    whole = run(9)
+    expected = parameters(model)
+    model = small_hybrid()
+    checkpoint = tmp_path / "two_stage.pt"
+    run(interrupt, checkpoint=checkpoint)
+    assert model.stage == "joint" and all(p.requires_grad for p in model.parameters())
+    resumed = run(9, checkpoint=checkpoint, resume=True)
+    assert resumed.losses == whole.losses
+    assert all(torch.equal(value, expected[name]) for name, value in parameters(model).items())
+
+
+def test_two_stage_needs_vae_steps_and_a_diffusion_prior():
+    model = small_hybrid()
+    with pytest.raises(ValueError, match="vae_steps"):
+        probgen.fit(model, BINARY, method="two_stage", num_steps=2, progress=False)
+    with pytest.raises(TypeError, match="prior_steps"):
+        probgen.fit(model, BINARY, method="two_stage", vae_steps=1, prior_steps=1, progress=False)
+    plain = LatentDiffusionVAE(features=6, latent_features=2, hidden_features=(8,),
+                               denoiser_features=(8,), prior="gaussian")
+    with pytest.raises(ValueError, match="prior='diffusion'"):
+        probgen.fit(plain, BINARY, method="two_stage", vae_steps=1, num_steps=2, progress=False)
+    assert model.stage == "joint"
 
 
 def test_registry_config_samples_and_errors():
@@ -166,3 +226,13 @@ def test_diffusion_iwae_warns_when_its_estimate_is_impossible(monkeypatch):
     with pytest.warns(RuntimeWarning, match="exceeds log 1"):
         result = evaluate_diffusion_iwae(model, (x,), k=4, seed=0)
     assert result.kind == "estimate"
+
+
+def test_demo_entry_trains_in_two_stages_and_reports_a_bound():
+    from probgen.demo.latent_diffusion import demo_entries
+    from probgen.demo.run import DATASETS
+
+    (entry,) = demo_entries(smoke=True)
+    ll = entry.run(DATASETS[entry.dataset](True), "/tmp")
+    assert ll.kind == "lower_bound" and ll.estimator == "diffusion_elbo"
+    assert -64 * math.log(2) < ll.mean < 0

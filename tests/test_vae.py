@@ -12,7 +12,8 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from scipy import stats
 
 import probgen
-from probgen.models.vae import VAE, demo_entries
+from probgen.demo.vae import demo_entries
+from probgen.models.vae import VAE
 
 
 # --- probabilistic PCA: a linear-Gaussian VAE whose log p(x) is closed form -------------------
@@ -288,3 +289,15 @@ def test_model_and_guide_register_every_parameter_once_between_them():
     svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())
     svi.step(x)
     assert all(not torch.equal(b, p) for b, p in zip(before, vae.parameters()))
+
+
+@pytest.mark.parametrize("likelihood, data_space, support", [
+    ("bernoulli", "discrete", "binary"), ("gaussian", "continuous", "real"),
+    ("discretized_logistic", "discrete", "count")])
+def test_capabilities_follow_the_config_and_are_declared_once(likelihood, data_space, support):
+    vae = VAE((6,), latent_dim=2, hidden_features=(4,), likelihood=likelihood)
+    rebuilt = VAE(**vae.config)
+    assert (vae.data_space, vae.support) == (rebuilt.data_space, rebuilt.support) == (
+        data_space, support)
+    with pytest.raises(AttributeError):
+        vae.data_space = "continuous"

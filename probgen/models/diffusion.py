@@ -15,18 +15,18 @@ import pyro
 import torch
 from torch import Tensor
 
+from probgen.core.chunks import eval_mode, map_chunks
+from probgen.core.model import GenerativeModel
+from probgen.core.result import LogLikelihood, data_fingerprint
 from probgen.diffusion.losses import simple_loss, vlb
 from probgen.diffusion.ode import ode_log_prob, ode_sample
 from probgen.diffusion.samplers import sample_loop
 from probgen.diffusion.schedules import make_schedule
 from probgen.distributions.diffusion import DiffusionPrior
-from probgen.core.chunks import eval_mode, map_chunks
-from probgen.core.result import LogLikelihood, data_fingerprint
-from probgen.core.model import GenerativeModel
 from probgen.models.registry import register_model
 from probgen.nn.denoiser import MLPDenoiser
 
-__all__ = ["LOSSES", "DiffusionDensity", "evaluate_vlb", "evaluate_ode", "demo_entries"]
+__all__ = ["LOSSES", "DiffusionDensity", "evaluate_vlb", "evaluate_ode"]
 
 LOSSES = ("vlb", "simple")
 
@@ -79,7 +79,11 @@ class DiffusionDensity(GenerativeModel):
             raise ValueError(f"scale must be positive, got {scale}")
         self.register_buffer("shift", shift_t.clone())
         self.register_buffer("scale", scale_t.clone())
-        self.data_space = "dequantized" if dequantized else "continuous"
+
+    @property
+    def data_space(self) -> str:
+        """``"dequantized"`` for uniformly dequantized integers, else ``"continuous"``."""
+        return "dequantized" if self.config["dequantized"] else "continuous"
 
     def event_shape(self) -> tuple[int, ...]:
         return (self.config["features"],)
@@ -193,21 +197,4 @@ def evaluate_ode(model: DiffusionDensity, batch: tuple[Tensor, ...], *, exact: b
     return LogLikelihood(values, kind="exact" if exact else "estimate", estimator="prob_flow_ode",
                          num_dims=x.shape[-1], data_space=model.data_space, settings=settings,
                          data_id=data_fingerprint(x))
-
-
-def demo_entries(smoke: bool) -> list:
-    """A small continuous-time diffusion density on standardized iris (kind lower_bound)."""
-    from probgen.demo.registry import DemoEntry
-
-    def run(data, out_dir: str) -> LogLikelihood:
-        from probgen.diffusion.training import train
-
-        torch.manual_seed(0)
-        train_x = data.train[0].to(torch.float32)
-        model = DiffusionDensity(features=train_x.shape[-1], hidden_features=(64, 64))
-        train(model, train_x, num_steps=40 if smoke else 2000, batch_size=120, lr=3e-3)
-        return evaluate_vlb(model, (data.test[0].to(torch.float32),),
-                            num_samples=8 if smoke else 64, seed=0)
-
-    return [DemoEntry(dataset="iris", name="diffusion (VLB)", run=run)]
 

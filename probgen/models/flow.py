@@ -11,13 +11,12 @@ import torch
 from torch import Tensor
 from torch.distributions import AffineTransform
 
+from probgen.core.model import GenerativeModel
 from probgen.data.transforms import LogitTransform
 from probgen.distributions.flow import Flow
-from probgen.core.result import LogLikelihood
-from probgen.core.model import GenerativeModel
 from probgen.models.registry import register_model
 
-__all__ = ["FlowModel", "demo_entries"]
+__all__ = ["FlowModel"]
 
 DOMAINS = ("real", "unit_interval")
 
@@ -48,7 +47,6 @@ class FlowModel(GenerativeModel):
 
     has_exact_log_prob = True
     data_space = "continuous"
-    support = "real"
 
     def __init__(self, features: int, *, kind: str = "nsf", backend: str = "zuko",
                  transforms: int = 3, hidden: Sequence[int] = (64, 64), base: str = "normal",
@@ -66,7 +64,6 @@ class FlowModel(GenerativeModel):
                          loc=None if loc is None else [float(v) for v in loc],
                          scale=None if scale is None else [float(v) for v in scale], **options)
         self.features, self.domain = int(features), domain
-        self.support = "unit_interval" if domain == "unit_interval" else "real"
         self.flow = Flow(self.features, backend=backend, kind=kind, transforms=transforms,
                          hidden=hidden, base=base, **options)
         self.register_buffer("loc", None if loc is None else torch.tensor(loc, dtype=torch.float32))
@@ -78,6 +75,11 @@ class FlowModel(GenerativeModel):
                                  f"{self.features} features")
         if self.scale is not None and (self.scale <= 0).any():
             raise ValueError("scale must be positive")
+
+    @property
+    def support(self) -> str:
+        """``"unit_interval"`` with ``domain="unit_interval"``, else ``"real"``."""
+        return "unit_interval" if self.config["domain"] == "unit_interval" else "real"
 
     @classmethod
     def standardized(cls, data: Tensor, **kwargs: Any) -> FlowModel:
@@ -121,21 +123,3 @@ class FlowModel(GenerativeModel):
             samples = self.distribution().sample((num_samples,))
         return samples.clamp(0, 1) if self.domain == "unit_interval" else samples
 
-
-def demo_entries(smoke: bool) -> list:
-    """``probgen demo``: NSF and MAF flows on iris, exact log-likelihoods beside the GMMs."""
-    from probgen.demo.registry import DemoEntry
-
-    def runner(kind: str):
-        def run(data: Any, out_dir: str) -> LogLikelihood:
-            import probgen
-
-            train, test = data.train[0].double(), data.test[0].double()
-            model = FlowModel(train.shape[1], kind=kind, transforms=2, hidden=(32, 32)).double()
-            probgen.fit(model, train, num_steps=30 if smoke else 600, optim=5e-3, seed=0,
-                        progress=False)
-            return probgen.evaluate(model, test, estimator="exact")
-
-        return run
-
-    return [DemoEntry("iris", f"flow-{kind} (SVI, exact)", runner(kind)) for kind in ("nsf", "maf")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -15,16 +15,13 @@ from pyro.infer import ELBO
 from torch import nn
 from torch.distributions import kl_divergence
 
+from probgen.core.model import GenerativeModel
 from probgen.distributions.likelihoods import check_bins, observation_distribution
 from probgen.guides.amortized import AmortizedFlowPosterior
-from probgen.core.model import GenerativeModel
 from probgen.models.registry import register_model
 from probgen.nn import MLP, ConvDecoder, ConvEncoder, activation
 
-if TYPE_CHECKING:
-    from probgen.demo.registry import DemoEntry
-
-__all__ = ["HierarchicalVAE", "LadderELBO", "precision_weighted", "demo_entries"]
+__all__ = ["HierarchicalVAE", "LadderELBO", "precision_weighted"]
 
 LIKELIHOODS = ("bernoulli", "gaussian", "discretized_logistic")
 TOP_POSTERIORS = (None, "iaf", "nsf")
@@ -145,7 +142,6 @@ class HierarchicalVAE(GenerativeModel):
         self.observation_scale = observation_scale
         self.warmup_steps, self.free_bits = int(warmup_steps), float(free_bits)
         self.top_posterior = top_posterior
-        self.data_space, self.support = _DATA_SPACE[likelihood], _SUPPORT[likelihood]
         num_data = math.prod(self.data_shape)
         per_dim = _PARAMS_PER_DIM[likelihood]
         # bottom-up: d_l = body_l(d_{l-1}), (μ̂_l, log σ̂_l) = head_l(d_l)
@@ -181,6 +177,16 @@ class HierarchicalVAE(GenerativeModel):
             self.log_observation_scale = nn.Parameter(torch.zeros(self.data_shape))
         self.register_buffer("training_steps", torch.zeros((), dtype=torch.long))  # for warm-up
         self.register_buffer("_zero", torch.zeros(()), persistent=False)
+
+    @property
+    def data_space(self) -> str:
+        """``"discrete"`` for Bernoulli and discretized likelihoods, ``"continuous"`` for Gaussian."""
+        return _DATA_SPACE[self.config["likelihood"]]
+
+    @property
+    def support(self) -> str:
+        """The data's support, from the likelihood: ``"binary"``, ``"real"`` or ``"count"``."""
+        return _SUPPORT[self.config["likelihood"]]
 
     @property
     def latent_names(self) -> tuple[str, ...]:
@@ -377,20 +383,3 @@ class LadderELBO(ELBO):
             self.vae.training_steps += 1
         return float(loss.detach())
 
-
-def demo_entries(smoke: bool) -> list[DemoEntry]:
-    """A 2-layer ladder VAE on binarized 8x8 digits, scored with the IWAE bound."""
-    from probgen.demo.registry import DemoEntry
-
-    def run(data, out_dir: str):
-        import probgen
-
-        (x_train,), (x_test,) = data.train[:1], data.test[:1]
-        pyro.set_rng_seed(0)
-        vae = HierarchicalVAE((x_train.shape[1],), latent_dims=(16, 8),
-                              hidden_features=((64,), (32,)), warmup_steps=300).to(x_train.dtype)
-        probgen.fit(vae, x_train, num_steps=150 if smoke else 3000, batch_size=128,
-                    optim=pyro.optim.Adam({"lr": 3e-3}), seed=0, progress=False)
-        return probgen.evaluate(vae, x_test, estimator="iwae", k=50 if smoke else 1000, seed=0)
-
-    return [DemoEntry("digits", "ladder vae, 2 layers (iwae bound)", run)]

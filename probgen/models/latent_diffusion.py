@@ -10,6 +10,7 @@ gives no guaranteed bound (Jensen's inequality points the wrong way for the inne
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Sequence
@@ -17,19 +18,22 @@ from typing import Any
 
 import pyro
 import pyro.distributions as dist
+import pyro.optim
 import torch
 from torch import Tensor, nn
 
+from probgen.core.chunks import eval_mode, map_chunks
+from probgen.core.model import GenerativeModel
+from probgen.core.result import LogLikelihood, data_fingerprint
 from probgen.diffusion.schedules import make_schedule
 from probgen.distributions.diffusion import DiffusionPrior
-from probgen.core.chunks import eval_mode, map_chunks
-from probgen.core.result import LogLikelihood, data_fingerprint
-from probgen.core.model import GenerativeModel
+from probgen.infer.method import TrainingSetup
+from probgen.infer.svi import SVI
 from probgen.models.registry import register_model
 from probgen.nn.denoiser import GaussianResidualDenoiser, MLPDenoiser
 from probgen.nn.mlp import MLP
 
-__all__ = ["LatentDiffusionVAE", "PRIORS", "two_stage_fit", "evaluate_diffusion_elbo",
+__all__ = ["LatentDiffusionVAE", "PRIORS", "TwoStage", "evaluate_diffusion_elbo",
            "evaluate_diffusion_iwae"]
 
 PRIORS = ("diffusion", "gaussian")
@@ -155,26 +159,75 @@ class LatentDiffusionVAE(GenerativeModel):
             module.requires_grad_(not frozen)
 
 
-def two_stage_fit(model: LatentDiffusionVAE, data: Tensor, *, vae_steps: int, prior_steps: int,
-                  fit: Any = None, **fit_options: Any) -> tuple[list[float], list[float]]:
-    """Stage 1: the VAE with a N(0, I) prior; stage 2: the diffusion prior on q(z|x) with the
-    autoencoder frozen. ``fit(model, data, num_steps=..., **fit_options)`` returns losses
-    (default: :func:`probgen.diffusion.training.train`). Returns both stages' losses."""
-    if model.config["prior"] != "diffusion":
-        raise ValueError("two_stage_fit trains a diffusion prior; build the model with "
-                         "prior='diffusion'")
-    if fit is None:
-        from probgen.diffusion.training import train as fit
-    model.stage = "vae"
-    try:
-        vae_losses = fit(model, data, num_steps=vae_steps, **fit_options)
-        model.stage = "prior"
-        model.freeze_autoencoder(True)
-        prior_losses = fit(model, data, num_steps=prior_steps, **fit_options)
-    finally:
+@LatentDiffusionVAE.training_method("two_stage")
+class TwoStage(SVI):
+    r"""Two-stage latent diffusion (Vahdat et al., 2021; Rombach et al., 2022) as one fit.
+
+    ``probgen.fit(model, x, method="two_stage", vae_steps=S, num_steps=S + P)``: the first
+    ``vae_steps`` steps train the autoencoder as a plain VAE (``model.stage = "vae"``, prior
+    N(0, I)); the remaining steps train the diffusion prior on q(z | x) with the encoder and
+    decoder frozen (``model.stage = "prior"``), with an optimizer of their own (a fresh one, or
+    the same per-parameter ``pyro.optim`` object). The stage follows the step count, which is
+    checkpointed and rolled back with the parameters, so a resume past the boundary continues
+    in stage two. When the fit ends the model is back to ``stage = "joint"``, unfrozen.
+
+    The objective is the ELBO each stage defines, so ``FitResult.losses`` switches from the
+    N(0, I)-prior bound to the diffusion-prior bound at step ``vae_steps``.
+    """
+
+    options = ("vae_steps",)
+
+    def __init__(self, setup: TrainingSetup) -> None:
+        model = setup.model
+        if not isinstance(model, LatentDiffusionVAE) or model.config["prior"] != "diffusion":
+            raise ValueError("method='two_stage' trains the diffusion prior of a "
+                             "LatentDiffusionVAE built with prior='diffusion'")
+        vae_steps = setup.options.get("vae_steps")
+        if isinstance(vae_steps, bool) or not isinstance(vae_steps, int) or vae_steps < 1:
+            raise ValueError("method='two_stage' needs vae_steps=S, a positive integer: the "
+                             f"steps of stage one (the VAE), got {vae_steps!r}")
+        self.model, self.vae_steps = model, vae_steps
+        self.stage = "vae"
+        model.stage = "vae"
         model.freeze_autoencoder(False)
-        model.stage = "joint"
-    return list(vae_losses), list(prior_losses)
+        super().__init__(setup)
+        # Stage two's optimizer: a fresh copy of stage one's before any step; a user's
+        # pyro.optim object keeps state per parameter, so it is shared (and its schedule too).
+        stage_two = (self.optimizer if isinstance(setup.optim, pyro.optim.PyroOptim)
+                     else copy.deepcopy(self.optimizer))
+        self.optimizers = {"vae": self.optimizer, "prior": stage_two}
+        # steps taken, as a tensor: rollback on divergence restores it with the parameters
+        self.steps_taken = torch.zeros((), dtype=torch.long)
+
+    def _enter_stage(self) -> None:
+        stage = "vae" if int(self.steps_taken) < self.vae_steps else "prior"
+        if stage != self.stage:
+            self.stage = stage
+            self.optimizer = self.optimizers[stage]
+        self.model.stage = stage
+        self.model.freeze_autoencoder(stage == "prior")
+
+    def step(self, batch: tuple[Tensor, ...], scale: float) -> float:
+        self._enter_stage()
+        loss = super().step(batch, scale)
+        self.steps_taken += 1
+        self._enter_stage()  # validation and checkpoints after this step see the next stage
+        return loss
+
+    def tensors(self) -> list[Tensor]:
+        return super().tensors() + [self.steps_taken]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "steps_taken": int(self.steps_taken)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps_taken.fill_(int(state.get("steps_taken", 0)))
+        self._enter_stage()
+        super().load_state_dict(state)  # into the optimizer of the stage the run is in
+
+    def finish(self) -> None:
+        self.model.freeze_autoencoder(False)
+        self.model.stage = "joint"
 
 
 def _prepare(model: Any, batch: Any) -> Tensor:

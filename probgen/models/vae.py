@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import pyro
 import pyro.distributions as dist
@@ -13,16 +13,13 @@ import torch
 from pyro import poutine
 from torch import nn
 
+from probgen.core.model import GenerativeModel
 from probgen.distributions.discretized import DiscretizedLogistic
 from probgen.distributions.likelihoods import check_bins, observation_distribution
-from probgen.core.model import GenerativeModel
 from probgen.models.registry import register_model
 from probgen.nn import MLP, ConvDecoder, ConvEncoder, activation
 
-if TYPE_CHECKING:
-    from probgen.demo.registry import DemoEntry
-
-__all__ = ["VAE", "LIKELIHOODS", "demo_entries"]
+__all__ = ["VAE", "LIKELIHOODS"]
 
 LIKELIHOODS = ("bernoulli", "gaussian", "discretized_logistic")
 _DATA_SPACE = {"bernoulli": "discrete", "gaussian": "continuous", "discretized_logistic": "discrete"}
@@ -102,8 +99,6 @@ class VAE(GenerativeModel):
         self.num_classes = None if num_classes is None else int(num_classes)
         self.num_bins = int(num_bins)
         self.observation_scale = observation_scale
-        self.data_space = _DATA_SPACE[likelihood]
-        self.support = _SUPPORT[likelihood]
         num_data = math.prod(self.data_shape)
         num_labels = self.num_classes or 0
         per_dim = _PARAMS_PER_DIM[likelihood]
@@ -124,6 +119,16 @@ class VAE(GenerativeModel):
         if likelihood == "gaussian" and observation_scale is None:
             self.log_observation_scale = nn.Parameter(torch.zeros(self.data_shape))
         self.register_buffer("_zero", torch.zeros(()), persistent=False)
+
+    @property
+    def data_space(self) -> str:
+        """``"discrete"`` for Bernoulli and discretized likelihoods, ``"continuous"`` for Gaussian."""
+        return _DATA_SPACE[self.config["likelihood"]]
+
+    @property
+    def support(self) -> str:
+        """The data's support, from the likelihood: ``"binary"``, ``"real"`` or ``"count"``."""
+        return _SUPPORT[self.config["likelihood"]]
 
     # --- networks ----------------------------------------------------------------------
     def _labels(self, y: torch.Tensor | None, batch_shape: torch.Size) -> torch.Tensor | None:
@@ -278,19 +283,3 @@ class VAE(GenerativeModel):
 
 _act = activation
 
-
-def demo_entries(smoke: bool) -> list[DemoEntry]:
-    """A small Bernoulli VAE on binarized 8x8 digits, scored with the IWAE bound."""
-    from probgen.demo.registry import DemoEntry
-
-    def run(data, out_dir: str):
-        import probgen
-
-        (x_train,), (x_test,) = data.train[:1], data.test[:1]
-        pyro.set_rng_seed(0)
-        vae = VAE((x_train.shape[1],), latent_dim=8, hidden_features=(64,)).to(x_train.dtype)
-        probgen.fit(vae, x_train, num_steps=100 if smoke else 3000, batch_size=128,
-                    optim=pyro.optim.Adam({"lr": 3e-3}), seed=0, progress=False)
-        return probgen.evaluate(vae, x_test, estimator="iwae", k=50 if smoke else 1000)
-
-    return [DemoEntry("digits", "vae (iwae bound)", run)]
