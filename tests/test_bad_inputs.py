@@ -2,7 +2,9 @@
 
 Each case: (entry point, what is wrong, call, expected error type, a regex the message must
 match). The CLI cases must exit with code 2 and print one line, no traceback. The last test
-prints the coverage: entry points and the number of bad inputs tried.
+prints the coverage: entry points and the number of bad inputs tried. A case that still lets a
+raw torch/pyro/numpy/OS error escape is a known bug: it is marked ``xfail(strict=True)`` with a
+one-line reproduction (``_bug``), so that it turns into a failure once fixed and can be unmarked.
 """
 
 from __future__ import annotations
@@ -355,6 +357,477 @@ CLI_LAZY = [
 ]
 
 
+# --- reliability sweep 2: bad data × every family and entry point, bad arguments, files -------
+import numpy as _np  # noqa: E402
+
+XFAIL: dict[int, str] = {}  # id(case) -> why it is a known bug (the case is marked xfail(strict))
+
+
+def _bug(case: Case, reason: str) -> Case:
+    XFAIL[id(case)] = reason
+    return case
+
+
+_FAMILIES = {  # name -> (factory, number of features)
+    "GaussianMixture": (lambda: _cls("probgen.models.mixture", "GaussianMixture")(2, 3).double(), 3),
+    "VAE": (lambda: _cls("probgen.models.vae", "VAE")((6,), latent_dim=2, hidden_features=(8,)), 6),
+    "FlowModel": (lambda: _cls("probgen.models.flow", "FlowModel")(3, kind="maf", transforms=1, hidden=(8,)).double(), 3),
+    "RBM": (lambda: _cls("probgen.models.ebm", "RBM")(6, 3).double(), 6),
+    "GaussianRBM": (lambda: _cls("probgen.models.ebm", "GaussianRBM")(3, 2).double(), 3),
+    "NeuralEBM": (lambda: _cls("probgen.models.ebm", "NeuralEBM")(3, hidden_sizes=(8,)).double(), 3),
+    "DiffusionDensity": (lambda: _cls("probgen.models.diffusion", "DiffusionDensity")(3, hidden_features=(8,), time_features=4).double(), 3),
+    "LatentDiffusionVAE": (lambda: _cls("probgen.models.latent_diffusion", "LatentDiffusionVAE")(6, latent_features=2, hidden_features=(8,), denoiser_features=(8,), time_features=4), 6),
+    "HierarchicalVAE": (lambda: _cls("probgen.models.hierarchical", "HierarchicalVAE")((6,), latent_dims=(2, 2), hidden_features=((8,), (8,))), 6),
+}
+
+# kind -> (make(num_features), error type, message regex(num_features))
+_BAD_DATA = {
+    "NaN": (lambda f: torch.zeros(4, f).double().index_fill_(0, torch.tensor([2]), float("nan")), ValueError, lambda f: r"NaN in 1 row\(s\) \(first: row 2\).*drop or impute"),
+    "+Inf": (lambda f: torch.full((4, f), float("inf")).double(), ValueError, lambda f: r"Inf in 4 row.*drop or impute"),
+    "-Inf": (lambda f: torch.zeros(4, f).double().index_fill_(0, torch.tensor([3]), -float("inf")), ValueError, lambda f: r"Inf in 1 row\(s\) \(first: row 3\)"),
+    "empty": (lambda f: torch.zeros(0, f).double(), ValueError, lambda f: rf"is empty \(shape \(0, {f}\)\); pass at least one example"),
+    "one example without its batch dim": (lambda f: torch.zeros(f).double(), ValueError, lambda f: rf"examples of shape \(\) but the model expects \({f},\)"),
+    "rank 3": (lambda f: torch.zeros(4, f, 2).double(), ValueError, lambda f: rf"examples of shape \({f}, 2\) but the model expects \({f},\)"),
+    "one feature too many": (lambda f: torch.zeros(4, f + 1).double(), ValueError, lambda f: rf"examples of shape \({f + 1},\) but the model expects \({f},\).*features the model was fitted on"),
+    "complex": (lambda f: torch.zeros(4, f, dtype=torch.complex64), TypeError, lambda f: r"complex \(torch.complex64\); probgen models real"),
+    "numpy object array": (lambda f: _np.array([_np.zeros(f), _np.zeros(f - 1)], dtype=object), TypeError, lambda f: r"numpy array of Python objects.*pad it"),
+    "ragged nested list": (lambda f: [[0.0] * f, [0.0] * (f - 1)], TypeError, lambda f: r"could not be made into a tensor.*need padding"),
+    "numpy text array": (lambda f: _np.array([["0"] * f] * 4), TypeError, lambda f: r"holds text \(numpy dtype <U1\), not numbers"),
+    "a file name": (lambda f: "data.csv", TypeError, lambda f: r"must be a torch.Tensor or numpy array, got str"),
+    "a dict": (lambda f: {"x": torch.zeros(4, f)}, TypeError, lambda f: r"not a dict; pass the values in the order"),
+    "None": (lambda f: None, TypeError, lambda f: r"must be a torch.Tensor or numpy array, got NoneType"),
+    "meta tensor": (lambda f: torch.zeros(4, f, device="meta"), ValueError, lambda f: r"meta device and holds no values; pass real data"),
+}
+
+
+def _through(via_fit: bool, make_model, make, f: int) -> Callable[[], object]:
+    def call():
+        if via_fit:
+            return probgen.fit(make_model(), make(f), num_steps=1, progress=False)
+        return probgen.evaluate(make_model(), make(f))
+    return call
+
+
+def _family_matrix() -> list[Case]:
+    """Every bad-data kind reaches every family once, alternately through fit and evaluate."""
+    cases = []
+    for i, (family, (make_model, f)) in enumerate(_FAMILIES.items()):
+        for j, (kind, (make, error, match)) in enumerate(_BAD_DATA.items()):
+            via_fit = (i + j) % 2 == 0
+            call = _through(via_fit, make_model, make, f)
+            entry = f"{family} ({'fit' if via_fit else 'evaluate'})"
+            regex = match(f)
+            if kind == "meta tensor" and entry.endswith("(evaluate)"):  # checked against the model
+                regex = r"data is on meta but the model is on cpu; move one of them"
+            cases.append(Case(entry, kind, call, error, regex))
+    return cases
+
+
+def _program_matrix() -> list[Case]:
+    """A user's program: bad data through fit, evaluate, fit's validation= and run_mcmc."""
+    from probgen.infer.mcmc import run_mcmc
+
+    entries = {
+        "probgen.fit": lambda x: probgen.fit(program, x, num_steps=1, progress=False),
+        "probgen.evaluate": lambda x: probgen.evaluate(program, x),
+        "probgen.fit validation=": lambda x: probgen.fit(program, GOOD, validation=x, num_steps=1, progress=False),
+        "run_mcmc": lambda x: run_mcmc(program, x, num_samples=4, warmup_steps=1, progress=False),
+    }
+    skip = {"one example without its batch dim", "rank 3", "one feature too many"}  # below
+    cases = []
+    for entry, call in entries.items():
+        for kind, (make, error, match) in _BAD_DATA.items():
+            if kind in skip or (kind == "None" and entry in ("probgen.fit validation=", "run_mcmc")):
+                continue  # validation=None means "no validation"; run_mcmc(model, None): below
+            regex = match(3)
+            if entry == "probgen.fit validation=":
+                regex = regex.replace("is empty", "validation is empty")
+                if kind in ("a file name", "complex", "None"):
+                    regex = "validation.*" + regex
+            cases.append(Case(entry, kind, lambda c=call, mk=make: c(mk(3)), error, regex))
+    return cases
+
+
+def _ebm_rbm():
+    return _FAMILIES["RBM"][0]()
+
+
+L4 = torch.randn(4)
+
+
+def _latent_eval(**kw):
+    return probgen.evaluate(latent_program, L4, guide=latent_guide, estimator="iwae", **kw)
+
+
+def _fit(**kw):
+    kw.setdefault("num_steps", 1)
+    return probgen.fit(program, GOOD, progress=False, **kw)
+
+
+def _in_tmp_dir(fn):
+    """Run fn with a fresh temporary folder as the working directory (paths like '' resolve there)."""
+    import os
+
+    here = os.getcwd()
+    os.chdir(_tmp())
+    try:
+        return fn()
+    finally:
+        os.chdir(here)
+
+
+def _torch_file(obj) -> str:
+    path = _tmp("t.pt")
+    torch.save(obj, path)
+    return path
+
+
+def _seqs():
+    return torch.randn(2, 5, 2).double()
+
+
+def _pad(*args, **kw):
+    from probgen.data.sequences import pad_sequences
+
+    return pad_sequences(*args, **kw)
+
+
+def _mcmc(data=GOOD, model=None, **kw):
+    from probgen.infer.mcmc import run_mcmc
+
+    def latent_loc(x):
+        loc = pyro.sample("loc", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+    kw = {"num_samples": 4, "warmup_steps": 1, "progress": False, **kw}
+    return run_mcmc(model or latent_loc, data, **kw)
+
+
+_ARG_VALUES = {"0": 0, "-1": -1, "True": True, "1.5": 1.5, "'3'": "3", "NaN": float("nan")}
+
+
+def _argument_matrix() -> list[Case]:
+    cases = []
+    already = {("num_steps", "True"), ("num_steps", "-1"), ("batch_size", "0"), ("batch_size", "True")}
+    for arg in ("num_steps", "epochs", "batch_size", "patience", "validate_every", "num_particles", "seed"):
+        for label, value in _ARG_VALUES.items():
+            if (arg, label) in already or (arg == "seed" and label == "0"):
+                continue
+            extra = {"num_steps": None} if arg == "epochs" else {}
+            if arg in ("patience", "validate_every"):
+                extra["validation"] = GOOD
+            regex = (r"seed must be an integer in 0 \.\. 2\*\*32 - 1" if arg == "seed"
+                     else f"{arg} must be a positive integer, got {re.escape(repr(value))}")
+            cases.append(Case("probgen.fit", f"{arg}={label}",
+                              lambda a=arg, v=value, e=extra: _fit(**{**e, a: v}), ValueError, regex))
+    for label, value in _ARG_VALUES.items():
+        if label not in ("0", "-1"):  # covered above
+            cases.append(Case("probgen.evaluate", f"k={label}", lambda v=value: _latent_eval(k=v), ValueError,
+                              f"k must be a positive integer number of particles, got {re.escape(repr(value))}"))
+        if label not in ("0", "True"):  # 0 covered above; True is accepted as 1 by design of bool⊂int
+            cases.append(Case("probgen.evaluate", f"batch_size={label}", lambda v=value: _latent_eval(batch_size=v),
+                              ValueError, f"batch_size must be a positive integer, got {re.escape(repr(value))}"))
+    for label, value in (("0", 0), ("-1", -1), ("NaN", float("nan"))):
+        cases.append(Case("probgen.evaluate", f"num_dims={label}", lambda v=value: _latent_eval(num_dims=v),
+                          ValueError, "num_dims must be a positive number"))
+    return cases
+
+
+CASES += _family_matrix() + _program_matrix() + _argument_matrix()
+
+CASES += [
+    # user programs: shape errors reach the user as Pyro's own error
+    _bug(Case("probgen.evaluate", "program: one feature too many", lambda: probgen.evaluate(program, torch.randn(4, 4)), ValueError, r"data has examples of shape \(4,\).*expects"),
+         "raw torch RuntimeError 'The size of tensor a (4) must match the size of tensor b (3)' escapes: probgen.evaluate(program, torch.randn(4, 4)) for a 3-feature program"),
+    # probgen.fit: methods, options, optimizers
+    Case("probgen.fit", "unknown method", lambda: _fit(method="magic"), ValueError, r"unknown method 'magic' for function; choose one of \['svi'\]"),
+    Case("probgen.fit", "method of another family (em on a program)", lambda: _fit(method="em"), ValueError, "unknown method 'em'"),
+    Case("probgen.fit", "method of another family (em on a VAE)", lambda: probgen.fit(_vae(), torch.ones(4, 6), method="em", num_steps=1, progress=False), ValueError, r"unknown method 'em' for VAE"),
+    Case("probgen.fit", "two_stage on a plain VAE", lambda: probgen.fit(_vae(), torch.ones(4, 6), method="two_stage", num_steps=1, progress=False), ValueError, "unknown method 'two_stage' for VAE"),
+    Case("probgen.fit", "unknown method option", lambda: _fit(tol=1e-3), TypeError, r"unexpected options \['tol'\] for method SVI; it takes none"),
+    Case("probgen.fit", "scheduler_every='batch'", lambda: _fit(scheduler_every="batch"), ValueError, "scheduler_every must be 'epoch' or 'step', got 'batch'"),
+    Case("probgen.fit", "scheduler_every=None", lambda: _fit(scheduler_every=None), ValueError, "scheduler_every must be 'epoch' or 'step', got None"),
+    Case("probgen.fit", "optim negative rate", lambda: _fit(optim=-0.1), ValueError, "learning rate must be > 0, got -0.1"),
+    Case("probgen.fit", "optim zero rate", lambda: _fit(optim=0.0), ValueError, "learning rate must be > 0, got 0.0"),
+    Case("probgen.fit", "optim NaN rate", lambda: _fit(optim=float("nan")), ValueError, "learning rate must be > 0, got nan"),
+    Case("probgen.fit", "optim a list", lambda: _fit(optim=[0.1]), TypeError, "optim must be a learning rate.*got list"),
+    Case("probgen.fit", "optim a bool", lambda: _fit(optim=True), TypeError, "optim must be a learning rate.*got bool"),
+    Case("probgen.fit", "optim a torch optimizer class", lambda: _fit(optim=torch.optim.Adam), TypeError, "optim must be a learning rate.*got type"),
+    Case("probgen.fit", "optim dict with negative lr", lambda: _fit(optim={"lr": -1.0}), ValueError, r"optim\['lr'\] must be a positive number, got -1.0"),
+    _bug(Case("probgen.fit", "optim dict with an unknown key", lambda: _fit(optim={"learning_rate": 0.1}), (ValueError, TypeError), "optim.*learning_rate.*(lr|takes)"),
+         "raw TypeError from torch: probgen.fit(program, x, optim={'learning_rate': 0.1}) -> Adam.__init__() got an unexpected keyword argument"),
+    Case("probgen.fit", "num_steps and epochs both", lambda: _fit(num_steps=1, epochs=1), ValueError, "pass num_steps or epochs, not both"),
+    Case("probgen.fit", "unknown loss name", lambda: _fit(loss="magic"), ValueError, r"unknown loss 'magic'; choose one of"),
+    Case("probgen.fit", "data_plate that does not exist", lambda: _fit(data_plate="nosuch"), ValueError, "outside the data plate 'nosuch'"),
+    Case("probgen.fit", "resume=True without checkpoint", lambda: _fit(resume=True), ValueError, "resume=True needs checkpoint=PATH"),
+    Case("probgen.fit", "resume from a missing checkpoint", lambda: _fit(resume=True, checkpoint="/nonexistent/x.pt"), FileNotFoundError, "no checkpoint at /nonexistent/x.pt; start a new run"),
+    Case("probgen.fit", "empty tuple of data", lambda: probgen.fit(program, (), num_steps=1, progress=False), ValueError, "empty tuple; pass at least one tensor"),
+    Case("probgen.fit", "None inside the data tuple", lambda: probgen.fit(program, (GOOD, None), num_steps=1, progress=False), TypeError, r"data\[1\] must be a torch.Tensor.*NoneType"),
+    Case("probgen.fit", "list of tensors with other first dims", lambda: probgen.fit(program, [GOOD, torch.ones(3)], num_steps=1, progress=False), ValueError, r"share their first.*\(20, 3\), \(3,\)"),
+    Case("probgen.fit", "side data one row short", lambda: probgen.fit(program, (GOOD, torch.ones(19, 2)), num_steps=1, progress=False), ValueError, r"share their first.*\(19, 2\)"),
+    Case("probgen.fit", "numpy datetime array", lambda: probgen.fit(program, _np.zeros((4, 3), dtype="datetime64[s]"), num_steps=1, progress=False), TypeError, "dates/times"),
+    Case("probgen.fit", "numpy structured array", lambda: probgen.fit(program, _np.zeros(4, dtype=[("a", "f8"), ("b", "f8")]), num_steps=1, progress=False), TypeError, "structured records"),
+    Case("probgen.fit", "list with None rows", lambda: probgen.fit(program, [[0.0, 1.0, 2.0], None], num_steps=1, progress=False), TypeError, "Python objects|could not be made"),
+    _bug(Case("probgen.fit", "guide not callable", lambda: _fit(guide=3), TypeError, "guide"),
+         "probgen.fit(program, x, guide=3) -> raw \"'int' object is not callable\" from probgen/infer/fit.py"),
+    _bug(Case("probgen.fit", "callback not callable", lambda: _fit(callbacks=[3]), TypeError, "callback"),
+         "probgen.fit(program, x, callbacks=[3]) -> raw \"'int' object is not callable\" from probgen/infer/loop.py"),
+    _bug(Case("probgen.fit", "transform not callable", lambda: _fit(transform=3), TypeError, "transform"),
+         "probgen.fit(program, x, transform=3) -> raw \"'int' object is not callable\" from probgen/infer/loop.py"),
+    _bug(Case("probgen.fit", "checkpoint_every a string", lambda: _fit(checkpoint_every="3", checkpoint=_tmp("c.pt")), ValueError, "checkpoint_every"),
+         "probgen.fit(program, x, checkpoint_every='3') -> raw TypeError \"unsupported operand type(s) for %\" from probgen/infer/loop.py"),
+    _bug(Case("probgen.fit", "device 'gpu7'", lambda: _fit(device="gpu7"), ValueError, "device"),
+         "probgen.fit(program, x, device='gpu7') -> raw torch RuntimeError \"Invalid device string: 'gpu7'\""),
+    _bug(Case("probgen.fit", "checkpoint= a folder", lambda: _fit(checkpoint=_tmp()), ValueError, "folder|directory"),
+         "probgen.fit(program, x, checkpoint='/tmp') -> raw IsADirectoryError from probgen/core/checkpoint.py"),
+    Case("fit method=cd (RBM)", "k=0 Gibbs sweeps", lambda: probgen.fit(_ebm_rbm(), torch.ones(4, 6).double(), method="cd", k=0, num_steps=1, progress=False), ValueError, r"k \(Gibbs sweeps per update\) must be a positive integer, got 0"),
+    Case("fit method=cd (RBM)", "k=1.5 Gibbs sweeps", lambda: probgen.fit(_ebm_rbm(), torch.ones(4, 6).double(), method="cd", k=1.5, num_steps=1, progress=False), ValueError, r"k \(Gibbs sweeps.*got 1.5"),
+    Case("fit method=cd (RBM)", "real-valued data", lambda: probgen.fit(_ebm_rbm(), torch.full((4, 6), 0.3).double(), method="cd", num_steps=1, progress=False), ValueError, "whole numbers for a binary likelihood"),
+    Case("fit method=cd (RBM)", "negative 0/1 data", lambda: probgen.fit(_ebm_rbm(), -torch.ones(4, 6).double(), method="cd", num_steps=1, progress=False), ValueError, r"binary \(0/1\).*binarize"),
+    Case("VAE (fit)", "negative data for Bernoulli", lambda: probgen.fit(_vae(), -torch.ones(4, 6), num_steps=1, progress=False), ValueError, "binary"),
+    # probgen.evaluate
+    Case("probgen.evaluate", "estimator=None", lambda: probgen.evaluate(program, GOOD, estimator=None), ValueError, "unknown estimator None; choose one of"),
+    Case("probgen.evaluate", "exact on continuous latents", lambda: probgen.evaluate(latent_program, L4, guide=latent_guide, estimator="exact"), ValueError, r"exact evaluation needs no continuous latents.*\['z'\]; use estimator='iwae'"),
+    Case("probgen.evaluate", "unknown estimator option", lambda: probgen.evaluate(program, GOOD, bogus=1), TypeError, r"unexpected options for estimator 'exact': \['bogus'\]"),
+    Case("probgen.evaluate", "unknown data_space", lambda: probgen.evaluate(program, GOOD, data_space="weird"), ValueError, "data_space must be one of"),
+    Case("probgen.evaluate", "data_plate that does not exist", lambda: probgen.evaluate(program, GOOD, data_plate="nosuch"), ValueError, "outside the data plate 'nosuch'"),
+    Case("probgen.evaluate", "posterior= a string", lambda: probgen.evaluate(program, GOOD, posterior="x"), TypeError, r"posterior must be a dict \{site: draws"),
+    Case("probgen.evaluate", "posterior= a list", lambda: probgen.evaluate(program, GOOD, posterior=[1, 2]), TypeError, "posterior must be a dict"),
+    Case("probgen.evaluate", "posterior= an empty dict", lambda: probgen.evaluate(latent_program, L4, posterior={}), TypeError, "posterior must be a dict"),
+    _bug(Case("probgen.evaluate", "posterior= zero draws", lambda: probgen.evaluate(latent_program, L4, posterior={"z": torch.zeros(0, 4)}), ValueError, "posterior"),
+         "probgen.evaluate(latent_program, torch.randn(4), posterior={'z': torch.zeros(0, 4)}) -> raw RuntimeError 'stack expects a non-empty TensorList' (evaluate/predictive.py)"),
+    _bug(Case("probgen.evaluate", "posterior= a scalar draw", lambda: probgen.evaluate(latent_program, L4, posterior={"z": torch.tensor(1.0)}), ValueError, "posterior"),
+         "probgen.evaluate(latent_program, torch.randn(4), posterior={'z': torch.tensor(1.0)}) -> raw IndexError 'tuple index out of range' (evaluate/predictive.py:64)"),
+    _bug(Case("probgen.evaluate", "posterior= NaN draws", lambda: probgen.evaluate(latent_program, L4, posterior={"z": torch.full((3, 4), float("nan"))}), ValueError, "posterior.*NaN"),
+         "probgen.evaluate(latent_program, torch.randn(4), posterior={'z': torch.full((3, 4), nan)}) -> pyro's 'Expected parameter loc ... found invalid values' instead of naming the posterior"),
+    _bug(Case("probgen.evaluate", "guide not callable", lambda: probgen.evaluate(latent_program, L4, guide=3, estimator="iwae"), TypeError, "guide"),
+         "probgen.evaluate(latent_program, x, guide=3, estimator='iwae') -> raw \"'int' object is not callable\" (evaluate/importance.py)"),
+    _bug(Case("probgen.evaluate", "model not callable", lambda: probgen.evaluate(3, GOOD), TypeError, "Pyro program"),
+         "probgen.evaluate(3, x) -> pyro's ValueError '3 is not callable, did you mean to pass it as a keyword arg?'"),
+    _bug(Case("probgen.evaluate", "device 'gpu7'", lambda: probgen.evaluate(program, GOOD, device="gpu7"), ValueError, "device"),
+         "probgen.evaluate(program, x, device='gpu7') -> raw torch RuntimeError \"Invalid device string\""),
+    _bug(Case("probgen.evaluate", "seed=-1", lambda: _latent_eval(seed=-1), ValueError, "seed must be"),
+         "probgen.evaluate(..., seed=-1) -> numpy's 'Seed must be between 0 and 2**32 - 1'"),
+    _bug(Case("probgen.evaluate", "seed='3'", lambda: _latent_eval(seed="3"), ValueError, "seed must be"),
+         "probgen.evaluate(..., seed='3') -> numpy TypeError \"Cannot cast scalar from dtype('<U1')\""),
+    Case("GaussianMixture (evaluate)", "an estimator the family lacks (ais)", lambda: probgen.evaluate(_gmm(), torch.randn(3, 3).double(), estimator="ais"), ValueError, "unknown estimator 'ais'; choose one of"),
+    Case("NeuralEBM (evaluate)", "exact on an unnormalised EBM", lambda: probgen.evaluate(_FAMILIES["NeuralEBM"][0](), torch.zeros(3, 3).double(), estimator="exact"), NotImplementedError, "Z is intractable.*estimator='ais'"),
+    _bug(Case("RBM (evaluate ais)", "num_chains=1.5", lambda: probgen.evaluate(_ebm_rbm(), torch.ones(3, 6).double(), estimator="ais", num_chains=1.5), ValueError, "num_chains"),
+         "probgen.evaluate(RBM(6, 3), torch.ones(3, 6), estimator='ais', num_chains=1.5) -> raw TypeError 'expand() takes 1 positional argument'"),
+    Case("RBM (evaluate)", "negative 'binary' data", lambda: probgen.evaluate(_ebm_rbm(), -torch.ones(3, 6).double(), estimator="exact"), ValueError, "binary"),
+    # run_mcmc
+    Case("run_mcmc", "kernel=None", lambda: _mcmc(kernel=None), ValueError, "kernel must be 'nuts' or 'hmc', got None"),
+    Case("run_mcmc", "num_samples=0", lambda: _mcmc(num_samples=0), ValueError, "num_samples and num_chains must be >= 1"),
+    Case("run_mcmc", "num_chains=-1", lambda: _mcmc(num_chains=-1), ValueError, "num_samples and num_chains must be >= 1"),
+    Case("run_mcmc", "data_plate that does not exist", lambda: _mcmc(data_plate="nosuch"), ValueError, r"no observed site lies in a plate named 'nosuch'.*\['data'\]"),
+    _bug(Case("run_mcmc", "num_samples='3'", lambda: _mcmc(num_samples="3"), ValueError, "num_samples"),
+         "run_mcmc(model, x, num_samples='3') -> raw TypeError \"'<' not supported between instances of 'str' and 'int'\""),
+    _bug(Case("run_mcmc", "num_chains=1.5", lambda: _mcmc(num_chains=1.5), ValueError, "num_chains"),
+         "run_mcmc(model, x, num_chains=1.5) -> raw TypeError \"'float' object cannot be interpreted as an integer\""),
+    _bug(Case("run_mcmc", "num_samples=2 (too few for diagnostics)", lambda: _mcmc(num_samples=2), ValueError, "num_samples"),
+         "run_mcmc(model, x, num_samples=2) -> bare AssertionError from pyro's split_gelman_rubin (needs >= 4 draws)"),
+    _bug(Case("run_mcmc", "unknown kernel option", lambda: _mcmc(bogus=1), TypeError, "kernel option|bogus.*nuts"),
+         "run_mcmc(model, x, bogus=1) -> pyro TypeError 'NUTS.__init__() got an unexpected keyword argument'"),
+    _bug(Case("run_mcmc", "one feature too many", lambda: _mcmc(torch.randn(5, 4)), ValueError, "shape"),
+         "run_mcmc(model, torch.randn(5, 4)) for a 3-feature model -> raw torch RuntimeError 'The size of tensor a (4) must match'"),
+    _bug(Case("run_mcmc", "data=None for a program that needs data", lambda: _mcmc(None), TypeError, "data"),
+         "run_mcmc(model, None) -> pyro's \"model() missing 1 required positional argument: 'x'\""),
+    _bug(Case("run_mcmc", "a program with no latent sites", lambda: _mcmc(model=program), ValueError, "latent|no sample"),
+         "run_mcmc(program_without_latents, x, num_samples=4, warmup_steps=1) -> bare StopIteration (infer/mcmc.py:174)"),
+    # probgen.compare and LogLikelihood
+    Case("probgen.compare", "list of floats", lambda: probgen.compare([1.0, 2.0]), TypeError, r"results\['model 1'\] is a float, not a LogLikelihood"),
+    Case("probgen.compare", "None", lambda: probgen.compare(None), TypeError, r"compare takes a dict \{name: LogLikelihood\}.*NoneType"),
+    Case("probgen.compare", "a string", lambda: probgen.compare("a"), TypeError, "compare takes a dict.*got str"),
+    Case("probgen.compare", "a tensor of values", lambda: probgen.compare({"a": torch.tensor([-1.0])}), TypeError, r"results\['a'\] is a Tensor, not a LogLikelihood"),
+    Case("probgen.compare", "a nested dict", lambda: probgen.compare({"a": {"b": _ll([-1.0])}}), TypeError, r"results\['a'\] is a dict"),
+    Case("LogLikelihood", "num_dims=0", lambda: probgen.LogLikelihood(torch.zeros(2), kind="exact", estimator="exact", num_dims=0, data_space="continuous"), ValueError, "num_dims must be a positive number, got 0"),
+    Case("LogLikelihood", "unknown data_space", lambda: probgen.LogLikelihood(torch.zeros(2), kind="exact", estimator="exact", num_dims=1, data_space="weird"), ValueError, "data_space must be one of"),
+    Case("LogLikelihood", "no examples", lambda: probgen.LogLikelihood(torch.zeros(0), kind="exact", estimator="exact", num_dims=1, data_space="continuous"), ValueError, "needs at least one example"),
+    Case("LogLikelihood.from_json", "a JSON list", lambda: probgen.LogLikelihood.from_json(_bytes_file(".json", b"[1, 2]")), ValueError, "no per_example values"),
+    Case("LogLikelihood.from_json", "a dict without values", lambda: probgen.LogLikelihood.from_json(_bytes_file(".json", b'{"kind": "exact"}')), ValueError, "no per_example values; save with per_example=True"),
+    _bug(Case("LogLikelihood.from_json", "not JSON", lambda: probgen.LogLikelihood.from_json(_bytes_file(".json", b"{not json")), ValueError, "not a LogLikelihood JSON"),
+         "LogLikelihood.from_json(file containing '{not json') -> raw json.JSONDecodeError (core/result.py); the CLI wraps it, the API does not"),
+    _bug(Case("LogLikelihood.from_json", "an empty file", lambda: probgen.LogLikelihood.from_json(_bytes_file(".json", b"")), ValueError, "not a LogLikelihood JSON"),
+         "LogLikelihood.from_json(empty file) -> raw json.JSONDecodeError 'Expecting value: line 1 column 1'"),
+    # probgen.save / probgen.load
+    Case("probgen.save", "None", lambda: probgen.save(None, _tmp("x.pt")), TypeError, "takes a bundled GenerativeModel or the FitResult.*NoneType"),
+    _bug(Case("probgen.save", "path is a folder", lambda: probgen.save(_gmm(), _tmp()), ValueError, "folder"),
+         "probgen.save(model, '/tmp') -> raw IsADirectoryError from core/checkpoint.py"),
+    _bug(Case("probgen.save", "path ''", lambda: _in_tmp_dir(lambda: probgen.save(_gmm(), "")), ValueError, "empty"),
+         "probgen.save(model, '') -> raw OSError '[Errno 16] Device or resource busy' (it tries to replace '.')"),
+    _bug(Case("probgen.save", "path an int", lambda: probgen.save(_gmm(), 3), TypeError, "path"),
+         "probgen.save(model, 3) -> pathlib's 'expected str, bytes or os.PathLike object, not int'"),
+    Case("probgen.load", "empty file", lambda: probgen.load(_bytes_file(".pt", b"")), probgen.core.checkpoint.CheckpointError, "not a readable checkpoint.*write it again"),
+    Case("probgen.load", "a JSON file where a .pt is expected", lambda: probgen.load(_result_json()), probgen.core.checkpoint.CheckpointError, "refusing to load .*test.json"),
+    Case("probgen.load", "a pickle with code", lambda: probgen.load(_evil_pt()), probgen.core.checkpoint.CheckpointError, "refusing to load .*evil.pt.*objects other than tensors"),
+    Case("probgen.load", "a .npy file", lambda: probgen.load(_npy(_np.zeros(3))), probgen.core.checkpoint.CheckpointError, "refusing to load .*x.npy"),
+    Case("probgen.load", "a valid torch file holding a tensor", lambda: probgen.load(_torch_file(torch.zeros(3))), probgen.core.checkpoint.CheckpointError, "is not a probgen checkpoint \\(no 'format' entry\\)"),
+    Case("probgen.load", "a valid torch file holding a list", lambda: probgen.load(_torch_file([1, 2])), probgen.core.checkpoint.CheckpointError, "not a probgen checkpoint"),
+    Case("probgen.load", "a torch dict of other keys", lambda: probgen.load(_torch_file({"a": 1})), probgen.core.checkpoint.CheckpointError, "not a probgen checkpoint"),
+    Case("probgen.load", "path ''", lambda: probgen.load(""), probgen.core.checkpoint.CheckpointError, "is a folder, not a checkpoint file"),
+    Case("probgen.load", "state_dict missing a parameter", lambda: probgen.load(_crafted_model("mk", lambda s: s["state_dict"].pop("locs"))), probgen.core.checkpoint.CheckpointError, r"do not match GaussianMixture: missing \['locs'\]"),
+    Case("probgen.load", "state_dict with an extra parameter", lambda: probgen.load(_crafted_model("ek", lambda s: s["state_dict"].__setitem__("bogus", torch.zeros(1)))), probgen.core.checkpoint.CheckpointError, r"unexpected \['bogus'\]"),
+    Case("probgen.load", "state_dict a list", lambda: probgen.load(_crafted_model("sd", _set("state_dict", [1]))), probgen.core.checkpoint.CheckpointError, "'state_dict' is list, not dict"),
+    Case("probgen.load", "state_dict missing", lambda: probgen.load(_crafted_model("sdm", lambda s: s.pop("state_dict"))), probgen.core.checkpoint.CheckpointError, "'state_dict' is NoneType"),
+    Case("probgen.load", "format_version from the future", lambda: probgen.load(_crafted_model("fv9", _set("format_version", 999))), probgen.core.checkpoint.CheckpointError, r"newer probgen \(format 999 > \d+\); upgrade"),
+    Case("probgen.load", "model name an int", lambda: probgen.load(_crafted_model("mi", _set("model", 3))), probgen.core.checkpoint.CheckpointError, "'model' is int, not str"),
+    Case("probgen.load", "config size a string", lambda: probgen.load(_crafted_model("cs", _config("num_components", "2"))), probgen.core.checkpoint.CheckpointError, "does not fit GaussianMixture \\(num_components must be an integer"),
+    Case("probgen.load", "config size negative", lambda: probgen.load(_crafted_model("cn", _config("num_components", -2))), probgen.core.checkpoint.CheckpointError, "num_components must be an integer >= 1, got -2.*damaged or crafted"),
+    Case("probgen.load", "config option unknown value", lambda: probgen.load(_crafted_model("cc", _config("covariance", "weird"))), probgen.core.checkpoint.CheckpointError, "covariance must be one of"),
+    _bug(Case("probgen.load", "path None", lambda: probgen.load(None), TypeError, "path"),
+         "probgen.load(None) -> pathlib's 'expected str, bytes or os.PathLike object, not NoneType'"),
+    _bug(Case("probgen.load", "map_location 'gpu7'", lambda: probgen.load(_saved_gmm(), map_location="gpu7"), ValueError, "map_location|device"),
+         "probgen.load(path, map_location='gpu7') -> raw torch RuntimeError 'Invalid device string'"),
+    # data sets and splits
+    Case("probgen.data.load_dataset", "None", lambda: probgen.data.load_dataset(None), TypeError, "takes a data set name.*NoneType; bundled: digits, iris, wine"),
+    Case("probgen.data.load_dataset", "an int", lambda: probgen.data.load_dataset(3), TypeError, "got int; bundled"),
+    Case("probgen.data.load_dataset", "a list of names", lambda: probgen.data.load_dataset(["iris"]), TypeError, "got list; bundled"),
+    Case("probgen.data.load_dataset", "wrong case", lambda: probgen.data.load_dataset("IRIS"), ValueError, "unknown data set 'IRIS'; bundled: digits, iris, wine"),
+    Case("probgen.data.load_dataset", "a file path", lambda: probgen.data.load_dataset("/tmp/iris.csv"), ValueError, "unknown data set '/tmp/iris.csv'"),
+    Case("probgen.data.train_test_split", "test_fraction 0", lambda: probgen.data.train_test_split(10, 0.0), ValueError, r"test_fraction must be in \(0, 1\), got 0.0"),
+    Case("probgen.data.train_test_split", "test_fraction 1", lambda: probgen.data.train_test_split(10, 1.0), ValueError, r"test_fraction must be in \(0, 1\), got 1.0"),
+    Case("probgen.data.train_test_split", "test_fraction NaN", lambda: probgen.data.train_test_split(10, float("nan")), ValueError, "test_fraction must be a finite number"),
+    Case("probgen.data.train_test_split", "test_fraction a string", lambda: probgen.data.train_test_split(10, "0.2"), ValueError, "test_fraction must be a finite number, got '0.2'"),
+    Case("probgen.data.train_test_split", "n=0", lambda: probgen.data.train_test_split(0), ValueError, r"n \(the number of examples\) must be an integer >= 2, got 0"),
+    Case("probgen.data.train_test_split", "n=1 (nothing left to train on)", lambda: probgen.data.train_test_split(1), ValueError, "must be an integer >= 2, got 1"),
+    Case("probgen.data.train_test_split", "n negative", lambda: probgen.data.train_test_split(-5), ValueError, "got -5"),
+    Case("probgen.data.train_test_split", "n fractional", lambda: probgen.data.train_test_split(10.5), ValueError, "got 10.5; sizes are whole numbers"),
+    Case("probgen.data.train_test_split", "seed a string", lambda: probgen.data.train_test_split(10, seed="a"), ValueError, "seed must be an integer >= 0, got 'a'"),
+    Case("probgen.data.validate_data", "unknown support", lambda: probgen.data.validate_data(torch.zeros(2), support="weird"), ValueError, "unknown support 'weird'; choose one of"),
+    Case("probgen.data.validate_data", "category out of range", lambda: probgen.data.validate_data(torch.tensor([0, 3]), support="categorical", num_categories=3), ValueError, r"category 3 but the model has 3 categories \(0..2\)"),
+    Case("probgen.data.validate_data", "categorical without num_categories", lambda: probgen.data.validate_data(torch.tensor([0, 1]), support="categorical"), ValueError, "needs num_categories"),
+    Case("probgen.data.validate_data", "zero for a positive support", lambda: probgen.data.validate_data(torch.tensor([0.0, 1.0]), support="positive"), ValueError, "must be > 0 but has min 0"),
+    Case("probgen.data.validate_data", "pixels 0..255 for unit_interval", lambda: probgen.data.validate_data(torch.tensor([0.0, 255.0]), support="unit_interval"), ValueError, r"must lie in \[0, 1\].*x / 255"),
+    Case("probgen.data.validate_data", "fractional counts", lambda: probgen.data.validate_data(torch.tensor([1.5]), support="count"), ValueError, "whole numbers for a count likelihood"),
+    # pad_sequences
+    Case("pad_sequences", "a rectangular tensor", lambda: _pad(torch.zeros(2, 3)), TypeError, "takes a list of sequences; an already rectangular tensor"),
+    Case("pad_sequences", "None", lambda: _pad(None), TypeError, "takes a list of sequences.*got NoneType"),
+    Case("pad_sequences", "an int", lambda: _pad(5), TypeError, "got int"),
+    Case("pad_sequences", "a dict", lambda: _pad({"a": torch.zeros(2)}), TypeError, "got dict"),
+    Case("pad_sequences", "a scalar sequence", lambda: _pad([torch.tensor(1.0)]), ValueError, "sequence 0 is a scalar; each sequence needs a time dimension"),
+    Case("pad_sequences", "an empty sequence", lambda: _pad([torch.zeros(2, 2), torch.zeros(0, 2)]), ValueError, "sequence 1 is empty; drop empty sequences"),
+    Case("pad_sequences", "steps of different features", lambda: _pad([torch.zeros(2, 2), torch.zeros(2, 3)]), ValueError, r"sequence 1 has steps of shape \(3,\) but sequence 0 has \(2,\)"),
+    Case("pad_sequences", "ragged steps inside one sequence", lambda: _pad([[[1, 2], [3]]]), ValueError, "sequence 0 has steps of different shapes"),
+    Case("pad_sequences", "strings as sequences", lambda: _pad(["abc", "de"]), TypeError, "sequence 0 is str, not a sequence of numbers"),
+    Case("pad_sequences", "None as a sequence", lambda: _pad([torch.zeros(2), None]), TypeError, "sequence 1 is NoneType"),
+    Case("pad_sequences", "meta tensor sequence", lambda: _pad([torch.zeros(2, device="meta")]), ValueError, "sequence 0 is on the meta device"),
+    Case("pad_sequences", "max_length shorter than a sequence", lambda: _pad([torch.zeros(4, 2)], max_length=2), ValueError, r"max_length=2 is shorter than the longest sequence \(4\)"),
+    Case("pad_sequences", "max_length=0", lambda: _pad([torch.zeros(4, 2)], max_length=0), ValueError, "max_length must be an integer >= 1, got 0"),
+    Case("pad_sequences", "max_length=3.5", lambda: _pad([torch.zeros(2, 2)], max_length=3.5), ValueError, "max_length must be an integer >= 1, got 3.5"),
+    Case("pad_sequences", "max_length=True", lambda: _pad([torch.zeros(2, 2)], max_length=True), ValueError, "max_length must be an integer >= 1, got True"),
+    Case("pad_sequences", "padding_value a string", lambda: _pad([torch.zeros(2)], padding_value="x"), TypeError, "padding_value must be a number, got 'x'"),
+    Case("pad_sequences", "NaN padding for integer sequences", lambda: _pad([torch.zeros(2, dtype=torch.long)], padding_value=float("nan")), ValueError, "padding_value=nan does not fit the sequences' integer dtype torch.int64"),
+    Case("pad_sequences", "padding beyond int8", lambda: _pad([torch.zeros(2, dtype=torch.int8)], padding_value=1000), ValueError, "outside the range of torch.int8"),
+    # HMM: padded sequences
+    Case("HMM (evaluate)", "fractional lengths", lambda: probgen.evaluate(_hmm(), (_seqs(), torch.tensor([2.5, 3.0]))), ValueError, "lengths must be whole numbers"),
+    Case("HMM (evaluate)", "zero length", lambda: probgen.evaluate(_hmm(), (_seqs(), torch.tensor([0, 3]))), ValueError, r"lengths must lie in 1..5.*sequence 0 has length 0"),
+    Case("HMM (evaluate)", "lengths of another shape", lambda: probgen.evaluate(_hmm(), (_seqs(), torch.tensor([[2, 3]]))), ValueError, "share their first"),
+    Case("HMM (evaluate)", "(time, features) without the batch dim", lambda: probgen.evaluate(_hmm(), torch.randn(5, 2).double()), ValueError, r"steps of shape \(\) but the model expects \(2,\).*\(batch, time, \*features\)"),
+    Case("HMM (evaluate)", "no sequences", lambda: probgen.evaluate(_hmm(), torch.randn(0, 5, 2).double()), ValueError, "is empty"),
+    Case("HMM (evaluate)", "zero time steps", lambda: probgen.evaluate(_hmm(), torch.randn(2, 0, 2).double()), ValueError, r"sequences is empty \(shape \(2, 0, 2\)\); pass at least one step"),
+    Case("HMM (fit)", "Inf", lambda: probgen.fit(_hmm(), torch.full((2, 5, 2), float("inf")).double(), num_steps=1, progress=False), ValueError, "sequences has Inf"),
+    Case("HMM (evaluate)", "complex", lambda: probgen.evaluate(_hmm(), torch.zeros(2, 5, 2, dtype=torch.complex64)), TypeError, "complex"),
+    Case("HMM (evaluate)", "a file name", lambda: probgen.evaluate(_hmm(), "seqs.npy"), TypeError, "got str"),
+    Case("HMM (evaluate)", "None", lambda: probgen.evaluate(_hmm(), None), TypeError, "got NoneType"),
+    Case("HMM (evaluate)", "meta tensor", lambda: probgen.evaluate(_hmm(), torch.zeros(2, 5, 2, device="meta")), ValueError, "on meta but the model is on cpu"),
+    Case("HMM (fit)", "a list of ragged sequences", lambda: probgen.fit(_hmm(), [torch.randn(4, 2).double(), torch.randn(2, 2).double()], num_steps=1, progress=False), ValueError, r"share their first.*\(4, 2\), \(2, 2\)"),
+    Case("HMM (evaluate)", "category beyond num_categories", lambda: probgen.evaluate(_cls("probgen.models.hmm", "HMM")(3, "categorical", num_categories=4), torch.tensor([[0, 5, 1]])), ValueError, r"category 5 but the model has 4 categories \(0..3\)"),
+    # constructors
+    Case("HMM", "unknown emission", lambda: _cls("probgen.models.hmm", "HMM")(3, "weird"), ValueError, "emission must be one of"),
+    Case("GaussianMixture", "unknown covariance", lambda: _cls("probgen.models.mixture", "GaussianMixture")(2, 3, covariance="weird"), ValueError, "covariance must be one of"),
+    Case("VAE", "latent_dim=0", lambda: _cls("probgen.models.vae", "VAE")((6,), latent_dim=0), ValueError, "latent_dim, data_shape and hidden_features must be positive, got 0"),
+    Case("VAE", "unknown likelihood", lambda: _cls("probgen.models.vae", "VAE")((6,), likelihood="weird"), ValueError, "unknown likelihood 'weird'; choose one of"),
+    Case("VAE", "empty data_shape", lambda: _cls("probgen.models.vae", "VAE")((), latent_dim=2), ValueError, r"must be positive, got 2, \[\]"),
+    Case("VAE", "negative beta", lambda: _cls("probgen.models.vae", "VAE")((6,), beta=-1.0), ValueError, "beta must be > 0, got -1.0"),
+    Case("DiffusionDensity", "unknown schedule", lambda: _cls("probgen.models.diffusion", "DiffusionDensity")(3, schedule="weird"), ValueError, "unknown noise schedule 'weird'"),
+    Case("DiffusionDensity", "logsnr_min above logsnr_max", lambda: _cls("probgen.models.diffusion", "DiffusionDensity")(3, logsnr_min=5.0, logsnr_max=-5.0), ValueError, "need logsnr_min < logsnr_max"),
+    Case("DiffusionDensity", "scale=0", lambda: _cls("probgen.models.diffusion", "DiffusionDensity")(3, scale=0.0), ValueError, "scale must be positive, got 0.0"),
+    Case("DiffusionDensity", "unknown loss", lambda: _cls("probgen.models.diffusion", "DiffusionDensity")(3, loss="weird"), ValueError, r"loss must be one of \('vlb', 'simple'\)"),
+    _bug(Case("DiffusionDensity", "features=0", lambda: _cls("probgen.models.diffusion", "DiffusionDensity")(0), ValueError, "features"),
+         "DiffusionDensity(0) is accepted (builds a zero-feature model) instead of refusing features=0"),
+    Case("LatentDiffusionVAE", "unknown prior", lambda: _cls("probgen.models.latent_diffusion", "LatentDiffusionVAE")(6, prior="weird"), ValueError, r"prior must be one of \('diffusion', 'gaussian'\)"),
+    Case("HierarchicalVAE", "no latent layers", lambda: _cls("probgen.models.hierarchical", "HierarchicalVAE")((6,), latent_dims=()), ValueError, "latent_dims must list at least one positive size"),
+    Case("HierarchicalVAE", "negative free_bits", lambda: _cls("probgen.models.hierarchical", "HierarchicalVAE")((6,), free_bits=-1.0), ValueError, "warmup_steps and free_bits must be >= 0"),
+    Case("FlowModel", "unknown backend", lambda: _cls("probgen.models.flow", "FlowModel")(3, backend="weird"), ValueError, "unknown flow backend 'weird'"),
+    Case("FlowModel", "unknown domain", lambda: _cls("probgen.models.flow", "FlowModel")(3, domain="weird"), ValueError, "domain must be one of"),
+    _bug(Case("FlowModel", "transforms=0", lambda: _cls("probgen.models.flow", "FlowModel")(3, transforms=0), ValueError, "transforms"),
+         "FlowModel(3, transforms=0) is accepted (an identity 'flow') instead of refusing transforms=0"),
+    Case("NeuralEBM", "hidden_sizes a string", lambda: _cls("probgen.models.ebm", "NeuralEBM")(3, hidden_sizes="8"), ValueError, "hidden_sizes must be a list of layer widths, got '8'"),
+    Case("RBM", "num_visible=0", lambda: _cls("probgen.models.ebm", "RBM")(0, 3), ValueError, "needs num_visible > 0 and num_hidden > 0, got 0 and 3"),
+]
+
+_IRIS_RUN = ["evaluate", "--data", "iris"]
+CLI_LAZY += [
+    ("probgen fit", "--split bogus", lambda: FIT_IRIS + ["--split", "bogus"], r"--split: invalid choice: 'bogus'.*--help"),
+    ("probgen fit", "--steps 0", lambda: FIT_IRIS + ["--steps", "0"], "num_steps must be a positive integer, got 0"),
+    ("probgen fit", "--steps -1", lambda: FIT_IRIS + ["--steps", "-1"], "num_steps must be a positive integer, got -1"),
+    ("probgen fit", "--steps abc", lambda: FIT_IRIS + ["--steps", "abc"], "--steps: invalid int value: 'abc'"),
+    ("probgen fit", "--steps 1.5", lambda: FIT_IRIS + ["--steps", "1.5"], "--steps: invalid int value: '1.5'"),
+    ("probgen fit", "--batch-size 0", lambda: FIT_IRIS + ["--batch-size", "0"], "batch_size must be a positive integer, got 0"),
+    ("probgen fit", "--lr with EM", lambda: FIT_IRIS + ["--lr", "0.1"], "EM has closed-form updates and takes no optim"),
+    ("probgen fit", "--method bogus", lambda: FIT_IRIS + ["--method", "bogus"], r"unknown method 'bogus' for GaussianMixture; choose one of \['em', 'svi'\]"),
+    ("probgen fit", "--device ''", lambda: FIT_IRIS + ["--device", ""], "--device '' is not a device"),
+    ("probgen fit", "--device cuda:x", lambda: FIT_IRIS + ["--device", "cuda:x"], "--device 'cuda:x' is not a device"),
+    ("probgen fit", "--device tpu", lambda: FIT_IRIS + ["--device", "tpu"], "--device 'tpu' is not a device"),
+    ("probgen fit", "--set =3 (no key)", lambda: FIT_IRIS + ["--set", "=3"], "cannot build model 'gmm'.*pass them with --set key=v"),
+    ("probgen fit", "--set of an unknown key", lambda: FIT_IRIS + ["--set", "bogus=1"], r"unexpected keyword argument 'bogus'\); it takes \['num_components'"),
+    ("probgen fit", "--set covariance=\"weird\"", lambda: FIT_IRIS + ["--set", 'covariance="weird"'], "covariance must be one of"),
+    ("probgen fit", "--set num_components=-1", lambda: ["fit", "gmm", "--data", "iris", "--set", "num_components=-1", "--quiet"], "num_components must be an integer >= 1, got -1"),
+    ("probgen fit", "--set num_components=NaN", lambda: ["fit", "gmm", "--data", "iris", "--set", "num_components=NaN", "--quiet"], "num_components must be an integer >= 1, got nan"),
+    ("probgen fit", "--set reg_covar=\"x\"", lambda: FIT_IRIS + ["--set", 'reg_covar="x"'], "reg_covar must be a finite number, got 'x'"),
+    ("probgen fit", "hmm without --set num_states", lambda: ["fit", "hmm", "--data", "iris", "--quiet"], r"missing 1 required positional argument: 'num_states'.*--set key=value"),
+    ("probgen fit", "rbm on real-valued data", lambda: ["fit", "rbm", "--data", "iris", "--set", "num_hidden=2", "--quiet"], "whole numbers for a binary likelihood.*binarize"),
+    ("probgen fit", "--binarize x", lambda: FIT_IRIS + ["--binarize", "x"], "--binarize: invalid float value: 'x'"),
+    ("probgen fit", "--data empty .npy", lambda: FIT_IRIS + ["--data", _npy(_np.zeros((0, 4)))], r"holds no examples \(shape \(0, 4\)\)"),
+    ("probgen fit", "--data .npy with NaN", lambda: FIT_IRIS + ["--data", _npy(_np.full((10, 4), float("nan")))], "NaN in .*drop or impute"),
+    ("probgen fit", "--data text .npy", lambda: FIT_IRIS + ["--data", _npy(_np.array(["a"] * 10))], "holds <U1 values; probgen needs numbers"),
+    ("probgen fit", "--data object .npy", lambda: FIT_IRIS + ["--data", _npy(_np.array([[1], [1, 2]], dtype=object))], "cannot read --data .*allow_pickle=False.*numeric"),
+    ("probgen fit", "--data .json", lambda: FIT_IRIS + ["--data", _result_json()], r"unsupported data file '.json'; use .npy, .npz, .pt or .csv"),
+    ("probgen fit", "--data .txt", lambda: FIT_IRIS + ["--data", _bytes_file(".txt", b"hello")], "unsupported data file '.txt'"),
+    ("probgen fit", "--data zero-byte .npy", lambda: FIT_IRIS + ["--data", _bytes_file(".npy", b"")], "cannot read --data .*EOFError"),
+    ("probgen fit", "--data .csv with a header", lambda: FIT_IRIS + ["--data", _bytes_file(".csv", b"a,b\n1,2\n")], "cannot read --data .*could not convert string 'a'"),
+    ("probgen fit", "--data ragged .csv", lambda: FIT_IRIS + ["--data", _bytes_file(".csv", b"1,2\n3\n")], "cannot read --data .*number of columns changed"),
+    ("probgen fit", "--data .npz with --key absent", lambda: FIT_IRIS + ["--data", (lambda p: (_np.savez(p, a=_np.zeros((5, 4))), p)[1])(_tmp("x.npz")), "--key", "zz"], r"has arrays \['a'\], not 'zz' \(use --key\)"),
+    ("probgen fit", "--split test of one example", lambda: FIT_IRIS + ["--data", _npy(_np.zeros((1, 4))), "--split", "test"], "--split test needs at least 2 examples"),
+    ("probgen fit", "--resume with no checkpoint yet", lambda: FIT_IRIS + ["--resume", "--out", _tmp("fresh")], "no checkpoint at .*checkpoint.pt; start a new run"),
+    ("probgen", "unknown flag", lambda: FIT_IRIS + ["--bogus"], "unrecognized arguments: --bogus"),
+    ("probgen", "no command", lambda: [], "the following arguments are required: command"),
+    ("probgen", "unknown command", lambda: ["train"], "argument command: invalid choice: 'train'"),
+    ("probgen evaluate", "--data missing", lambda: ["evaluate", _gmm_run()], "required: --data"),
+    ("probgen evaluate", "--estimator magic", lambda: ["evaluate", _gmm_run(), "--data", "iris", "--estimator", "magic"], "unknown estimator 'magic'"),
+    ("probgen evaluate", "--k 0", lambda: ["evaluate", _gmm_run(), "--data", "iris", "--estimator", "iwae", "--k", "0"], "k must be a positive integer"),
+    ("probgen evaluate", "data of another feature count", lambda: ["evaluate", _gmm_run(), "--data", "wine"], r"standardized examples of shape \(4,\) but --data wine has \(13,\)"),
+    ("probgen evaluate", "--batch-size 0", lambda: ["evaluate", _gmm_run(), "--data", "iris", "--batch-size", "0"], "batch_size must be a positive integer, got 0"),
+    ("probgen evaluate", "--device gpu7", lambda: ["evaluate", _gmm_run(), "--data", "iris", "--device", "gpu7"], "--device 'gpu7' is not a device"),
+    ("probgen evaluate", "--split val", lambda: ["evaluate", _gmm_run(), "--data", "iris", "--split", "val"], "--split: invalid choice: 'val'"),
+    ("probgen evaluate", "a JSON file as the model", lambda: ["evaluate", _result_json(), "--data", "iris"], "refusing to load .*test.json"),
+    ("probgen evaluate", "zero-byte model file", lambda: ["evaluate", _bytes_file(".pt", b""), "--data", "iris"], "not a readable checkpoint"),
+    ("probgen evaluate", "a pickle with code as the model", lambda: ["evaluate", _evil_pt(), "--data", "iris"], "refusing to load .*evil.pt"),
+    ("probgen sample", "-n -1", lambda: ["sample", _gmm_run(), "-n", "-1"], "-n must be a positive number of samples, got -1"),
+    ("probgen sample", "-n abc", lambda: ["sample", _gmm_run(), "-n", "abc"], "invalid int value: 'abc'"),
+    ("probgen sample", "--device gpu7", lambda: ["sample", _gmm_run(), "--device", "gpu7"], "--device 'gpu7' is not a device"),
+    ("probgen sample", "missing run", lambda: ["sample", "/no/run"], "no checkpoint at /no/run"),
+    ("probgen sample", "truncated model file", lambda: ["sample", _bytes_file(".pt", open(_saved_gmm(), "rb").read()[:300])], "not a readable checkpoint"),
+    ("probgen compare", "no results", lambda: ["compare"], "required: results"),
+    ("probgen compare", "one of two results missing", lambda: ["compare", "/no/x.json", _result_json()], "no result file /no/x.json"),
+    ("probgen compare", "--names of the wrong count", lambda: ["compare", _result_json(), _result_json(), "--names", "a"], "--names has 1 names for 2 results"),
+    ("probgen compare", "a JSON list", lambda: ["compare", _bytes_file(".json", b"[1,2]")], "no per_example values"),
+    ("probgen compare", "a zero-byte result", lambda: ["compare", _bytes_file(".json", b"")], "not a LogLikelihood JSON file"),
+    ("probgen compare", "a model .pt as a result", lambda: ["compare", _saved_gmm()], "not a LogLikelihood JSON file"),
+    ("probgen demo", "--only ''", lambda: ["demo", "--only", "", "--smoke", "--out", _tmp()], "--only '' is not a demo data set"),
+]
+if not torch.backends.mps.is_available():
+    CLI_LAZY.append(("probgen fit", "--device mps without MPS", lambda: FIT_IRIS + ["--device", "mps"], "MPS is not available here; use --device cpu"))
+
+
+def _param(case: Case):
+    reason = XFAIL.get(id(case))
+    marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+    return pytest.param(case, id=f"{case.entry}: {case.problem}", marks=marks)
+
+
+
 @pytest.mark.parametrize("entry,problem,argv,match", CLI_LAZY,
                          ids=[f"{c[0]}: {c[1]}" for c in CLI_LAZY])
 def test_cli_rejects_bad_input_lazy(entry, problem, argv, match, capsys):
@@ -376,7 +849,7 @@ def test_diverged_cli_fit_still_writes_the_rolled_back_model(tmp_path, capsys):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-@pytest.mark.parametrize("case", CASES, ids=[f"{c.entry}: {c.problem}" for c in CASES])
+@pytest.mark.parametrize("case", [_param(c) for c in CASES])
 def test_python_entry_point_rejects_bad_input(case):
     with pytest.raises(case.error) as caught:
         case.call()
@@ -399,4 +872,4 @@ def test_suite_lists_its_coverage(capsys):
     with capsys.disabled():
         print(f"\nbad-input suite: {total} bad inputs over {len(entries)} entry points: "
               + ", ".join(entries))
-    assert total >= 40 and len(entries) >= 15
+    assert total >= 250 and len(entries) >= 15

@@ -17,7 +17,10 @@ def _convert(part: Any) -> Any:
     if isinstance(part, np.ndarray) and np.issubdtype(part.dtype, np.floating):
         return torch.as_tensor(part, dtype=torch.get_default_dtype())
     if isinstance(part, list) and part and not isinstance(part[0], (torch.Tensor, np.ndarray)):
-        array = np.asarray(part)
+        try:
+            array = np.asarray(part)
+        except (ValueError, TypeError):  # ragged rows: validate_data says how to fix them
+            return part
         if np.issubdtype(array.dtype, np.floating):
             return torch.as_tensor(array, dtype=torch.get_default_dtype())
     return part

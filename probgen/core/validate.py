@@ -80,20 +80,34 @@ def check_memory(what: str, num_elements: int, *, element_bytes: int = 4, hint: 
                          "or raise the limit with PROBGEN_MAX_PARAMETER_BYTES")
 
 
+def _check_numpy_dtype(x: np.ndarray, name: str) -> None:
+    if x.dtype == object:
+        raise TypeError(f"{name} is a numpy array of Python objects (ragged rows or None?); "
+                        "pad it to a rectangular array of numbers first (see probgen.data.sequences)")
+    if x.dtype.kind in "USV":
+        raise TypeError(f"{name} holds {'text' if x.dtype.kind in 'US' else 'structured records'} "
+                        f"(numpy dtype {x.dtype}), not numbers; convert it to a numeric array "
+                        "(e.g. np.asarray(x, dtype=float)) or encode categories as integers")
+    if x.dtype.kind in "mM":
+        raise TypeError(f"{name} holds dates/times (numpy dtype {x.dtype}), not numbers; convert "
+                        "them to numbers first (e.g. x.astype('int64'))")
+
+
 def _to_tensor(x: Any, name: str) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x
     if isinstance(x, np.ndarray):
-        if x.dtype == object:
-            raise TypeError(f"{name} is a numpy array of Python objects (ragged rows?); "
-                            "pad it to a rectangular array first (see probgen.data.sequences)")
+        _check_numpy_dtype(x, name)
         return torch.from_numpy(np.ascontiguousarray(x))
     if isinstance(x, (list, tuple)):
         try:
-            return torch.as_tensor(np.asarray(x))
+            array = np.asarray(x)
         except (ValueError, TypeError) as error:
-            raise TypeError(f"{name} could not be made into a tensor ({error}); rows of different "
-                            "lengths need padding (see probgen.data.sequences)") from None
+            raise TypeError(f"{name} could not be made into a tensor ({str(error).split('.')[0]}); "
+                            "rows of different lengths need padding (see probgen.data.sequences)"
+                            ) from None
+        _check_numpy_dtype(array, name)
+        return torch.as_tensor(array)
     raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
 
 

@@ -60,6 +60,9 @@ def load_dataset(name: str) -> Dataset:
         >>> load_dataset("iris").data.shape
         torch.Size([150, 4])
     """
+    if not isinstance(name, str):
+        raise TypeError(f"load_dataset takes a data set name (a str such as 'iris'), got "
+                        f"{type(name).__name__}; bundled: {', '.join(sorted(BUNDLED))}")
     if name not in BUNDLED:
         raise ValueError(f"unknown data set {name!r}; bundled: {', '.join(sorted(BUNDLED))}")
     return BUNDLED[name]()
@@ -67,6 +70,13 @@ def load_dataset(name: str) -> Dataset:
 
 def train_test_split(n: int, test_fraction: float = 0.2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of a seeded random split: (train_index, test_index)."""
+    from probgen.core.validate import check_finite, check_size
+
+    n = check_size("n (the number of examples)", n, minimum=2)
+    seed = check_size("seed", seed, minimum=0)
+    if seed > 2**63 - 1:
+        raise ValueError(f"seed must be an integer in 0 .. 2**63 - 1, got {seed}")
+    test_fraction = check_finite("test_fraction", test_fraction)
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))

@@ -90,17 +90,12 @@ def pad_sequences(
             isinstance(sequences, np.ndarray) and sequences.dtype != np.dtype(object)):
         raise TypeError("pad_sequences takes a list of sequences; an already rectangular tensor "
                         "needs only lengths (pass it with torch.full((n,), time))")
+    if isinstance(sequences, (str, bytes, dict)) or not isinstance(sequences, (Sequence, np.ndarray)):
+        raise TypeError(f"pad_sequences takes a list of sequences (tensors, arrays or nested "
+                        f"lists, time first), got {type(sequences).__name__}")
     if len(sequences) == 0:
         raise ValueError("pad_sequences got no sequences; pass at least one")
-    tensors = []
-    for i, sequence in enumerate(sequences):
-        tensor = torch.as_tensor(np.asarray(sequence)) if not isinstance(sequence, torch.Tensor) \
-            else sequence
-        if tensor.dim() == 0:
-            raise ValueError(f"sequence {i} is a scalar; each sequence needs a time dimension")
-        if tensor.shape[0] == 0:
-            raise ValueError(f"sequence {i} is empty; drop empty sequences before padding")
-        tensors.append(tensor)
+    tensors = [_sequence_tensor(i, sequence) for i, sequence in enumerate(sequences)]
     feature_shape = tuple(tensors[0].shape[1:])
     for i, tensor in enumerate(tensors):
         if tuple(tensor.shape[1:]) != feature_shape:
@@ -110,13 +105,59 @@ def pad_sequences(
     longest = int(lengths.max())
     if max_length is None:
         max_length = longest
-    elif max_length < longest:
+    else:
+        from probgen.core.validate import check_size
+
+        max_length = check_size("max_length", max_length)
+    if max_length < longest:
         raise ValueError(f"max_length={max_length} is shorter than the longest sequence ({longest})")
     dtype = dtype or tensors[0].dtype
+    _check_padding_value(padding_value, dtype)
     values = torch.full((len(tensors), max_length, *feature_shape), padding_value, dtype=dtype)
     for i, tensor in enumerate(tensors):  # a copy per sequence, once, at load time
         values[i, : tensor.shape[0]] = tensor.to(dtype)
     return PaddedSequences(values, lengths)
+
+
+def _sequence_tensor(i: int, sequence: Any) -> torch.Tensor:
+    """Sequence ``i`` as a tensor with a time dimension, or a ValueError/TypeError saying why not."""
+    if isinstance(sequence, torch.Tensor):
+        tensor = sequence
+    else:
+        if sequence is None or isinstance(sequence, (str, bytes, dict)):
+            raise TypeError(f"sequence {i} is {type(sequence).__name__}, not a sequence of numbers; "
+                            "pass tensors, arrays or nested lists, time first")
+        try:
+            array = np.asarray(sequence)
+        except (ValueError, TypeError):
+            raise ValueError(f"sequence {i} has steps of different shapes; every step of a "
+                             "sequence needs the same features") from None
+        if array.dtype == object or array.dtype.kind in "USVmM":
+            raise TypeError(f"sequence {i} holds {array.dtype} values, not numbers (None, text "
+                            "or steps of different shapes?); convert it to a numeric array")
+        tensor = torch.as_tensor(array)
+    if tensor.device.type == "meta":
+        raise ValueError(f"sequence {i} is on the meta device and holds no values; pass real data")
+    if tensor.dim() == 0:
+        raise ValueError(f"sequence {i} is a scalar; each sequence needs a time dimension")
+    if tensor.shape[0] == 0:
+        raise ValueError(f"sequence {i} is empty; drop empty sequences before padding")
+    return tensor
+
+
+def _check_padding_value(padding_value: Any, dtype: torch.dtype) -> None:
+    if isinstance(padding_value, (bool, np.bool_)) or not isinstance(
+            padding_value, (int, float, np.number)):
+        raise TypeError(f"padding_value must be a number, got {padding_value!r}")
+    if dtype.is_floating_point or dtype.is_complex:
+        return
+    if not np.isfinite(float(padding_value)) or not float(padding_value).is_integer():
+        raise ValueError(f"padding_value={padding_value!r} does not fit the sequences' integer "
+                         f"dtype {dtype}; pass a whole number (e.g. padding_value=0) or dtype=float")
+    if dtype != torch.bool:
+        info = torch.iinfo(dtype)
+        if not info.min <= int(padding_value) <= info.max:
+            raise ValueError(f"padding_value={padding_value!r} is outside the range of {dtype}")
 
 
 def unpad_sequences(values: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
