@@ -153,14 +153,3 @@ def test_demo_entry_scores_an_rbm_by_ais():
     assert ll.kind == "estimate" and ll.estimator == "ais" and ll.num_examples == 20
     # no model can beat log 1 per pixel; a fair coin per pixel gives 64 log 2
     assert -64 * math.log(2) - 15 < ll.mean < 0
-
-
-def test_rbm_example_smoke_runs():
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / "examples" / "rbm.py"
-    out = subprocess.run([sys.executable, str(script), "--smoke"], capture_output=True, text=True,
-                         timeout=300, check=True).stdout
-    assert "AIS - exact" in out and "estimate (ais" in out
