@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -10,7 +11,7 @@ from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
-__all__ = ["ProgramInfo", "inspect_program", "DataPlateScale", "find_data_frame", "ForceSubsample"]
+__all__ = ["ProgramInfo", "inspect_program", "trace_on_data", "DataPlateScale", "find_data_frame", "ForceSubsample"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,48 @@ class ProgramInfo:
                 and not self.global_latents and not self.bound_sites)
 
 
+def _shapes(batch: tuple[torch.Tensor, ...]) -> str:
+    return ", ".join(str(tuple(t.shape)) for t in batch) or "no arguments"
+
+
+def trace_on_data(model: Callable, batch: tuple[torch.Tensor, ...]):
+    """``model(*batch)`` traced once; a failure inside the program (a shape mismatch, most
+    often) is re-raised as a ValueError that names the data's shape, chained to the original."""
+    try:
+        with poutine.block(), torch.no_grad():
+            trace = poutine.trace(model).get_trace(*batch)
+    except NotImplementedError:
+        raise  # a family that says it has no program, and why
+    except (RuntimeError, ValueError, IndexError) as error:
+        if not batch:
+            raise
+        raise _failed_on(batch, error) from error
+    try:  # shapes that only clash when scored (an observation of the wrong width)
+        cuda = sorted({t.device.index or 0 for t in batch if t.is_cuda})
+        with torch.no_grad(), torch.random.fork_rng(devices=cuda):  # leave the seeded stream
+            trace.compute_log_prob()
+    except NotImplementedError:
+        raise
+    except (RuntimeError, IndexError, ValueError) as error:
+        cause = str(error.__cause__ or error).split("\n")[0]
+        if not batch or (isinstance(error, ValueError) and (
+                "support" in cause or not re.search(r"broadcast|shape|size", cause, re.I))):
+            # values outside a support and the like: the caller's own checks say which
+            if isinstance(error, ValueError):
+                return trace
+            raise
+        raise _failed_on(batch, error) from error
+    return trace
+
+
+def _failed_on(batch: tuple[torch.Tensor, ...], error: BaseException) -> ValueError:
+    example = tuple(batch[0].shape[1:])
+    return ValueError(
+        f"the program failed on the data passed: data has examples of shape {example} "
+        f"(batch shapes {_shapes(batch)}); check that the data has the features and shape "
+        f"the program expects ({type(error).__name__}: {error})")
+
+
 def _plates(site: dict) -> list:
     return [f for f in site["cond_indep_stack"] if f.vectorized]
 
@@ -62,8 +105,7 @@ def inspect_program(model: Callable, batch: tuple[torch.Tensor, ...], *,
     probgen mini-batches and chunks the data it passes in.
     """
     size = int(batch[0].shape[0])
-    with poutine.block(), torch.no_grad():
-        trace = poutine.trace(model).get_trace(*batch)
+    trace = trace_on_data(model, batch)
     observed, continuous, discrete, enumerable, bound, nesting = [], [], [], [], [], 0
     candidates: dict[str, int] = {}
     subsampled: dict[str, int] = {}

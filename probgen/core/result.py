@@ -183,7 +183,12 @@ class LogLikelihood:
     @classmethod
     def from_json(cls, path: str) -> LogLikelihood:
         with open(path) as f:
-            return cls.from_dict(json.load(f))
+            try:
+                data = json.load(f)
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                raise ValueError(f"{path} is not a LogLikelihood JSON file ({error}); pass a file "
+                                 "written by LogLikelihood.to_json") from None
+        return cls.from_dict(data)
 
     def __repr__(self) -> str:
         return (f"LogLikelihood(mean={self.mean:.4f} ± {self.stderr:.4f} nats, {self.label}, "

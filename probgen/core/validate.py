@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 __all__ = ["SUPPORTS", "as_batch", "validate_data", "check_device", "check_size",
-           "check_finite", "check_memory", "max_parameter_bytes"]
+           "check_finite", "check_memory", "max_parameter_bytes", "check_device_name",
+           "check_seed"]
 
 SUPPORTS = ("real", "positive", "nonnegative", "unit_interval", "binary", "count", "categorical")
 
@@ -32,6 +33,28 @@ def check_size(name: str, value: Any, *, minimum: int = 1) -> int:
     if number < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return number
+
+
+def check_device_name(name: str, device: Any) -> Any:
+    """``device`` unchanged when torch can parse it (None passes); else a ValueError."""
+    if device is None or isinstance(device, torch.device):
+        return device
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{name}={device!r} is not a device; use 'cpu', 'cuda', 'cuda:1' or "
+                         "'mps'") from None
+    return device
+
+
+def check_seed(seed: Any) -> int | None:
+    """``seed`` as an int in 0 .. 2**32 - 1 (None passes); refuses booleans, floats, strings."""
+    if seed is None:
+        return None
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) \
+            or not 0 <= int(seed) < 2**32:
+        raise ValueError(f"seed must be an integer in 0 .. 2**32 - 1, got {seed!r}")
+    return int(seed)
 
 
 def check_finite(name: str, value: Any, *, positive: bool = False, nonnegative: bool = False

@@ -14,7 +14,7 @@ from probgen.core.model import Estimator, GenerativeModel
 from probgen.core.program import ForceSubsample, inspect_program
 from probgen.core.result import LogLikelihood, data_fingerprint
 from probgen.core.support import check_observed_support
-from probgen.core.validate import as_batch
+from probgen.core.validate import as_batch, check_device_name, check_seed
 from probgen.data.transforms import evaluate_dequantized
 from probgen.evaluate.exact import exact_log_prob
 from probgen.evaluate.importance import importance_bound
@@ -128,6 +128,15 @@ def evaluate(
         >>> evaluate(model, torch.zeros(3)).kind
         'exact'
     """
+    bundled = isinstance(model, GenerativeModel)
+    if not bundled and not callable(model):
+        raise TypeError(f"model must be a Pyro program (a callable) or a GenerativeModel, got "
+                        f"{type(model).__name__}")
+    if guide is not None and not callable(guide):
+        raise TypeError(f"guide must be a Pyro program (a callable) or None, got "
+                        f"{type(guide).__name__}")
+    device = check_device_name("device", device)
+    seed = check_seed(seed)
     if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k <= 0):
         raise ValueError(f"k must be a positive integer number of particles, got {k!r}")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size <= 0):

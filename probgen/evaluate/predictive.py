@@ -61,6 +61,17 @@ def posterior_draws(posterior: Any, guide: Callable | None, batch: tuple[torch.T
             raise TypeError("posterior must be a dict {site: draws with the draw dimension first} "
                             "or the InferenceData returned by probgen.infer.mcmc.run_mcmc")
         draws = {name: torch.as_tensor(value) for name, value in posterior.items()}
+        for name, value in draws.items():
+            if value.dim() == 0:
+                raise ValueError(f"posterior[{name!r}] is a scalar; posterior draws need the draw "
+                                 f"dimension first, e.g. {{{name!r}: value[None]}} for one draw")
+            if value.shape[0] == 0:
+                raise ValueError(f"posterior[{name!r}] holds zero draws (shape "
+                                 f"{tuple(value.shape)}); pass at least one draw")
+            if value.is_floating_point() and not torch.isfinite(value).all():
+                what = "NaN" if torch.isnan(value).any() else "Inf"
+                raise ValueError(f"posterior[{name!r}] has {what} draws; drop the non-finite "
+                                 "draws (a diverged chain?) before evaluating")
         sizes = {int(value.shape[0]) for value in draws.values()}
         if len(sizes) != 1:
             raise ValueError(f"posterior draws disagree on their number: {sorted(sizes)} per site")

@@ -15,7 +15,7 @@ from probgen.core.dtypes import cast_floats, floats_to_default_dtype, program_dt
 from probgen.core.model import GenerativeModel
 from probgen.core.result import data_fingerprint
 from probgen.core.support import check_observed_support
-from probgen.core.validate import as_batch
+from probgen.core.validate import as_batch, check_device_name
 from probgen.infer.batches import Batches, positive_int
 from probgen.infer.loop import ROLLBACK_EVERY, Loop, Run, restore_state
 from probgen.infer.method import TrainingMethod, TrainingSetup
@@ -155,6 +155,12 @@ def fit(
     """
     started = time.perf_counter()
     bundled, program = _unpack_model(model)
+    _check_callables(guide, transform, callbacks)
+    positive_int("checkpoint_every", checkpoint_every)
+    if checkpoint is not None and Path(checkpoint).is_dir():
+        raise ValueError(f"checkpoint={str(checkpoint)!r} is a folder; pass a file path inside "
+                         "it, e.g. checkpoint='run/fit.pt'")
+    device = check_device_name("device", device)
     name, method_class = _choose_method(model, method)
     parallel = _parallel(distributed)
     device = parallel.device_for(device) if parallel is not None else device
@@ -203,6 +209,21 @@ def _unpack_model(model: Any) -> tuple[GenerativeModel | None, Callable]:
         raise TypeError(f"model must be a Pyro program (a callable) or a GenerativeModel, got "
                         f"{type(model).__name__}")
     return bundled, program
+
+
+def _check_callables(guide: Any, transform: Any, callbacks: Any) -> None:
+    if guide is not None and not callable(guide):
+        raise TypeError(f"guide must be a Pyro program (a callable) or None, got "
+                        f"{type(guide).__name__}")
+    if transform is not None and not callable(transform):
+        raise TypeError(f"transform must be a callable applied to each batch (or None), got "
+                        f"{type(transform).__name__}")
+    if callable(callbacks) or isinstance(callbacks, str) or not isinstance(callbacks, Sequence):
+        raise TypeError(f"callbacks must be a list of callables, got {type(callbacks).__name__}")
+    for i, callback in enumerate(callbacks):
+        if not callable(callback):
+            raise TypeError(f"callbacks[{i}] must be a callable taking a FitState, got "
+                            f"{type(callback).__name__}")
 
 
 def _parallel(distributed: bool) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 import time
 import warnings
@@ -20,7 +21,8 @@ from pyro.ops.contract import contract_to_tensor
 from pyro.poutine.subsample_messenger import _Subsample
 
 from probgen.core.model import GenerativeModel
-from probgen.core.validate import as_batch
+from probgen.core.program import trace_on_data
+from probgen.core.validate import as_batch, check_size
 
 __all__ = ["run_mcmc", "loo_compare", "pointwise_log_likelihood", "max_plate_nesting_of"]
 
@@ -235,16 +237,44 @@ def run_mcmc(model: Any, data: Any = None, *, kernel: str = "nuts", num_samples:
 
     if kernel not in ("nuts", "hmc"):
         raise ValueError(f"kernel must be 'nuts' or 'hmc', got {kernel!r}")
+    for name, value in (("num_samples", num_samples), ("num_chains", num_chains)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
     if num_samples < 1 or num_chains < 1:
         raise ValueError(f"num_samples and num_chains must be >= 1, got {num_samples} and {num_chains}")
+    if num_samples < 4:
+        raise ValueError(f"num_samples={num_samples} is too few: the convergence diagnostics "
+                         "(split r_hat, ESS) need at least 4 draws per chain; pass num_samples >= 4")
+    if warmup_steps is not None:
+        check_size("warmup_steps", warmup_steps, minimum=0)
+    kernel_class = NUTS if kernel == "nuts" else HMC
+    takes = sorted(set(inspect.signature(kernel_class).parameters) - {"model", "potential_fn",
+                                                                      "max_plate_nesting"})
+    unknown = sorted(set(kernel_options) - set(takes))
+    if unknown:
+        raise TypeError(f"unknown kernel options {unknown} for kernel={kernel!r}; the {kernel} "
+                        f"kernel takes {takes}")
     program = _program(model)
     batch = as_batch(data) if data is not None else ()
     warmup_steps = num_samples if warmup_steps is None else warmup_steps
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+    try:
+        prototype = trace_on_data(program, batch)
+    except TypeError as error:
+        if data is not None:
+            raise
+        raise TypeError(f"run_mcmc(model, data=None) ran the program without arguments and it "
+                        f"failed ({error}); pass the data the program takes as data=...") from error
+    if not any(site["type"] == "sample" and not site["is_observed"]
+               for _, site in _sample_sites(prototype)):
+        raise ValueError("the program has no latent sample sites (every pyro.sample is observed): "
+                         "there is no posterior for MCMC to sample; put priors on its parameters "
+                         "with pyro.sample, or fit it with probgen.fit")
     if max_plate_nesting is None:
         if seed is not None:
             pyro.set_rng_seed(seed)
         max_plate_nesting = max_plate_nesting_of(program, batch)
-    kernel_class = NUTS if kernel == "nuts" else HMC
 
     def make_kernel():
         return kernel_class(program, max_plate_nesting=max_plate_nesting, **kernel_options)

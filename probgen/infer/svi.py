@@ -73,6 +73,13 @@ def _optimizer_args(optim: Any) -> dict[str, Any] | None:
     if isinstance(optim, dict):
         if "lr" in optim and not (isinstance(optim["lr"], (int, float)) and optim["lr"] > 0):
             raise ValueError(f"optim['lr'] must be a positive number, got {optim['lr']!r}")
+        import inspect
+
+        known = [k for k in inspect.signature(torch.optim.Adam).parameters if k != "params"]
+        unknown = sorted(map(str, set(optim) - set(known)))
+        if unknown:
+            raise ValueError(f"optim has unknown Adam options {unknown}; Adam takes {known} "
+                             "(e.g. optim={'lr': 0.01})")
         return dict(optim)
     if isinstance(optim, pyro.optim.PyroOptim):
         return None

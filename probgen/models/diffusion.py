@@ -18,6 +18,7 @@ from torch import Tensor
 from probgen.core.chunks import eval_mode, map_chunks
 from probgen.core.model import GenerativeModel
 from probgen.core.result import LogLikelihood, data_fingerprint
+from probgen.core.validate import check_size
 from probgen.diffusion.losses import simple_loss, vlb
 from probgen.diffusion.ode import ode_log_prob, ode_sample
 from probgen.diffusion.samplers import sample_loop
@@ -63,6 +64,7 @@ class DiffusionDensity(GenerativeModel):
                  logsnr_max: float = 10.0, num_steps: int | None = None, loss: str = "vlb",
                  shift: float | Sequence[float] = 0.0, scale: float | Sequence[float] = 1.0,
                  dequantized: bool = False) -> None:
+        features = check_size("features", features)
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         if num_steps is not None and int(num_steps) < 1:

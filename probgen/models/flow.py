@@ -12,6 +12,7 @@ from torch import Tensor
 from torch.distributions import AffineTransform
 
 from probgen.core.model import GenerativeModel
+from probgen.core.validate import check_size
 from probgen.data.transforms import LogitTransform
 from probgen.distributions.flow import Flow
 from probgen.models.registry import register_model
@@ -53,6 +54,8 @@ class FlowModel(GenerativeModel):
                  domain: str = "real", logit_alpha: float = 1e-6,
                  loc: Sequence[float] | None = None, scale: Sequence[float] | None = None,
                  **options: Any) -> None:
+        features = check_size("features", features)
+        transforms = check_size("transforms", transforms)
         if domain not in DOMAINS:
             raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
         if domain == "unit_interval" and (loc is not None or scale is not None):

@@ -25,9 +25,15 @@ from probgen.core.model import GenerativeModel
 from probgen.core.version import __version__
 from probgen.infer.result import FitResult
 from probgen.models.registry import get_model_class
-from probgen.core.validate import check_memory
+from probgen.core.validate import check_device_name, check_memory
 
 __all__ = ["save", "load"]
+
+
+def _check_path_type(path: Any, caller: str) -> None:
+    if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{caller} path must be a file name (str or pathlib.Path), got "
+                        f"{type(path).__name__}")
 
 
 def save(obj: Any, path: str | os.PathLike) -> Path:
@@ -38,6 +44,12 @@ def save(obj: Any, path: str | os.PathLike) -> Path:
     program: then the param store, the guide's module state (or its autoguide class) and the
     run's settings; reload it with ``probgen.load(path, model=program)``.
     """
+    _check_path_type(path, "probgen.save")
+    if not os.fspath(path):
+        raise ValueError("probgen.save path is empty; pass a file name such as 'model.pt'")
+    if Path(path).is_dir():
+        raise ValueError(f"probgen.save path {os.fspath(path)!r} is a folder; pass a file inside "
+                         "it, such as 'folder/model.pt'")
     if isinstance(obj, FitResult) and isinstance(obj.model, GenerativeModel):
         obj = obj.model
     if isinstance(obj, FitResult):
@@ -177,6 +189,9 @@ def load(path: str | os.PathLike, *, model: Callable | None = None, guide: Calla
     rebuilt by class) and returned as a :class:`FitResult` whose ``model``/``guide`` evaluate
     exactly as before the save.
     """
+    _check_path_type(path, "probgen.load")
+    if map_location is not None:
+        check_device_name("map_location", map_location)
     state = load_checkpoint(path)
     if state["format"] in ("probgen-program", "probgen-fit") and not isinstance(
             model, GenerativeModel):

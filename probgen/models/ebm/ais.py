@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from probgen.core.result import LogLikelihood, data_fingerprint
+from probgen.core.validate import check_size
 from probgen.models.ebm.model import NeuralEBM, RBMBase
 from probgen.models.ebm.partition import binary_states, exact_log_partition
 from probgen.models.ebm.samplers import mala_step
@@ -221,6 +222,9 @@ def evaluate_ais(model, batch: tuple[torch.Tensor, ...], *, num_chains: int = 10
     if not isinstance(model, (RBMBase, NeuralEBM)):
         raise TypeError(f"evaluate_ais scores energy-based models (RBM, GaussianRBM, NeuralEBM), "
                         f"not {type(model).__name__}; use estimator='iwae' for latent-variable models")
+    if log_partition is None:
+        num_chains = check_size("num_chains", num_chains)
+        num_betas = check_size("num_betas", num_betas, minimum=2)
     x = model.validate(batch[0])
     if isinstance(model, RBMBase):
         unnormalized = lambda z: -model.free_energy(z)  # noqa: E731
