@@ -14,7 +14,6 @@ import pytest
 import torch
 
 import probgen
-from probgen.infer import distributed
 from probgen.infer.distributed import DataParallel, run_mcmc_distributed, torchrun_command
 
 HERE = Path(__file__).resolve().parent

@@ -10,10 +10,10 @@ from collections import defaultdict
 
 import torch
 
+from probgen.core.result import LogLikelihood
 from probgen.data.bundled import load_dataset, train_test_split
 from probgen.demo.registry import FAMILY_MODULES, DemoData, DemoEntry
 from probgen.evaluate.compare import compare
-from probgen.core.result import LogLikelihood
 
 __all__ = ["DATASETS", "collect_entries", "run_demo"]
 

@@ -22,10 +22,10 @@ from probgen.core.checkpoint import (
     restore_param_store,
 )
 from probgen.core.model import GenerativeModel
+from probgen.core.validate import check_device_name, check_memory
 from probgen.core.version import __version__
 from probgen.infer.result import FitResult
 from probgen.models.registry import get_model_class
-from probgen.core.validate import check_device_name, check_memory
 
 __all__ = ["save", "load"]
 

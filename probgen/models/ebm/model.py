@@ -14,11 +14,11 @@ from torch import nn
 from torch.distributions import constraints
 
 from probgen.core.model import GenerativeModel
+from probgen.core.validate import check_finite, check_memory, check_size
 from probgen.models.ebm.partition import exact_log_partition, exact_partition_layer
 from probgen.models.ebm.samplers import mala_sample
 from probgen.models.registry import register_model
 from probgen.nn.energy import EnergyMLP
-from probgen.core.validate import check_finite, check_memory, check_size
 
 __all__ = ["RBMBase", "RBM", "GaussianRBM", "NeuralEBM"]
 

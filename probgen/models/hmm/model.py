@@ -14,6 +14,7 @@ from torch import nn
 
 from probgen.core.model import GenerativeModel
 from probgen.core.result import LogLikelihood, data_fingerprint
+from probgen.core.validate import check_memory, check_size
 from probgen.data.sequences import lengths_to_mask, validate_sequences
 from probgen.models.hmm.forward_backward import (
     forward_backward,
@@ -22,7 +23,6 @@ from probgen.models.hmm.forward_backward import (
     viterbi,
 )
 from probgen.models.registry import register_model
-from probgen.core.validate import check_memory, check_size
 
 __all__ = ["HMM", "EMISSIONS", "forward_log_likelihood", "forward_backward", "viterbi",
            "evaluate_forward", "single_thread_if_small"]

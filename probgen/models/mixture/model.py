@@ -11,8 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from probgen.core.model import GenerativeModel
-from probgen.models.registry import register_model
 from probgen.core.validate import check_finite, check_memory, check_size
+from probgen.models.registry import register_model
 
 __all__ = ["GaussianMixture", "GaussianMixturePrior", "log_prior", "COVARIANCE_TYPES"]
 
