@@ -81,19 +81,24 @@ def plot_density_2d(log_density: Callable[[torch.Tensor], torch.Tensor], data: t
 
 
 def plot_comparison(table: Any, path: str | None = None, *, title: str | None = None):
-    """Mean log-likelihood per model with ±2 stderr bars, coloured by kind."""
+    """Two panels: each model's mean log-likelihood (±2 stderr), and its **paired** difference to
+    the best model (±2 paired stderr) — the comparison that decides a ranking, since the same
+    test points make per-example noise cancel."""
     rows = list(table.rows)
-    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(rows) + 1.5))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 0.45 * len(rows) + 1.8), sharey=True)
     for i, row in enumerate(reversed(rows)):
-        res = row.result
-        ax.errorbar(res.mean, i, xerr=2 * res.stderr, fmt="o", color=KIND_COLOURS[res.kind],
-                    capsize=3)
-    ax.set_yticks(range(len(rows)), [r.name for r in reversed(rows)])
-    ax.set_xlabel("mean log-likelihood per example (nats), ±2 stderr")
+        res, colour = row.result, KIND_COLOURS[row.result.kind]
+        left.errorbar(res.mean, i, xerr=2 * res.stderr, fmt="o", color=colour, capsize=3)
+        right.errorbar(-row.diff_to_best, i, xerr=2 * row.diff_stderr, fmt="o", color=colour,
+                       capsize=3)
+    right.axvline(0.0, color="grey", lw=0.8, ls="--")
+    left.set_yticks(range(len(rows)), [r.name for r in reversed(rows)])
+    left.set_xlabel("mean log-likelihood per example (nats), ±2 stderr")
+    right.set_xlabel("paired difference to the best (nats), ±2 paired stderr")
     handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=k)
                for k, c in KIND_COLOURS.items() if any(r.result.kind == k for r in rows)]
-    ax.legend(handles=handles, loc="best", fontsize=8, framealpha=0.6)
-    ax.set_title(title or f"held-out log-likelihood ({table.data_space} data)")
+    left.legend(handles=handles, loc="best", fontsize=8, framealpha=0.6)
+    fig.suptitle(title or f"held-out log-likelihood ({table.data_space} data)")
     return _finish(fig, path)
 
 

@@ -114,3 +114,16 @@ def test_save_and_load_model_with_its_guide(tmp_path):
 def test_save_of_a_bare_program_says_to_save_the_fit_result(tmp_path):
     with pytest.raises(TypeError, match="FitResult of probgen.fit"):
         probgen.save(model, tmp_path / "x.pt")
+
+
+def test_checkpoints_follow_the_umask(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        probgen.fit(model, torch.randn(10, 2), num_steps=2, progress=False,
+                    checkpoint=tmp_path / "r.pt")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "r.pt").stat().st_mode) == 0o644

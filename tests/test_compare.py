@@ -60,3 +60,20 @@ def test_comparison_plot_is_written(tmp_path):
     path = tmp_path / "chart.png"
     table.plot(str(path))
     assert path.stat().st_size > 1000
+
+
+def test_comparison_plot_shows_the_paired_difference(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from probgen.plots import plot_comparison
+
+    base = torch.randn(200, dtype=torch.float64) * 5
+    a = LogLikelihood(base, kind="exact", estimator="exact", num_dims=1, data_space="continuous")
+    b = LogLikelihood(base - 0.1, kind="exact", estimator="exact", num_dims=1,
+                      data_space="continuous")
+    table = probgen.compare({"a": a, "b": b})
+    figure = plot_comparison(table, str(tmp_path / "chart.png"))
+    paired = figure.axes[1]
+    assert "paired" in paired.get_xlabel() and (tmp_path / "chart.png").exists()
+    assert table.rows[1].diff_stderr < 0.01 < 2 * float(a.stderr)  # unpaired bars would overlap
