@@ -63,18 +63,21 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     return text
 
 
-def write_results(name: str, rows: list[dict[str, Any]], **settings: Any) -> Path:
-    """Write ``rows`` (one dict per tool/model) to results/NAME.json as a JSON list.
+def write_results(name: str, rows: list[dict[str, Any]], *, results_dir: str | Path | None = None,
+                  **settings: Any) -> Path:
+    """Write ``rows`` (one dict per tool/model) to ``results_dir``/NAME.json (default
+    benchmarks/results) as a JSON list.
 
     Each row carries the machine it ran on and the benchmark's settings, so a row read alone
     still says what it measured.
     """
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    directory = Path(results_dir) if results_dir is not None else RESULTS
+    directory.mkdir(parents=True, exist_ok=True)
     machine = machine_info()
     for row in rows:
         row.setdefault("machine", machine)
         row.setdefault("settings", settings)
-    path = RESULTS / f"{name}.json"
+    path = directory / f"{name}.json"
     path.write_text(json.dumps(rows, indent=1, default=str))
     print(f"wrote {path}")
     return path

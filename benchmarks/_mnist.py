@@ -1,26 +1,29 @@
-"""What the MNIST benchmarks share: where the data are, and the training loop."""
+"""What the MNIST benchmarks share: the splits (train / validation / test) and training through
+``probgen.fit`` (dynamic binarization as ``transform=``, a cosine learning rate as a Pyro
+scheduler, validation-based model selection, resumable checkpoints)."""
 
 from __future__ import annotations
 
+import json
 import math
-import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyro
+import pyro.optim
 import torch
+from pyro import poutine
+from pyro.infer import RenyiELBO
 
 import probgen
-from probgen.core.checkpoint import atomic_save
+from probgen.core.checkpoint import atomic_write_text
+from probgen.core.paths import find_data
+from probgen.data.mnist import DynamicBinarizer, load_binarized_mnist, load_mnist
 
-
-def shared_data() -> Path | None:
-    """The folder of the shared data sets ($PROBGEN_SHARED_DATA, or ../shared/data), if present."""
-    for candidate in (os.environ.get("PROBGEN_SHARED_DATA"),
-                      Path(probgen.__file__).parents[2] / "shared" / "data", "/work/shared/data"):
-        if candidate and Path(candidate).is_dir():
-            return Path(candidate)
-    return None
+VALIDATION_SIZE = 10_000  # the last 10,000 training images: model selection never sees the test set
 
 
 def model_budgets(models: str, minutes: str | None) -> tuple[list[str], list[float | None]]:
@@ -32,52 +35,198 @@ def model_budgets(models: str, minutes: str | None) -> tuple[list[str], list[flo
     return names, budgets
 
 
-def train(vae: torch.nn.Module, loss: pyro.infer.ELBO, x_train: torch.Tensor, binarize, *,
-          epochs: int, minutes: float | None, batch_size: int, lr: float, seed: int,
-          final_lr: float | None = None, checkpoint: Path | None = None,
-          checkpoint_every: int = 50) -> tuple[float, float, list]:
-    """Fused torch Adam on the ELBO's gradients, each batch binarized afresh when ``binarize``
-    is given; returns (epochs done, seconds, mean loss per example for each epoch).
+# --- data ------------------------------------------------------------------------------------
+@dataclass
+class Splits:
+    """Training data (intensities when ``transform`` binarizes each batch, else bits), a
+    held-out validation set and the test set (both binarized once, with their own seeds)."""
 
-    With ``minutes``, the first epoch's time fixes how many epochs fit the budget; the learning
-    rate then decays from ``lr`` to ``final_lr`` on a cosine over those epochs. With
-    ``checkpoint``, the state_dict is saved there (atomically) every ``checkpoint_every`` epochs
-    and at the end.
+    train: torch.Tensor
+    validation: torch.Tensor
+    test: torch.Tensor
+    transform: Callable[[torch.Tensor], torch.Tensor] | None
+    binarization: str
+    validation_source: str
+
+
+def mnist_splits(binarization: str, *, seed: int = 0, smoke: bool = False,
+                 device: str = "cpu") -> Splits:
+    """MNIST as the benchmarks use it, found with :func:`probgen.core.paths.find_data`.
+
+    ``"dynamic"``: the first 50,000 training images as intensities, binarized afresh in every
+    mini-batch (``transform=torch.bernoulli``), the last 10,000 as validation, the 10,000 test
+    images binarized once (seed ``10_000 + seed``, the same test bits as the earlier rows).
+    ``"static"``: Larochelle & Murray's train / valid / test split (50,000 / 10,000 / 10,000).
     """
-    optimizer = torch.optim.Adam(vae.parameters(), lr=lr, fused=True)
-    generator = torch.Generator().manual_seed(seed)
-    n = len(x_train)
-    steps_per_epoch = math.ceil(n / batch_size)
-    started, steps, history = time.perf_counter(), 0, []
-    planned = epochs
-    vae.train()
-    for epoch in range(epochs):
-        if epoch >= planned:
-            break
-        order = torch.randperm(n, generator=generator).to(x_train.device)
-        total, seen = 0.0, 0
-        for start in range(0, n, batch_size):
-            batch = x_train[order[start:start + batch_size]]
-            batch = binarize(batch) if binarize is not None else batch
-            optimizer.zero_grad()
-            total += loss.loss_and_grads(vae.model, vae.guide, batch)  # backward() inside
-            optimizer.step()
-            seen += len(batch)
-            steps += 1
-        history.append(total / seen)  # mean loss per example seen this epoch
-        elapsed = time.perf_counter() - started
-        if minutes is not None and epoch == 0:
-            planned = min(epochs, max(1, int(60 * minutes / elapsed)))
-            print(f"epoch 1 took {elapsed:.1f} s: training {planned} epochs", flush=True)
-        if final_lr is not None and planned > 1:
-            progress = min(1.0, (epoch + 1) / (planned - 1))
-            for group in optimizer.param_groups:
-                group["lr"] = final_lr + 0.5 * (lr - final_lr) * (1 + math.cos(math.pi * progress))
-        if checkpoint is not None and (epoch + 1) % checkpoint_every == 0:
-            atomic_save(vae.state_dict(), checkpoint)
-        if (epoch + 1) % 25 == 0:
-            print(f"epoch {epoch + 1}/{planned}: loss {history[-1]:.2f}, {elapsed:.0f} s",
-                  flush=True)
-    if checkpoint is not None:
-        atomic_save(vae.state_dict(), checkpoint)
-    return steps / steps_per_epoch, time.perf_counter() - started, history
+    if binarization == "static":
+        folder = find_data("binarized_mnist")
+        train = load_binarized_mnist("train", path=folder).float()
+        validation = load_binarized_mnist("valid", path=folder).float()
+        test = load_binarized_mnist("test", path=folder).float()
+        transform, source = None, "the 10,000 'valid' images of Larochelle & Murray's split"
+    elif binarization == "dynamic":
+        folder = find_data("mnist")
+        images = load_mnist("train", path=folder).flat()
+        cut = len(images) - VALIDATION_SIZE
+        train = images[:cut]
+        validation = DynamicBinarizer(seed=20_000 + seed)(images[cut:])
+        test = DynamicBinarizer(seed=10_000 + seed)(load_mnist("test", path=folder).flat())
+        transform = torch.bernoulli  # draws from torch's RNG, which fit seeds and checkpoints
+        source = (f"the last {VALIDATION_SIZE:,} MNIST training images (binarized once, seed "
+                  f"{20_000 + seed}); training uses the first {cut:,}")
+    else:
+        raise ValueError(f"binarization must be 'dynamic' or 'static', got {binarization!r}")
+    if smoke:
+        train, validation, test = train[:512], validation[:128], test[:64]
+    return Splits(train.to(device), validation.to(device), test.to(device), transform,
+                  binarization, source)
+
+
+# --- losses and schedules ----------------------------------------------------------------------
+class MiniBatchIWAE(RenyiELBO):
+    r"""The IWAE bound (RenyiELBO, alpha=0) with the mini-batch scale N/B applied *after* the
+    log-mean-exp over particles: N/B · Σ_n log (1/k) Σ_i w_{n,i}.
+
+    ``probgen.fit`` scales the data-plate sites by N/B; RenyiELBO then averages exp(N/B · log w)
+    over particles, a different (much sharper) objective. This loss undoes the site scale,
+    computes the per-example IWAE bound, and scales the loss and gradients by N/B afterwards.
+    ``loss`` (used for validation, unscaled) runs in chunks of ``chunk`` examples.
+    """
+
+    def __init__(self, num_particles: int, num_examples: int, chunk: int = 500) -> None:
+        super().__init__(alpha=0.0, num_particles=num_particles, vectorize_particles=True,
+                         max_plate_nesting=1)
+        self.num_examples, self.chunk = int(num_examples), int(chunk)
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        factor = self.num_examples / args[0].shape[0]
+        if factor == 1.0:
+            return super().loss_and_grads(model, guide, *args, **kwargs)
+        undo = 1.0 / factor
+        loss = super().loss_and_grads(poutine.scale(model, undo), poutine.scale(guide, undo),
+                                      *args, **kwargs)
+        for _, value in pyro.get_param_store().named_parameters():
+            if value.grad is not None:
+                value.grad.mul_(factor)
+        return loss * factor
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        n = args[0].shape[0]
+        return sum(super(MiniBatchIWAE, self).loss(
+            model, guide, *(a[i:i + self.chunk] for a in args), **kwargs)
+            for i in range(0, n, self.chunk))
+
+
+def optimizer(lr: float, final_lr: float | None, epochs: int) -> Any:
+    """Adam at ``lr``; with ``final_lr``, a cosine from ``lr`` (first epoch) to ``final_lr``
+    (last epoch), stepped by fit once per epoch: the schedule of the earlier private loop."""
+    if final_lr is None:
+        return {"lr": lr}  # fit's fused torch Adam
+    return pyro.optim.CosineAnnealingLR({
+        "optimizer": torch.optim.Adam, "optim_args": {"lr": lr, "fused": True},
+        "T_max": max(1, epochs - 1), "eta_min": final_lr})
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# --- training ----------------------------------------------------------------------------------
+@dataclass
+class Training:
+    """What a fit run did, per epoch, for the results rows."""
+
+    epochs: float
+    seconds: float
+    cpu_seconds: float
+    train_loss_per_epoch: list[float]
+    validation_per_epoch: list[float]
+    best_epoch: int | None
+    model_selection: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def final_train_loss(self) -> float | None:
+        return self.train_loss_per_epoch[-1] if self.train_loss_per_epoch else None
+
+
+def _per_epoch(result: probgen.FitResult, steps_per_epoch: int) -> list[float]:
+    history = result.history
+    return [sum(history[i:i + steps_per_epoch]) / len(history[i:i + steps_per_epoch])
+            for i in range(0, len(history), steps_per_epoch)]
+
+
+def _forget(model: torch.nn.Module) -> None:
+    """Drop a throw-away model's parameters from Pyro's param store."""
+    store = pyro.get_param_store()
+    prefix = f"{model.pyro_name}$$$"
+    for name in [n for n in store.keys() if n.startswith(prefix)]:
+        del store[name]
+
+
+def epochs_for_budget(build: Callable[[], torch.nn.Module], make_loss: Callable, splits: Splits, *,
+                      minutes: float, max_epochs: int, batch_size: int, seed: int,
+                      probe_steps: int = 30) -> int:
+    """How many epochs fit ``minutes``, timed on ``probe_steps`` steps of a throw-away copy
+    (plus 10% for validation), so the cosine schedule can span the whole run."""
+    probe = build()
+    stamps: list[float] = []
+    size = min(len(splits.train), batch_size * (probe_steps + 1))
+    probgen.fit(probe, splits.train[:size], num_steps=probe_steps + 1, batch_size=batch_size,
+                loss=make_loss(probe, size), transform=splits.transform, seed=seed,
+                progress=False, callbacks=[lambda state: stamps.append(time.perf_counter())])
+    _forget(probe)
+    step_seconds = (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1)  # the first step sets up
+    epoch_seconds = 1.1 * step_seconds * math.ceil(len(splits.train) / batch_size)
+    planned = min(max_epochs, max(1, int(60 * minutes / epoch_seconds)))
+    print(f"~{epoch_seconds:.1f} s per epoch: training {planned} epochs", flush=True)
+    return planned
+
+
+def train(model: torch.nn.Module, loss: Any, splits: Splits, *, epochs: int, batch_size: int,
+          lr: float, final_lr: float | None, seed: int, checkpoint: Path | None = None,
+          checkpoint_every: int = 50, resume: bool = False, patience: int | None = None,
+          report_every: int = 25) -> Training:
+    """``probgen.fit`` for ``epochs`` epochs, validated once per epoch, the best epoch kept.
+
+    With ``checkpoint``, fit writes a resumable checkpoint there every ``checkpoint_every``
+    epochs and at the end; ``resume=True`` continues from it.
+    """
+    steps_per_epoch = math.ceil(len(splits.train) / batch_size)
+    started = time.perf_counter()
+
+    def report(state: probgen.FitState) -> None:
+        if (state.step + 1) % (report_every * steps_per_epoch) == 0:
+            epoch_losses = state.losses[-steps_per_epoch:]
+            mean = sum(epoch_losses) / len(epoch_losses) / len(splits.train)
+            valid = f", validation {state.validation[-1][1]:.2f}" if state.validation else ""
+            print(f"epoch {state.epoch + 1}/{epochs}: loss {mean:.2f}{valid}, "
+                  f"{time.perf_counter() - started:.0f} s", flush=True)
+
+    cpu = time.process_time()
+    result = probgen.fit(
+        model, splits.train, epochs=epochs, batch_size=batch_size, loss=loss,
+        optim=optimizer(lr, final_lr, epochs), transform=splits.transform,
+        validation=splits.validation, patience=patience, restore_best=True, seed=seed,
+        checkpoint=checkpoint, checkpoint_every=checkpoint_every * steps_per_epoch,
+        resume=resume, progress=False, callbacks=[report])
+    cpu_seconds = time.process_time() - cpu
+    best = result.best_step // steps_per_epoch if result.best_step is not None else None
+    selection = (f"parameters of the epoch with the lowest validation loss ({type(loss).__name__}"
+                 f" per example, once per epoch) on {splits.validation_source}: epoch {best} of "
+                 f"{len(result.losses) / steps_per_epoch:g}; the test set is used only to report")
+    return Training(len(result.losses) / steps_per_epoch, result.seconds, cpu_seconds,
+                    _per_epoch(result, steps_per_epoch), [v for _, v in result.validation],
+                    best, selection, {"optim": "Adam" if final_lr is None else
+                                      f"Adam, CosineAnnealingLR {lr:g} -> {final_lr:g} per epoch",
+                                      "batch_size": batch_size, "seed": seed,
+                                      "num_train": len(splits.train),
+                                      "num_validation": len(splits.validation)})
+
+
+def write_plan(path: Path, epochs: int) -> None:
+    atomic_write_text(path, json.dumps({"epochs": epochs}))
+
+
+def read_plan(path: Path) -> int | None:
+    return int(json.loads(path.read_text())["epochs"]) if path.exists() else None

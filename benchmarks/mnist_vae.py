@@ -1,15 +1,24 @@
 """Test NLL of probgen's VAE on binarized MNIST (ELBO and IWAE-5000), beside published rows.
 
-Trains, on the same data and architecture as Burda et al. (2016) (784-200-200-50, tanh, one
-stochastic layer): a VAE (ELBO, dynamic binarization), an IWAE-trained VAE (k particles,
-dynamic binarization) and a VAE on the statically binarized MNIST of Larochelle & Murray. Each
-model then gets the ELBO on all 10,000 test images and the IWAE bound with k=5000 on a seeded
-subset (``--num-test``; all 10,000 on a GPU). Results: benchmarks/results/mnist_vae.json.
+Trains with ``probgen.fit``, on the same data and architecture as Burda et al. (2016)
+(784-200-200-50, tanh, one stochastic layer): a VAE (ELBO, dynamic binarization), an
+IWAE-trained VAE (k particles, dynamic binarization) and a VAE on the statically binarized MNIST
+of Larochelle & Murray. Dynamic binarization is fit's ``transform=torch.bernoulli``; the cosine
+learning rate (``--final-lr``) a Pyro ``CosineAnnealingLR`` stepped once per epoch; the last
+10,000 training images (Larochelle & Murray's "valid" split for static MNIST) are fit's
+``validation=``, scored every epoch, and the best epoch's parameters are kept, so model
+selection never sees the test set. Each model then gets the ELBO on all 10,000 test images and
+the IWAE bound with k=5000 on a seeded subset (``--num-test``; all 10,000 on a GPU). Results:
+``--out``/mnist_vae.json (default benchmarks/results).
 
     python -m benchmarks.mnist_vae [--smoke] [--device cuda] [--epochs 3280] [--minutes 8,7,5]
 
 Two stages (ELBO pre-training, then IWAE fine-tuning): ``--train-only`` saves the weights and a
-training record; ``--init <checkpoint>`` starts from them and reports both stages' budget.
+training record; ``--init <weights.pt>`` starts from them and reports both stages' budget.
+``--resume`` continues an interrupted run from fit's checkpoint in ``--save-dir``.
+``--baseline <weights.pt>`` also scores other weights of the same architecture (with the
+training record ``<weights>.json`` beside them) on the same test images with the same
+estimators and seeds, and puts their numbers beside the new rows.
 """
 
 from __future__ import annotations
@@ -17,18 +26,26 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import tempfile
 import time
 from pathlib import Path
 
 import pyro
 import torch
-from pyro.infer import RenyiELBO
 
 import probgen
 from benchmarks._common import RESULTS, machine_info, print_table, write_results
-from benchmarks._mnist import model_budgets, shared_data, train
+from benchmarks._mnist import (
+    MiniBatchIWAE,
+    epochs_for_budget,
+    mnist_splits,
+    model_budgets,
+    parameter_count,
+    read_plan,
+    train,
+    write_plan,
+)
 from probgen.core.checkpoint import atomic_write_text
-from probgen.data.mnist import DynamicBinarizer, load_binarized_mnist, load_mnist
 from probgen.models.vae import VAE
 
 PUBLISHED = [
@@ -44,25 +61,6 @@ PUBLISHED = [
 MODELS = ("vae", "iwae", "vae_static")
 
 
-def load_data(name: str, device: str, smoke: bool, seed: int):
-    """(train intensities or bits, test bits, binarize-per-batch or None)."""
-    data = shared_data()
-    if name == "vae_static":
-        folder = data / "binarized_mnist" if data else None
-        train = load_binarized_mnist("train", path=folder).float()
-        test = load_binarized_mnist("test", path=folder).float()
-        binarize = None
-    else:
-        folder = data / "mnist" if data else None
-        train = load_mnist("train", path=folder).flat()
-        # The test set is binarized once, with its own seed, and shared by every model.
-        test = DynamicBinarizer(seed=10_000 + seed)(load_mnist("test", path=folder).flat())
-        binarize = DynamicBinarizer(seed=seed)
-    if smoke:
-        train, test = train[:512], test[:64]
-    return train.to(device), test.to(device), binarize
-
-
 def parse_hidden(text: str) -> tuple[int, ...]:
     """``--hidden 500,500`` as (500, 500)."""
     try:
@@ -75,13 +73,56 @@ def parse_hidden(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def build_vae(hidden: tuple[int, ...], activation: str, device: str, name: str) -> VAE:
+    vae = VAE((784,), latent_dim=50, hidden_features=hidden, activation=activation,
+              likelihood="bernoulli").to(device)
+    # A stable param-store name (not the per-process instance counter's), so that fit's
+    # checkpoint, keyed by these names, resumes with its optimizer state in a new process.
+    vae.pyro_name = name
+    return vae
+
+
+def training_loss(name: str, iwae_k: int):
+    """The loss for a model and a training-set size."""
+    if name == "iwae":
+        return lambda model, n: MiniBatchIWAE(iwae_k, n)
+    return lambda model, n: model.default_loss()
+
+
+def describe(loss) -> str:
+    if isinstance(loss, MiniBatchIWAE):
+        return f"iwae (k={loss.num_particles}, RenyiELBO alpha=0, per-example log-mean-exp)"
+    return f"elbo ({type(loss).__name__})"
+
+
+def score(vae: VAE, x_test: torch.Tensor, subset: torch.Tensor, eval_k: int, eval_batch: int,
+          seed: int) -> dict[str, probgen.LogLikelihood | float]:
+    """ELBO on every test image and IWAE-``eval_k`` on ``subset``, with fixed seeds."""
+    started = time.perf_counter()
+    elbo = probgen.evaluate(vae, x_test, estimator="elbo", k=1, seed=seed)
+    elbo_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    iwae = probgen.evaluate(vae, x_test[subset], estimator="iwae", k=eval_k,
+                            batch_size=eval_batch, seed=seed)
+    return {"elbo": elbo, "elbo_seconds": elbo_seconds, "iwae": iwae,
+            "iwae_seconds": time.perf_counter() - started}
+
+
+def beside(new: probgen.LogLikelihood, old: probgen.LogLikelihood) -> dict:
+    """The baseline's figure and the paired per-example difference (new - old, in NLL)."""
+    difference = (old.per_example - new.per_example).double()  # NLL_new - NLL_old
+    return {"nll_nats": old.nll, "stderr": old.stderr,
+            "paired_difference_nats": float(difference.mean()),
+            "paired_difference_stderr": float(difference.std() / len(difference) ** 0.5)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="a seconds-long run")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--epochs", type=int, default=3280, help="max epochs per model "
-                        "(Burda et al. train 3280 passes)")
+                        "(Burda et al. train 3280 passes; 0 with --init: only evaluate)")
     parser.add_argument("--minutes", default=None,
                         help="wall-clock training budget per model, comma-separated (e.g. 8,7,5)")
     parser.add_argument("--hidden", default="200,200",
@@ -91,6 +132,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--final-lr", type=float, default=None,
                         help="cosine decay of the learning rate to this value over training")
+    parser.add_argument("--patience", type=int, default=None,
+                        help="stop after this many epochs without a better validation loss")
     parser.add_argument("--iwae-k", type=int, default=50, help="particles for IWAE training")
     parser.add_argument("--eval-k", type=int, default=5000)
     parser.add_argument("--num-test", type=int, default=None,
@@ -104,9 +147,17 @@ def main() -> None:
                         "with --epochs 0 it only evaluates)")
     parser.add_argument("--train-only", action="store_true",
                         help="save the trained state_dict and stop: no evaluation, no results")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from fit's checkpoint in --save-dir, if there is one")
+    parser.add_argument("--baseline", default=None,
+                        help="also score these weights (training record <weights>.json beside "
+                        "them) with the same estimators and put their numbers beside the rows")
+    parser.add_argument("--tag", default=None, help="added to the model names of the new rows")
+    parser.add_argument("--note", default=None, help="a note stored in the new rows")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--save-dir", default="/tmp/probgen_mnist_vae",
-                        help="where trained state_dicts go (to re-evaluate)")
+    parser.add_argument("--out", default=str(RESULTS), help="folder of the results JSON")
+    parser.add_argument("--save-dir", default=str(Path(tempfile.gettempdir()) / "probgen_mnist_vae"),
+                        help="where checkpoints and trained state_dicts go (to resume, re-evaluate)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -121,58 +172,102 @@ def main() -> None:
         suffix += f", from {Path(args.init).stem}"
         record = Path(args.init).with_suffix(".json")  # how the initial weights were trained
         pretraining = json.loads(record.read_text()) if record.exists() else None
+    baseline_record = None
+    if args.baseline:
+        record = Path(args.baseline).with_suffix(".json")
+        baseline_record = json.loads(record.read_text()) if record.exists() else {}
     epochs, eval_k = (1, 20) if args.smoke else (args.epochs, args.eval_k)
     num_test = 8 if args.smoke else args.num_test
+    out = Path(args.out)
     save_dir = Path(args.save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     for name, budget in zip(names, minutes):
-        pyro.set_rng_seed(args.seed)
-        x_train, x_test, binarize = load_data(name, args.device, args.smoke, args.seed)
-        vae = VAE((784,), latent_dim=50, hidden_features=hidden, activation=args.activation,
-                  likelihood="bernoulli").to(args.device)
+        if name not in MODELS:
+            raise SystemExit(f"unknown model {name!r}; choose from {MODELS}")
+        splits = mnist_splits("static" if name == "vae_static" else "dynamic", seed=args.seed,
+                              smoke=args.smoke, device=args.device)
+        make_loss = training_loss(name, args.iwae_k)
+        stem = re.sub(r"\W+", "_", f"{name}{suffix}")
+        pyro.clear_param_store()  # each model starts from an empty store (names are stable)
+        plan = save_dir / f"{stem}.plan.json"
+        if budget is not None and epochs > 0:
+            planned = read_plan(plan) if args.resume else None
+            if planned is None:
+                planned = epochs_for_budget(
+                    lambda stem=stem: build_vae(hidden, args.activation, args.device,
+                                                f"{stem}_probe"),
+                    make_loss, splits,
+                    minutes=budget, max_epochs=epochs, batch_size=args.batch_size, seed=args.seed)
+                write_plan(plan, planned)
+        else:
+            planned = epochs
+        pyro.set_rng_seed(args.seed)  # the same initial weights whatever trains them
+        vae = build_vae(hidden, args.activation, args.device, stem)
+        loss = make_loss(vae, len(splits.train))
+        objective = describe(loss)
         if args.init:
             vae.load_state_dict(torch.load(args.init, map_location=args.device, weights_only=True))
-        if name == "iwae":
-            loss = RenyiELBO(alpha=0.0, num_particles=args.iwae_k, vectorize_particles=True,
-                             max_plate_nesting=1)
-            objective = f"iwae (k={args.iwae_k}, RenyiELBO alpha=0)"
-        else:
-            loss = vae.default_loss()
-            objective = f"elbo ({type(loss).__name__})"
-        checkpoint = save_dir / (re.sub(r"\W+", "_", f"{name}{suffix}") + ".pt")
-        done, seconds, history = train(vae, loss, x_train, binarize, epochs=epochs, minutes=budget,
-                                       batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                       final_lr=args.final_lr, checkpoint=checkpoint)
-        print(f"{name}: {done:.2f} epochs in {seconds:.0f} s, final train loss "
-              f"{history[-1] if history else float('nan'):.2f}")
-        stage = {"training_objective": objective, "epochs": round(done, 3),
-                 "train_seconds": round(seconds, 1), "lr": args.lr, "final_lr": args.final_lr,
-                 "final_train_loss": history[-1] if history else None,
+        training = None
+        if planned > 0:
+            training = train(vae, loss, splits, epochs=planned,
+                             batch_size=args.batch_size, lr=args.lr, final_lr=args.final_lr,
+                             seed=args.seed, checkpoint=save_dir / f"{stem}.fit.pt",
+                             resume=args.resume, patience=args.patience)
+            print(f"{name}: {training.epochs:g} epochs in {training.seconds:.0f} s, final train "
+                  f"loss {training.final_train_loss:.2f}, best validation epoch "
+                  f"{training.best_epoch}")
+        elif not args.init:
+            raise SystemExit("--epochs 0 only evaluates weights given with --init")
+        torch.save(vae.state_dict(), save_dir / f"{stem}.pt")
+        done = training.epochs if training else 0.0
+        seconds = round(training.seconds, 1) if training else 0.0
+        stage = {"trainer": "probgen.fit", "training_objective": objective, "epochs": done,
+                 "train_seconds": seconds,
+                 "train_cpu_seconds": round(training.cpu_seconds, 1) if training else 0.0,
+                 "lr": args.lr, "final_lr": args.final_lr,
+                 "final_train_loss": training.final_train_loss if training else None,
+                 "best_epoch": training.best_epoch if training else None,
                  "architecture": architecture, "machine": machine_info()}
-        atomic_write_text(checkpoint.with_suffix(".json"), json.dumps(stage, indent=1))
+        atomic_write_text(save_dir / f"{stem}.json", json.dumps(stage, indent=1))
         if args.train_only:
             continue
-        subset = torch.randperm(len(x_test), generator=torch.Generator().manual_seed(args.seed))
+        subset = torch.randperm(len(splits.test),
+                                generator=torch.Generator().manual_seed(args.seed))
         subset = subset[:num_test] if num_test else subset
-        common = {"model": f"probgen VAE ({name}{suffix})", "binarization":
-                  "static" if name == "vae_static" else "dynamic", "epochs": round(done, 3),
-                  "train_seconds": round(seconds, 1), "training_objective": objective,
-                  "train_loss_per_epoch": history, "architecture": architecture}
+        label = f"probgen VAE ({name}{suffix}{', ' + args.tag if args.tag else ''})"
+        common = {"model": label, "trainer": "probgen.fit",
+                  "binarization": splits.binarization, "architecture": architecture,
+                  "parameters": parameter_count(vae), "epochs": done,
+                  "budget": f"{planned} epochs" + (f" (what --minutes {budget:g} allowed)"
+                                                   if budget is not None else ""),
+                  "train_seconds": seconds,
+                  "train_cpu_seconds": stage["train_cpu_seconds"],
+                  "training_objective": objective, "lr": args.lr, "final_lr": args.final_lr,
+                  "model_selection": training.model_selection if training else
+                  "the --init weights as given (no training in this run)",
+                  "final_train_loss": stage["final_train_loss"],
+                  "train_loss_per_epoch": training.train_loss_per_epoch if training else [],
+                  "validation_loss_per_epoch": training.validation_per_epoch if training else []}
+        if args.note:
+            common["note"] = args.note
         if pretraining:  # the budget is the sum of both stages
             common.update(epochs=round(done + pretraining["epochs"], 3),
                           train_seconds=round(seconds + pretraining["train_seconds"], 1),
                           training_objective=f"{pretraining['training_objective']} for "
                           f"{pretraining['epochs']:g} epochs, then {objective} for {done:g}",
                           stages=[pretraining, stage])
-        started = time.perf_counter()
-        elbo = probgen.evaluate(vae, x_test, estimator="elbo", k=1, seed=args.seed)
+        scores = score(vae, splits.test, subset, eval_k, args.eval_batch, args.seed)
+        old = None
+        if args.baseline:
+            reference = build_vae(hidden, args.activation, args.device, f"{stem}_baseline")
+            reference.load_state_dict(torch.load(args.baseline, map_location=args.device,
+                                                 weights_only=True))
+            old = score(reference, splits.test, subset, eval_k, args.eval_batch, args.seed)
+        elbo, iwae = scores["elbo"], scores["iwae"]
         rows.append({**common, "estimator": "elbo", "k": 1, "nll_nats": elbo.nll,
                      "stderr": elbo.stderr, "num_test": elbo.num_examples,
-                     "eval_seconds": round(time.perf_counter() - started, 1)})
-        started = time.perf_counter()
-        iwae = probgen.evaluate(vae, x_test[subset], estimator="iwae", k=eval_k,
-                                batch_size=args.eval_batch, seed=args.seed)
+                     "eval_seconds": round(scores["elbo_seconds"], 1)})
         paired = {}
         if iwae.num_examples > 2000:  # the same images as the rows on a 2000-image subset
             first = -iwae.per_example[:2000].double()
@@ -181,16 +276,25 @@ def main() -> None:
         rows.append({**common, "estimator": "iwae", "k": eval_k, "nll_nats": iwae.nll,
                      "stderr": iwae.stderr, "num_test": iwae.num_examples, **paired,
                      "test_subset": f"torch.randperm(10000, seed={args.seed})[:{iwae.num_examples}]",
-                     "eval_seconds": round(time.perf_counter() - started, 1)})
+                     "eval_seconds": round(scores["iwae_seconds"], 1)})
+        if old is not None:
+            for row, key in ((rows[-2], "elbo"), (rows[-1], "iwae")):
+                row["baseline"] = {**baseline_record, "weights": Path(args.baseline).name,
+                                   **beside(scores[key], old[key])}
         print_table(rows[-2:], ["model", "estimator", "k", "nll_nats", "stderr", "num_test"])
+        if old is not None:
+            print_table([{"estimator": key, "fit": scores[key].nll, **beside(scores[key], old[key])}
+                         for key in ("elbo", "iwae")],
+                        ["estimator", "fit", "nll_nats", "paired_difference_nats",
+                         "paired_difference_stderr"])
         if not args.smoke:  # keep what is done if a later model fails
-            (RESULTS / "mnist_vae.partial.json").write_text(json.dumps(
-                rows, indent=1, default=str))
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "mnist_vae.partial.json").write_text(json.dumps(rows, indent=1, default=str))
     if args.train_only:
         return
     machine = machine_info()
-    if args.append and (RESULTS / "mnist_vae.json").exists():
-        previous = json.loads((RESULTS / "mnist_vae.json").read_text())
+    if args.append and (out / "mnist_vae.json").exists():
+        previous = json.loads((out / "mnist_vae.json").read_text())
         done_models = {row["model"] for row in rows}
         rows = [row for row in previous if "source" not in row and row["model"] not in done_models
                 ] + rows
@@ -201,11 +305,12 @@ def main() -> None:
     print_table(rows, ["model", "binarization", "estimator", "k", "nll_nats", "stderr",
                        "num_test", "epochs", "train_seconds"])
     if not args.smoke:
-        write_results("mnist_vae", rows, device=args.device, batch_size=args.batch_size,
-                      lr=args.lr, final_lr=args.final_lr, seed=args.seed, iwae_k=args.iwae_k, eval_k=eval_k,
+        write_results("mnist_vae", rows, results_dir=out, device=args.device,
+                      batch_size=args.batch_size, lr=args.lr, final_lr=args.final_lr,
+                      seed=args.seed, iwae_k=args.iwae_k, eval_k=eval_k,
                       torch_threads=torch.get_num_threads(),
                       goal="probgen VAE <= 86.5 nats, IWAE-trained <= 84.5 (dynamic, IWAE-5000)")
-        (RESULTS / "mnist_vae.partial.json").unlink(missing_ok=True)
+        (out / "mnist_vae.partial.json").unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

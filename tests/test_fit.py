@@ -408,3 +408,19 @@ def test_bundled_model_resumes_exactly_in_the_same_process(tmp_path):
     run(20, checkpoint=tmp_path / "run.pt")
     resumed = run(40, checkpoint=tmp_path / "run.pt", resume=True).losses
     assert resumed == uninterrupted
+
+
+def test_transform_output_is_what_a_bundled_model_checks():
+    """Dynamic binarization of intensities for a Bernoulli VAE: the raw data are intensities,
+    the transformed batches are bits; a transform that makes non-binary data is refused."""
+    from probgen.models.vae import VAE
+
+    vae = VAE((12,), latent_dim=2, hidden_features=(8,))
+    intensities = torch.rand(40, 12)
+    result = probgen.fit(vae, intensities, epochs=1, batch_size=20, transform=torch.bernoulli,
+                         seed=0, progress=False)
+    assert result.num_steps == 2
+    with pytest.raises(ValueError, match="binary likelihood"):
+        probgen.fit(vae, intensities, num_steps=1, transform=lambda x: 0.5 * x, progress=False)
+    with pytest.raises(ValueError, match="binary likelihood"):  # no transform: data are checked
+        probgen.fit(vae, intensities, num_steps=1, progress=False)

@@ -39,10 +39,11 @@ def _choose_method(model: Any, method: str | type[TrainingMethod] | None) -> tup
     return name, declared[name]
 
 
-def _prepare_data(bundled: GenerativeModel | None, program: Callable, device: Any
-                  ) -> Callable[[Any], tuple]:
+def _prepare_data(bundled: GenerativeModel | None, program: Callable, device: Any, *,
+                  model_checks: bool = True) -> Callable[[Any], tuple]:
     """Checks and converts every batch: NumPy/lists to tensors, floats to the program's
-    parameter dtype (found once), the device, then a bundled model's own validation."""
+    parameter dtype (found once), the device, then a bundled model's own validation (unless
+    ``model_checks=False``: a ``transform`` runs first and the model checks what it makes)."""
     found: dict[str, torch.dtype | None] = {}
 
     def prepare(batch: Any) -> tuple:
@@ -51,7 +52,9 @@ def _prepare_data(bundled: GenerativeModel | None, program: Callable, device: An
         if device is not None:
             batch = tuple(t.to(device) for t in batch)
         if bundled is not None:
-            return tuple(bundled.validate_batch(*batch))
+            if model_checks:
+                return tuple(bundled.validate_batch(*batch))
+            return cast_floats(batch, bundled.dtype)
         if "dtype" not in found:
             found["dtype"] = program_dtype(program, batch)
         return cast_floats(batch, found["dtype"])
@@ -167,7 +170,8 @@ def fit(
     if device is not None and bundled is not None:
         bundled.to(device)
     prepare = _prepare_data(bundled, program, device)
-    batches = Batches(data, batch_size, num_examples, shuffle, prepare)
+    batches = Batches(data, batch_size, num_examples, shuffle, prepare if transform is None else
+                      _prepare_data(bundled, program, device, model_checks=False))
     total_steps = _total_steps(num_steps, epochs, batches.steps_per_epoch, method_class, batch_size)
     _check_options(method_class, options, scheduler_every, patience, validate_every, num_particles)
     held_out = prepare(as_batch(validation, name="validation")) if validation is not None else None

@@ -272,6 +272,8 @@ class Loop:
             batch = tuple(self.parallel.shard(t) for t in batch)
         if self.transform is not None:
             batch = (self.transform(batch[0]),) + tuple(batch[1:])
+            if self.run.bundled is not None:  # the model checks what the transform made
+                batch = tuple(self.run.bundled.validate_batch(*batch))
         scale = (self.batches.size / global_count if self.parallel is None
                  else self.parallel.plate_scale(self.batches.size, global_count))
         return batch, scale
