@@ -93,8 +93,8 @@ def plot_comparison(table: Any, path: str | None = None, *, title: str | None = 
                        capsize=3)
     right.axvline(0.0, color="grey", lw=0.8, ls="--")
     left.set_yticks(range(len(rows)), [r.name for r in reversed(rows)])
-    left.set_xlabel("mean log-likelihood per example (nats), ±2 stderr")
-    right.set_xlabel("paired difference to the best (nats), ±2 paired stderr")
+    left.set_xlabel("log-likelihood per example (nats), ±2 stderr")
+    right.set_xlabel("paired difference to the best, ±2 paired stderr")
     handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=k)
                for k, c in KIND_COLOURS.items() if any(r.result.kind == k for r in rows)]
     left.legend(handles=handles, loc="best", fontsize=8, framealpha=0.6)
