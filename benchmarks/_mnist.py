@@ -15,7 +15,6 @@ from typing import Any
 import pyro
 import pyro.optim
 import torch
-from pyro import poutine
 from pyro.infer import RenyiELBO
 
 import probgen
@@ -84,31 +83,14 @@ def mnist_splits(binarization: str, *, seed: int = 0, smoke: bool = False,
 
 # --- losses and schedules ----------------------------------------------------------------------
 class MiniBatchIWAE(RenyiELBO):
-    r"""The IWAE bound (RenyiELBO, alpha=0) with the mini-batch scale N/B applied *after* the
-    log-mean-exp over particles: N/B · Σ_n log (1/k) Σ_i w_{n,i}.
-
-    ``probgen.fit`` scales the data-plate sites by N/B; RenyiELBO then averages exp(N/B · log w)
-    over particles, a different (much sharper) objective. This loss undoes the site scale,
-    computes the per-example IWAE bound, and scales the loss and gradients by N/B afterwards.
-    ``loss`` (used for validation, unscaled) runs in chunks of ``chunk`` examples.
-    """
+    r"""The IWAE bound (RenyiELBO, alpha=0), N/B · Σ_n log (1/k) Σ_i w_{n,i} on a mini-batch
+    (``probgen.fit`` scales a Rényi bound after its log-mean-exp); ``loss`` (validation,
+    unscaled) runs in chunks of ``chunk`` examples to bound memory."""
 
     def __init__(self, num_particles: int, num_examples: int, chunk: int = 500) -> None:
         super().__init__(alpha=0.0, num_particles=num_particles, vectorize_particles=True,
                          max_plate_nesting=1)
         self.num_examples, self.chunk = int(num_examples), int(chunk)
-
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        factor = self.num_examples / args[0].shape[0]
-        if factor == 1.0:
-            return super().loss_and_grads(model, guide, *args, **kwargs)
-        undo = 1.0 / factor
-        loss = super().loss_and_grads(poutine.scale(model, undo), poutine.scale(guide, undo),
-                                      *args, **kwargs)
-        for _, value in pyro.get_param_store().named_parameters():
-            if value.grad is not None:
-                value.grad.mul_(factor)
-        return loss * factor
 
     def loss(self, model, guide, *args, **kwargs) -> float:
         n = args[0].shape[0]

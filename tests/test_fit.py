@@ -424,3 +424,22 @@ def test_transform_output_is_what_a_bundled_model_checks():
         probgen.fit(vae, intensities, num_steps=1, transform=lambda x: 0.5 * x, progress=False)
     with pytest.raises(ValueError, match="binary likelihood"):  # no transform: data are checked
         probgen.fit(vae, intensities, num_steps=1, progress=False)
+
+
+def test_renyi_bound_is_scaled_after_its_log_mean_exp_on_mini_batches():
+    """IWAE-k on a mini-batch of B of N examples: N/B · Σ_n log (1/k) Σ_i w_ni, not the
+    log-mean-exp of N/B-scaled weights."""
+    from pyro.infer import RenyiELBO
+
+    x = torch.randn(1000)
+
+    def iwae():
+        return RenyiELBO(alpha=0.0, num_particles=50, vectorize_particles=True,
+                         max_plate_nesting=1)
+
+    result = probgen.fit(latent_model, x, guide=_amortized_guide, loss=iwae(), num_steps=1,
+                         batch_size=10, shuffle=False, optim=1e-9, seed=3, progress=False)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(3)
+    batch_bound = iwae().loss(latent_model, _amortized_guide, x[:10])
+    assert result.losses[0] == pytest.approx(100 * batch_bound, rel=1e-5)

@@ -10,7 +10,14 @@ import pyro.optim
 import pyro.poutine.util
 import torch
 from pyro import poutine
-from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO, config_enumerate
+from pyro.infer import (
+    ELBO,
+    RenyiELBO,
+    Trace_ELBO,
+    TraceEnum_ELBO,
+    TraceMeanField_ELBO,
+    config_enumerate,
+)
 from pyro.infer.autoguide import AutoNormal
 
 from probgen.core.model import GenerativeModel
@@ -263,7 +270,11 @@ class SVI(TrainingMethod):
         return fn if factor == 1.0 else DataPlateScale(self.info.data_plate, factor)(fn)
 
     def step(self, batch: tuple[torch.Tensor, ...], scale: float) -> float:
-        model, guide = self._scaled(self.loss_program, scale), self._scaled(self._guide, scale)
+        # IWAE/Rényi bounds take a log-mean-exp over particles per example: N/B must multiply
+        # the bound after it, not each particle's log-weight inside it
+        after = scale if isinstance(self.elbo, RenyiELBO) and scale != 1.0 else 1.0
+        inside = scale / after
+        model, guide = self._scaled(self.loss_program, inside), self._scaled(self._guide, inside)
         if self.parallel is None:
             loss = float(self.elbo.loss_and_grads(model, guide, *batch))
             self.params = _params_with_grads(self.store)
@@ -272,6 +283,10 @@ class SVI(TrainingMethod):
                 loss = float(self.elbo.loss_and_grads(model, guide, *batch))
             self.params = _traced_params(capture.trace)
             loss = self.parallel.average_gradients_(self.params, loss)
+        if after != 1.0:
+            loss *= after
+            for value in self.params.values():
+                value.grad.mul_(after)
         if loss == loss and abs(loss) != float("inf"):
             self.optimizer(self.params)
         for value in self.params.values():
