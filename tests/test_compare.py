@@ -77,3 +77,15 @@ def test_comparison_plot_shows_the_paired_difference(tmp_path):
     paired = figure.axes[1]
     assert "paired" in paired.get_xlabel() and (tmp_path / "chart.png").exists()
     assert table.rows[1].diff_stderr < 0.01 < 2 * float(a.stderr)  # unpaired bars would overlap
+
+
+def test_infinite_log_likelihoods_are_not_ranked():
+    finite = LogLikelihood(torch.tensor([-1.0, -2.0]), kind="exact", estimator="exact",
+                           num_dims=1, data_space="continuous")
+    impossible = LogLikelihood(torch.tensor([-1.0, -float("inf")]), kind="exact",
+                               estimator="exact", num_dims=1, data_space="continuous")
+    with pytest.raises(ValueError, match=r"results\['far'\] gives 1 example.*row 1"):
+        probgen.compare({"ok": finite, "far": impossible})
+    with pytest.raises(ValueError, match=r"\+inf.*row 0"):
+        LogLikelihood(torch.tensor([float("inf")]), kind="exact", estimator="exact", num_dims=1,
+                      data_space="continuous")

@@ -84,6 +84,11 @@ class LogLikelihood:
             raise ValueError(f"estimator_stderr must be finite and >= 0, got {self.estimator_stderr}")
         if torch.isnan(values).any():
             raise ValueError("per-example log-likelihoods contain NaN; the estimator failed")
+        if (values == float("inf")).any():
+            row = int(torch.nonzero(values == float("inf"))[0])
+            raise ValueError(f"per-example log-likelihood is +inf (first: row {row}): a degenerate "
+                             "density (a scale collapsed to zero on that point); fix the model, "
+                             "e.g. bound its scales away from zero")
 
     @property
     def num_examples(self) -> int:

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from probgen.core.result import LogLikelihood
 
 __all__ = ["ComparisonRow", "ComparisonTable", "compare"]
@@ -113,6 +115,14 @@ def compare(results: dict[str, LogLikelihood] | Sequence[LogLikelihood], *,
         if not isinstance(result, LogLikelihood):
             raise TypeError(f"results[{name!r}] is a {type(result).__name__}, not a LogLikelihood "
                             "(get one from probgen.evaluate)")
+    for name, result in results.items():
+        impossible = ~torch.isfinite(result.per_example)
+        if impossible.any():
+            raise ValueError(
+                f"results[{name!r}] gives {int(impossible.sum())} example(s) zero probability "
+                f"(log-likelihood -inf; first: row {int(torch.nonzero(impossible)[0])}), so its "
+                "mean cannot be ranked: check those rows (values far outside the training range, "
+                "e.g. 1e30?) or the model's support")
     space, notes = _space_of(results)
     sizes = {r.num_examples for r in results.values()}
     if len(sizes) > 1:
