@@ -12,6 +12,9 @@ from probgen.distributions.discretized import DiscretizedLogistic
 __all__ = ["LIKELIHOODS", "MIN_LOG_SCALE", "check_bins", "observation_distribution"]
 
 LIKELIHOODS = ("bernoulli", "gaussian", "discretized_logistic")
+DATA_SPACE = {"bernoulli": "discrete", "gaussian": "continuous", "discretized_logistic": "discrete"}
+SUPPORT = {"bernoulli": "binary", "gaussian": "real", "discretized_logistic": "count"}
+PARAMS_PER_DIM = {"bernoulli": 1, "gaussian": 1, "discretized_logistic": 2}  # network outputs
 MIN_LOG_SCALE = -7.0  # discretized logistic: a floor on log s, as in PixelCNN++
 
 

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import torch
 
-__all__ = ["TrainingMethod", "TrainingSetup"]
+__all__ = ["TrainingMethod", "TrainingSetup", "same_data"]
 
 
 @dataclass(frozen=True)
@@ -103,3 +103,12 @@ class TrainingMethod:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` on resume; hyper-parameters come from this run's
         settings (a new learning rate applies), moments from the checkpoint."""
+
+
+def same_data(x: torch.Tensor, source: torch.Tensor) -> bool:
+    """``x`` views the very memory of ``source`` (which is kept alive, so no new tensor can take
+    its place) the same way: fit's full batch, or its first-batch slice of it. Full-batch methods
+    use it to reuse statistics of the data they were built on (a transform makes new data)."""
+    return x is source or (x.data_ptr() == source.data_ptr() and x.shape == source.shape
+                           and x.stride() == source.stride() and x.dtype == source.dtype
+                           and x.device == source.device)

@@ -16,18 +16,20 @@ from torch import nn
 from torch.distributions import kl_divergence
 
 from probgen.core.model import GenerativeModel
-from probgen.distributions.likelihoods import check_bins, observation_distribution
+from probgen.distributions.likelihoods import (
+    PARAMS_PER_DIM,
+    check_bins,
+    observation_distribution,
+)
 from probgen.guides.amortized import AmortizedFlowPosterior
 from probgen.models.registry import register_model
+from probgen.models.vae import ObservationCapabilities
 from probgen.nn import MLP, ConvDecoder, ConvEncoder, activation
 
 __all__ = ["HierarchicalVAE", "LadderELBO", "precision_weighted"]
 
 LIKELIHOODS = ("bernoulli", "gaussian", "discretized_logistic")
 TOP_POSTERIORS = (None, "iaf", "nsf")
-_DATA_SPACE = {"bernoulli": "discrete", "gaussian": "continuous", "discretized_logistic": "discrete"}
-_SUPPORT = {"bernoulli": "binary", "gaussian": "real", "discretized_logistic": "count"}
-_PARAMS_PER_DIM = {"bernoulli": 1, "gaussian": 1, "discretized_logistic": 2}
 _LOG_SCALE_RANGE = (-10.0, 10.0)  # keeps precisions finite in float32; inactive in normal use
 
 
@@ -65,7 +67,7 @@ class _Body(nn.Sequential):
 
 
 @register_model("hierarchical_vae")
-class HierarchicalVAE(GenerativeModel):
+class HierarchicalVAE(ObservationCapabilities, GenerativeModel):
     r"""A ladder VAE: p(x, z) = p(z_L) Π_{l<L} p(z_l | z_{l+1}) p(x | z_1) (Sønderby et al., 2016).
 
     Generation runs top-down: z_L ~ N(0, I), z_l ~ N(μ_p(z_{l+1}), σ_p(z_{l+1})), x ~ p(x | z_1).
@@ -143,7 +145,7 @@ class HierarchicalVAE(GenerativeModel):
         self.warmup_steps, self.free_bits = int(warmup_steps), float(free_bits)
         self.top_posterior = top_posterior
         num_data = math.prod(self.data_shape)
-        per_dim = _PARAMS_PER_DIM[likelihood]
+        per_dim = PARAMS_PER_DIM[likelihood]
         # bottom-up: d_l = body_l(d_{l-1}), (μ̂_l, log σ̂_l) = head_l(d_l)
         self.up_bodies, self.up_heads = nn.ModuleList(), nn.ModuleList()
         features = num_data
@@ -177,16 +179,6 @@ class HierarchicalVAE(GenerativeModel):
             self.log_observation_scale = nn.Parameter(torch.zeros(self.data_shape))
         self.register_buffer("training_steps", torch.zeros((), dtype=torch.long))  # for warm-up
         self.register_buffer("_zero", torch.zeros(()), persistent=False)
-
-    @property
-    def data_space(self) -> str:
-        """``"discrete"`` for Bernoulli and discretized likelihoods, ``"continuous"`` for Gaussian."""
-        return _DATA_SPACE[self.config["likelihood"]]
-
-    @property
-    def support(self) -> str:
-        """The data's support, from the likelihood: ``"binary"``, ``"real"`` or ``"count"``."""
-        return _SUPPORT[self.config["likelihood"]]
 
     @property
     def latent_names(self) -> tuple[str, ...]:

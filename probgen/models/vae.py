@@ -15,20 +15,40 @@ from torch import nn
 
 from probgen.core.model import GenerativeModel
 from probgen.distributions.discretized import DiscretizedLogistic
-from probgen.distributions.likelihoods import check_bins, observation_distribution
+from probgen.distributions.likelihoods import (
+    DATA_SPACE,
+    PARAMS_PER_DIM,
+    SUPPORT,
+    check_bins,
+    observation_distribution,
+)
 from probgen.models.registry import register_model
 from probgen.nn import MLP, ConvDecoder, ConvEncoder, activation
 
 __all__ = ["VAE", "LIKELIHOODS"]
 
 LIKELIHOODS = ("bernoulli", "gaussian", "discretized_logistic")
-_DATA_SPACE = {"bernoulli": "discrete", "gaussian": "continuous", "discretized_logistic": "discrete"}
-_SUPPORT = {"bernoulli": "binary", "gaussian": "real", "discretized_logistic": "count"}
-_PARAMS_PER_DIM = {"bernoulli": 1, "gaussian": 1, "discretized_logistic": 2}
 
 
 @register_model("vae")
-class VAE(GenerativeModel):
+class ObservationCapabilities:
+    """``data_space`` and ``support`` from the configured observation likelihood (declared once,
+    for every family whose decoder ends in ``observation_distribution``)."""
+
+    config: dict
+
+    @property
+    def data_space(self) -> str:
+        """``"discrete"`` for Bernoulli and discretized likelihoods, ``"continuous"`` for Gaussian."""
+        return DATA_SPACE[self.config["likelihood"]]
+
+    @property
+    def support(self) -> str:
+        """The data's support, from the likelihood: ``"binary"``, ``"real"`` or ``"count"``."""
+        return SUPPORT[self.config["likelihood"]]
+
+
+class VAE(ObservationCapabilities, GenerativeModel):
     r"""A VAE: z ~ N(0, I), x ~ p_θ(x | z [, y]); guide z ~ q_φ(z | x [, y]) (Kingma & Welling, 2014).
 
     ELBO: E_q[log p(x | z)] - β KL(q(z | x) || p(z)); β != 1 only in training mode (beta-VAE,
@@ -101,7 +121,7 @@ class VAE(GenerativeModel):
         self.observation_scale = observation_scale
         num_data = math.prod(self.data_shape)
         num_labels = self.num_classes or 0
-        per_dim = _PARAMS_PER_DIM[likelihood]
+        per_dim = PARAMS_PER_DIM[likelihood]
         if network == "mlp":
             self.encoder_body: nn.Module = MLP(num_data + num_labels, 2 * self.latent_dim,
                                                hidden_features, activation)
@@ -119,16 +139,6 @@ class VAE(GenerativeModel):
         if likelihood == "gaussian" and observation_scale is None:
             self.log_observation_scale = nn.Parameter(torch.zeros(self.data_shape))
         self.register_buffer("_zero", torch.zeros(()), persistent=False)
-
-    @property
-    def data_space(self) -> str:
-        """``"discrete"`` for Bernoulli and discretized likelihoods, ``"continuous"`` for Gaussian."""
-        return _DATA_SPACE[self.config["likelihood"]]
-
-    @property
-    def support(self) -> str:
-        """The data's support, from the likelihood: ``"binary"``, ``"real"`` or ``"count"``."""
-        return _SUPPORT[self.config["likelihood"]]
 
     # --- networks ----------------------------------------------------------------------
     def _labels(self, y: torch.Tensor | None, batch_shape: torch.Size) -> torch.Tensor | None:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from probgen.data.sequences import lengths_to_mask
-from probgen.infer.method import TrainingMethod, TrainingSetup
+from probgen.infer.method import TrainingMethod, TrainingSetup, same_data
 from probgen.models.hmm.forward_backward import forward_backward, single_thread_if_small
 from probgen.models.hmm.model import HMM
 
@@ -58,14 +58,6 @@ def _m_step(model: HMM, initial_counts, transition_counts, posteriors, values, *
             eye = torch.eye(values.shape[-1], dtype=values.dtype, device=values.device)
             updates["covariances"] = (scatter + variance_prior * eye) / totals[..., None]
     model.set_parameters(**updates)
-
-
-def _same_data(x: torch.Tensor, source: torch.Tensor) -> bool:
-    """``x`` views the very memory of ``source`` (which is kept alive, so no new tensor can
-    take its place) the same way: fit's full batch, or its first-batch slice of it."""
-    return x is source or (x.data_ptr() == source.data_ptr() and x.shape == source.shape
-                           and x.stride() == source.stride() and x.dtype == source.dtype
-                           and x.device == source.device)
 
 
 @HMM.training_method("baum_welch")
@@ -145,7 +137,7 @@ class BaumWelch(TrainingMethod):
         self.log_likelihood = float(total)
 
     def step(self, batch: tuple[torch.Tensor, ...], scale: float) -> float:
-        if not _same_data(batch[0], self.source):  # a transform made new data: E-step on it
+        if not same_data(batch[0], self.source):  # a transform made new data: E-step on it
             self._use_data(batch)
         previous = self.log_likelihood
         initial_counts, transition_counts, posteriors, values = self.statistics

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from probgen.infer.method import TrainingMethod, TrainingSetup
+from probgen.infer.method import TrainingMethod, TrainingSetup, same_data
 from probgen.models.mixture.model import GaussianMixture, GaussianMixturePrior, log_prior
 
 __all__ = ["EM", "ComponentCollapseWarning", "initial_parameters"]
@@ -143,14 +143,6 @@ def initial_parameters(x: Tensor, num_components: int, *, covariance: str = "ful
 
 
 # --- the EM training method ------------------------------------------------------------------
-def _same_data(x: Tensor, source: Tensor) -> bool:
-    """``x`` views the very memory of ``source`` (which is kept alive, so no new tensor can
-    take its place) the same way: fit's full batch, or its first-batch slice of it."""
-    return x is source or (x.data_ptr() == source.data_ptr() and x.shape == source.shape
-                           and x.stride() == source.stride() and x.dtype == source.dtype
-                           and x.device == source.device)
-
-
 @GaussianMixture.training_method("em")
 class EM(TrainingMethod):
     r"""EM for a :class:`~probgen.models.mixture.GaussianMixture` (Dempster et al., 1977), run by
@@ -399,7 +391,7 @@ class EM(TrainingMethod):
 
     # --- the TrainingMethod protocol -----------------------------------------------------------
     def step(self, batch: tuple[Tensor, ...], scale: float) -> float:
-        if not _same_data(batch[0], self.source):  # a transform made new data: E-step on it
+        if not same_data(batch[0], self.source):  # a transform made new data: E-step on it
             self._use_data(batch[0])
         previous = self.objective / self.num_examples
         self._m_step()
