@@ -35,6 +35,9 @@ from probgen.models.mixture import (  # noqa: E402
 )
 
 LEVELS = 17  # the digits have grey levels 0..16
+RESULT = Path(__file__).resolve().parent / "results" / "diffusion.json"
+TASKS = {"density": "digits 8x8 dequantized", "latent": "digits 8x8 binarized",
+         "latent_mnist": "binarized MNIST", "sampling": "sampling digits"}
 REFERENCES = [  # published CIFAR-10 test bits/dim, for GPU runs of the same estimators
     {"task": "cifar10 (reference)", "model": "DDPM (Ho et al., 2020)", "kind": "lower_bound",
      "bits_per_dim": 3.70, "note": "paper, <= 3.70 (L_simple model: 3.75)"},
@@ -71,6 +74,7 @@ def row(task, name, ll, seconds, **extra):
     log(f"{name}: {ll!r} (train {seconds:.0f} s)")
     return {"task": task, "model": name, "kind": ll.kind, "estimator": ll.estimator,
             "nats": ll.mean, "stderr": ll.stderr, "bits_per_dim": ll.bits_per_dim,
+            "num_test": ll.num_examples,
             "train_s": round(seconds, 1), "estimator_settings": ll.settings, **extra}
 
 
@@ -131,6 +135,27 @@ def one_draw_bound(values, *, x):
                          settings={"dequantization_draws": 1})
 
 
+IWAE_K, IWAE_STEPS = 32, 1000  # the hybrids' IWAE: k samples of (z, a 1000-step trajectory)
+
+
+def latent_bounds(vae, test_x, *, k: int, particles: int, smoke: bool) -> dict:
+    """The ELBO (continuous-time VLB for log p(z)), the ELBO and the IWAE-k of the hybrid with
+    its prior as the T-step ancestral chain (the IWAE over z and the trajectory: a bound)."""
+    steps = 20 if smoke else IWAE_STEPS
+    bounds = {"ELBO": evaluate_diffusion_elbo(vae, (test_x,), num_particles=particles,
+                                              prior_samples=4, seed=0)}
+    started = time.perf_counter()
+    iwae = evaluate_diffusion_iwae(vae, (test_x,), k=k, num_steps=steps, seed=0)
+    seconds = time.perf_counter() - started
+    if vae.uses_diffusion():
+        bounds[f"ELBO, T={steps}"] = evaluate_diffusion_elbo(
+            vae, (test_x,), num_particles=particles, prior_samples=4, num_steps=steps, seed=0)
+        bounds[f"IWAE-{k}, T={steps}"] = iwae
+    else:
+        bounds[f"IWAE-{k}"] = iwae
+    return {"bounds": bounds, "iwae_seconds": round(seconds, 1)}
+
+
 def latent_rows(args, train_x, test_x):
     train_bin, test_bin = (train_x >= 8).float(), (test_x >= 8).float()
     task = "digits 8x8 binarized (>= 8)"
@@ -147,11 +172,12 @@ def latent_rows(args, train_x, test_x):
         options = {"method": "two_stage", "vae_steps": args.steps // 2} if two_stage else {}
         seconds, _ = timed(lambda vae=vae, options=options: train(vae, train_bin, args.steps,
                                                                    **options))
-        k = 4 if args.smoke else 32
-        ll = evaluate_diffusion_elbo(vae, (test_bin,), num_particles=k, seed=0)
-        rows.append(row(task, name, ll, seconds))
-        iwae = evaluate_diffusion_iwae(vae, (test_bin,), k=k, seed=0)
-        rows.append(row(task, name + f", IWAE-{k}", iwae, 0.0))
+        scored = latent_bounds(vae, test_bin, k=4 if args.smoke else IWAE_K,
+                               particles=4 if args.smoke else 32, smoke=args.smoke)
+        for bound, ll in scored["bounds"].items():
+            extra = {"eval_s": scored["iwae_seconds"]} if "IWAE" in bound else {}
+            rows.append(row(task, f"{name}, {bound}", ll, seconds if bound == "ELBO" else 0.0,
+                            **extra))
     return rows
 
 
@@ -195,8 +221,19 @@ def latent_mnist_rows(args):
             difference = ll.per_example - plain.per_example
             extra = {"minus_plain_nats": float(difference.mean()),
                      "minus_plain_stderr": float(difference.std() / len(difference) ** 0.5)}
-        rows.append(row(task, label, ll, seconds, train_steps=steps, batch_size=128,
-                        config=dict(vae.config), **extra))
+        common = dict(train_steps=steps, batch_size=128, config=dict(vae.config))
+        rows.append(row(task, f"{label}, ELBO", ll, seconds, **common, **extra))
+        # the IWAE over (z, its 1000-step trajectory) costs k × T denoiser calls per image: a
+        # seeded subset of the test set (the same images for every model)
+        subset = torch.randperm(len(test_x), generator=torch.Generator().manual_seed(0))
+        subset = subset[: 8 if args.smoke else args.mnist_iwae_test]
+        scored = latent_bounds(vae, test_x[subset], k=4 if args.smoke else IWAE_K,
+                               particles=k, smoke=args.smoke)
+        for bound, value in scored["bounds"].items():
+            if bound != "ELBO":
+                extra = {"eval_s": scored["iwae_seconds"]} if "IWAE" in bound else {}
+                rows.append(row(task, f"{label}, {bound}", value, 0.0, **common, **extra,
+                                test_subset=f"torch.randperm(10000, seed=0)[:{len(subset)}]"))
         Path(f"/tmp/diffusion_latent_mnist_{name}.json").write_text(json.dumps(rows[-1:], default=str))
     return rows
 
@@ -229,8 +266,8 @@ def report(parts: dict[str, list[dict]], args) -> None:
         if "minus_plain_nats" in r:
             print(f"MNIST {r['model']} - plain VAE (paired, nats): {r['minus_plain_nats']:+.2f} "
                   f"± {r['minus_plain_stderr']:.2f}")
-    plain = [r for r in latent if r["model"] == "plain VAE (N(0,I) prior)"]
-    hybrid = [r for r in latent if r["model"] == "latent diffusion, end to end"]
+    plain = [r for r in latent if r["model"] == "plain VAE (N(0,I) prior), ELBO"]
+    hybrid = [r for r in latent if r["model"] == "latent diffusion, end to end, ELBO"]
     if plain and hybrid:
         print(f"latent diffusion - plain VAE (ELBO, nats): {hybrid[0]['nats'] - plain[0]['nats']:+.2f}")
     if sampling:
@@ -250,6 +287,8 @@ def main() -> None:
                         help="probgen.fit steps per model on binarized MNIST")
     parser.add_argument("--mnist-latent", type=int, default=16)
     parser.add_argument("--mnist-models", default="plain,hybrid,two_stage")
+    parser.add_argument("--mnist-iwae-test", type=int, default=500,
+                        help="test images for the MNIST IWAE rows (k x 1000 denoiser calls each)")
     parser.add_argument("--part", choices=("all", "density", "latent", "latent_mnist", "report"),
                         default="all",
                         help="run one part (writes /tmp/diffusion_PART.json), or merge them")
@@ -271,11 +310,14 @@ def main() -> None:
         for name, rows in parts.items():
             Path(f"/tmp/diffusion_{name}.json").write_text(json.dumps(rows, default=str))
         return
-    if args.part == "report":
+    if args.part == "report":  # merge the parts run separately; keep the rest as recorded
+        previous = json.loads(RESULT.read_text()) if RESULT.exists() else []
         for name in ("density", "latent", "latent_mnist", "sampling"):
             path = Path(f"/tmp/diffusion_{name}.json")
             if path.exists():
                 parts[name] = json.loads(path.read_text())
+            else:
+                parts[name] = [r for r in previous if r.get("task", "").startswith(TASKS[name])]
     report(parts, args)
 
 

@@ -55,8 +55,6 @@ PUBLISHED = [
     {"model": "IWAE k=50, 1 stochastic layer (Burda et al. 2016)", "binarization": "dynamic",
      "estimator": "iwae", "k": 5000, "nll_nats": 84.78,
      "source": "Burda, Grosse & Salakhutdinov 2016, Table 1 (IWAE, k=50 training)"},
-    {"model": "IWAE, 1 stochastic layer", "binarization": "static", "estimator": "iwae",
-     "k": 5000, "nll_nats": 87.10, "source": "published figure quoted in probgen issue 5"},
 ]
 MODELS = ("vae", "iwae", "vae_static")
 

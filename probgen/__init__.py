@@ -1,6 +1,6 @@
 """probgen: fit any Pyro program, score it with a labelled log-likelihood, compare families."""
 
-from probgen import data, models
+from probgen import data, metrics, models
 from probgen.core.result import LogLikelihood
 from probgen.core.version import __version__
 from probgen.evaluate import compare, evaluate
@@ -9,5 +9,5 @@ from probgen.models.io import load, save
 
 __all__ = [
     "__version__", "fit", "evaluate", "compare", "save", "load", "LogLikelihood", "FitResult",
-    "FitState", "TrainingDiverged", "data", "models",
+    "FitState", "TrainingDiverged", "data", "metrics", "models",
 ]

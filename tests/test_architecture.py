@@ -26,7 +26,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "probgen"
 GENERIC = ("probgen.core", "probgen.data", "probgen.nn", "probgen.distributions",
-           "probgen.diffusion", "probgen.guides", "probgen.infer", "probgen.evaluate")
+           "probgen.diffusion", "probgen.guides", "probgen.infer", "probgen.evaluate",
+           "probgen.metrics")
 FAMILY_FREE = ("probgen.models", "probgen.demo", "probgen.cli")  # what generic code never names
 FACE = ("probgen.demo", "probgen.cli")  # what families never name
 MAX_LOCAL_IMPORTS = 6  # function-local `from probgen...` imports in the whole package

@@ -11,7 +11,13 @@ import torch
 from pyro.infer import Trace_ELBO
 
 import probgen
-from probgen.diffusion import GaussianMixtureDenoiser, gaussian_ancestral_marginal
+from probgen.diffusion import (
+    CosineSchedule,
+    GaussianMixtureDenoiser,
+    gaussian_ancestral_marginal,
+    vlb,
+)
+from probgen.diffusion.trajectory import trajectory_log_weight
 from probgen.models.latent_diffusion import (
     LatentDiffusionVAE,
     evaluate_diffusion_elbo,
@@ -59,8 +65,53 @@ def test_elbo_with_the_diffusion_vlb_bounds_exact_log_px():
     ll = evaluate_diffusion_elbo(model, (PATTERNS,), num_particles=64, seed=0)
     assert ll.kind == "lower_bound" and ll.estimator == "diffusion_elbo"
     assert ll.data_space == "discrete" and ll.num_dims == 3
-    iwae = evaluate_diffusion_iwae(model, (PATTERNS,), k=64, seed=0)
-    assert iwae.kind == "estimate", "the VLB inside a log-mean-exp is not a guaranteed bound"
+
+
+def test_trajectory_weights_are_unbiased_for_the_T_step_density():
+    """E_q[w] = p_T(x) (the closed-form ancestral marginal) and E_q[log w] = VLB_T(x)."""
+    torch.manual_seed(0)
+    schedule = CosineSchedule().double()
+    mean, cov = torch.tensor([0.5, -1.0], dtype=DT), torch.tensor([[1.0, 0.6], [0.6, 0.8]], dtype=DT)
+    denoiser = GaussianMixtureDenoiser(torch.ones(1, dtype=DT), mean[None], cov[None], schedule)
+    x = torch.tensor([[0.3, -0.5], [2.0, 1.0], [-1.0, -2.0]], dtype=DT)
+    exact = gaussian_ancestral_marginal(mean, cov, schedule, 400).log_prob(x)
+    log_w = trajectory_log_weight(denoiser, schedule, x.expand(3000, 3, 2), num_steps=400)
+    ratio = torch.exp(log_w - exact)  # unbiased for 1
+    stderr = ratio.std(0) / math.sqrt(len(ratio))
+    assert ((ratio.mean(0) - 1).abs() < 4 * stderr).all(), (ratio.mean(0), stderr)
+    assert (stderr < 0.1).all()  # the check has power: a 0.3-nat bias would fail it
+    bound = vlb(denoiser, schedule, x.expand(3000, 3, 2), num_steps=400)
+    difference = log_w.mean(0) - bound.mean(0)
+    spread = (log_w.var(0) / 3000 + bound.var(0) / 3000).sqrt()
+    assert (difference.abs() < 4 * spread).all(), (difference, spread)
+
+
+def test_diffusion_iwae_is_a_lower_bound_that_grows_with_k():
+    """Over the extended latent (z, its trajectory): ELBO_T ~ IWAE-1 < IWAE-10 < IWAE-100 <=
+    exact log p(x) of the hybrid with its T-step prior (quadrature), and IWAE-100 is close."""
+    steps = 1000
+    model = one_dim_model("diffusion", num_steps=steps)
+    prior = gaussian_ancestral_marginal(torch.zeros(1, dtype=DT), torch.eye(1, dtype=DT),
+                                        model.schedule, steps)
+    exact = exact_log_marginal(model, prior)
+    assert abs(float(torch.logsumexp(exact, 0))) < 1e-6  # the reference sums to one
+    bounds = {}
+    for k in (1, 10, 100):
+        runs = torch.stack([evaluate_diffusion_iwae(model, (PATTERNS,), k=k, seed=seed
+                                                    ).per_example for seed in range(6)])
+        bounds[k] = (runs.mean(0), runs.std(0) / math.sqrt(len(runs)))
+    result = evaluate_diffusion_iwae(model, (PATTERNS,), k=10, seed=0)
+    assert result.kind == "lower_bound" and result.estimator == "diffusion_iwae"
+    assert result.settings["prior_steps"] == steps
+    means = [float(bounds[k][0].mean()) for k in (1, 10, 100)]
+    assert means[0] < means[1] < means[2], means
+    value, stderr = bounds[100]
+    assert (value <= exact + 4 * stderr + 1e-3).all(), (value - exact, stderr)
+    assert float((exact - value).mean()) < 0.1
+    elbo = evaluate_diffusion_elbo(model, (PATTERNS,), num_particles=2000, seed=0)
+    gap = float(elbo.per_example.mean()) - means[0]
+    assert abs(gap) < 4 * float(bounds[1][1].mean()) + 0.05, gap
+    assert float(elbo.per_example.mean()) < means[2]
 
 
 def test_plain_prior_orders_elbo_iwae_exact():
@@ -213,19 +264,6 @@ def test_gaussian_residual_prior_starts_as_the_plain_vae():
     plain_net.load_state_dict(hybrid.state_dict())
     with torch.no_grad():
         assert (exact - plain_net.prior().log_prob(z)).mean() > 1.0  # ε̂ = 0 is far off
-
-
-def test_diffusion_iwae_warns_when_its_estimate_is_impossible(monkeypatch):
-    """log p(x) <= 0 for binary x: an estimate above 0 is the VLB's variance, and is said so."""
-    torch.manual_seed(0)
-    model = LatentDiffusionVAE(features=16, latent_features=2, hidden_features=(8,),
-                               denoiser_features=(8,))
-    x = torch.bernoulli(torch.full((6, 16), 0.5))
-    monkeypatch.setattr(model, "log_weights",
-                        lambda chunk, k, prior_samples=None: torch.full((k, len(chunk)), 5.0))
-    with pytest.warns(RuntimeWarning, match="exceeds log 1"):
-        result = evaluate_diffusion_iwae(model, (x,), k=4, seed=0)
-    assert result.kind == "estimate"
 
 
 def test_demo_entry_trains_in_two_stages_and_reports_a_bound():

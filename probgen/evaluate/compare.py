@@ -4,43 +4,58 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+import numbers
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from probgen.core.result import LogLikelihood
+from probgen.metrics.result import MetricResult
 
 __all__ = ["ComparisonRow", "ComparisonTable", "compare"]
+
+# What compare(metrics=...) takes per model: {metric name: number or MetricResult}, or a list of
+# MetricResults (named by their .name).
+ModelMetrics = Mapping[str, float | MetricResult] | Sequence[MetricResult]
 
 
 @dataclass(frozen=True)
 class ComparisonRow:
-    """One model's line: its result, and its paired difference to the best model (nats)."""
+    """One model's line: its result, its paired difference to the best model (nats), and the
+    sample-quality metrics given for it (``{}`` when none were)."""
 
     name: str
     result: LogLikelihood
     rank: int
     diff_to_best: float
     diff_stderr: float
+    metrics: dict[str, MetricResult] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class ComparisonTable:
-    """Rows sorted best first; ``notes`` say what makes numbers comparable or not."""
+    """Rows sorted best first; ``notes`` say what makes numbers comparable or not;
+    ``metric_names`` are the sample-quality columns beside the likelihoods (``()``: none)."""
 
     rows: tuple[ComparisonRow, ...]
     data_space: str
     notes: tuple[str, ...] = field(default_factory=tuple)
+    metric_names: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "data_space": self.data_space, "notes": list(self.notes),
-            "rows": [{"name": r.name, "rank": r.rank, "diff_to_best": r.diff_to_best,
-                      "diff_stderr": r.diff_stderr, **r.result.to_dict(per_example=False)}
-                     for r in self.rows],
-        }
+        rows = []
+        for r in self.rows:
+            row = {"name": r.name, "rank": r.rank, "diff_to_best": r.diff_to_best,
+                   "diff_stderr": r.diff_stderr, **r.result.to_dict(per_example=False)}
+            if self.metric_names:
+                row["metrics"] = {name: metric.to_dict() for name, metric in r.metrics.items()}
+            rows.append(row)
+        table = {"data_space": self.data_space, "notes": list(self.notes), "rows": rows}
+        if self.metric_names:
+            table["metric_names"] = list(self.metric_names)
+        return table
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
@@ -48,13 +63,16 @@ class ComparisonTable:
     def __str__(self) -> str:
         header = ["rank", "model", "log-lik (nats)", "± stderr", "kind", "estimator",
                   "bits/dim", "Δ vs best", "± Δ stderr"]
+        header += [_metric_header(name, self.rows) for name in self.metric_names]
         body = []
         for r in self.rows:
             res = r.result
             est = res.estimator + "".join(f" {k}={v}" for k, v in sorted(res.settings.items()))
             body.append([str(r.rank), r.name, f"{res.mean:.4f}", f"{res.stderr:.4f}", res.kind,
                          est, f"{res.bits_per_dim:.4f}", f"{r.diff_to_best:.4f}",
-                         f"{r.diff_stderr:.4f}"])
+                         f"{r.diff_stderr:.4f}"]
+                        + [r.metrics[name].formatted() if name in r.metrics else "-"
+                           for name in self.metric_names])
         widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(header)]
         lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)),
                  "  ".join("-" * w for w in widths)]
@@ -67,6 +85,81 @@ class ComparisonTable:
         from probgen.plots import plot_comparison
 
         return plot_comparison(self, path)
+
+
+def _metric_header(name: str, rows: Sequence[ComparisonRow]) -> str:
+    """The metric's name, with ↑ or ↓ when its results say which direction is better."""
+    better = {r.metrics[name].higher_is_better for r in rows if name in r.metrics}
+    return name + {frozenset({True}): " ↑", frozenset({False}): " ↓"}.get(frozenset(better), "")
+
+
+def _as_metric(model: str, name: Any, value: Any) -> MetricResult:
+    where = f"metrics[{model!r}][{name!r}]"
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"metrics[{model!r}] has a metric named {name!r}; name metrics with "
+                        "non-empty strings such as 'fid'")
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, MetricResult):
+        metric = value
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+        metric = MetricResult(name, float(value))
+    else:
+        raise TypeError(f"{where} is a {type(value).__name__}; pass a number or a "
+                        "probgen.metrics.MetricResult")
+    if not math.isfinite(metric.value):
+        raise ValueError(f"{where} is {metric.value}; leave the model out of metrics= if it has "
+                         "no value (its cells then show '-')")
+    return metric
+
+
+def _metric_columns(metrics: Mapping[str, ModelMetrics], names: Sequence[str]
+                    ) -> tuple[dict[str, dict[str, MetricResult]], tuple[str, ...], list[str]]:
+    """Checked metrics per model, the column names (first model's order) and notes."""
+    if not isinstance(metrics, Mapping):
+        raise TypeError(f"metrics must be a dict {{model name: {{metric: value}}}}, got "
+                        f"{type(metrics).__name__}")
+    unknown = [model for model in metrics if model not in names]
+    if unknown:
+        raise ValueError(f"metrics names model(s) {', '.join(map(repr, unknown))} that are not "
+                         f"among the compared results ({', '.join(map(repr, names))}); use the "
+                         "names of the results")
+    by_model: dict[str, dict[str, MetricResult]] = {}
+    for model, given in metrics.items():
+        if isinstance(given, Mapping):
+            items = list(given.items())
+        elif isinstance(given, Sequence) and not isinstance(given, str) and all(
+                isinstance(m, MetricResult) for m in given):
+            items = [(m.name, m) for m in given]
+            repeated = sorted({n for n, _ in items if [k for k, _ in items].count(n) > 1})
+            if repeated:
+                raise ValueError(f"metrics[{model!r}] lists {', '.join(repeated)} more than once; "
+                                 "give each metric once (or a dict naming each column)")
+        else:
+            raise TypeError(f"metrics[{model!r}] must be a dict {{metric: value}} or a list of "
+                            f"MetricResults, got {type(given).__name__}")
+        by_model[model] = {name: _as_metric(model, name, value) for name, value in items}
+    if not by_model:
+        return {}, (), []
+    columns = tuple(next(iter(by_model.values())))
+    for model, given in by_model.items():
+        if set(given) != set(columns):
+            first = next(iter(by_model))
+            missing, extra = sorted(set(columns) - set(given)), sorted(set(given) - set(columns))
+            detail = "; ".join([f"missing {', '.join(missing)}"] * bool(missing)
+                               + [f"extra {', '.join(extra)}"] * bool(extra))
+            raise ValueError(f"metrics[{model!r}] has different metrics from metrics[{first!r}] "
+                             f"({detail}); give every model the same metrics, so each column "
+                             "compares like with like")
+    notes = []
+    for name in columns:
+        settings = [by_model[model][name].settings for model in by_model
+                    if by_model[model][name].settings]
+        if any(s != settings[0] for s in settings):
+            notes.append(f"{name} was computed with different settings across models (e.g. "
+                         "kernel bandwidth, k, or sample counts): its values are not directly "
+                         "comparable")
+    return by_model, columns, notes
 
 
 def _space_of(results: dict[str, LogLikelihood]) -> tuple[str, list[str]]:
@@ -89,12 +182,19 @@ def _space_of(results: dict[str, LogLikelihood]) -> tuple[str, list[str]]:
 
 
 def compare(results: dict[str, LogLikelihood] | Sequence[LogLikelihood], *,
-            allow_different_data: bool = False) -> ComparisonTable:
+            allow_different_data: bool = False,
+            metrics: Mapping[str, ModelMetrics] | None = None) -> ComparisonTable:
     r"""Rank models by mean log-likelihood on the same held-out data, with paired differences.
 
     Δ_i = mean_n (ll_best[n] - ll_i[n]); its stderr is std_n(ll_best - ll_i)/√N, the paired
     standard error (the same test points, so per-example noise cancels), plus the estimators'
     own Monte Carlo errors in quadrature.
+
+    ``metrics`` adds sample-quality columns beside the likelihoods, without changing the
+    ranking: ``{model name: {metric name: number or MetricResult}}`` or ``{model name: [
+    MetricResult, ...]}`` (from :mod:`probgen.metrics`). Every model given must have the same
+    metric names; a compared model left out shows ``-``. A likelihood and a sample metric can
+    disagree (Theis et al., 2016): the table shows both, it does not combine them.
 
     Example:
         >>> a = LogLikelihood(torch.tensor([-1.0, -2.0]), kind="exact", estimator="exact",
@@ -124,6 +224,8 @@ def compare(results: dict[str, LogLikelihood] | Sequence[LogLikelihood], *,
                 "mean cannot be ranked: check those rows (values far outside the training range, "
                 "e.g. 1e30?) or the model's support")
     space, notes = _space_of(results)
+    by_model, metric_names, metric_notes = _metric_columns(
+        {} if metrics is None else metrics, list(results))
     sizes = {r.num_examples for r in results.values()}
     if len(sizes) > 1:
         raise ValueError(f"results cover different numbers of examples {sorted(sizes)}; compare "
@@ -154,5 +256,6 @@ def compare(results: dict[str, LogLikelihood] | Sequence[LogLikelihood], *,
         n = diff.numel()
         spread = float(diff.std(unbiased=True)) / math.sqrt(n) if n > 1 else 0.0
         own = 0.0 if result is best else result.estimator_stderr**2 + best.estimator_stderr**2
-        rows.append(ComparisonRow(name, result, rank, float(diff.mean()), math.sqrt(spread**2 + own)))
-    return ComparisonTable(tuple(rows), space, tuple(notes))
+        rows.append(ComparisonRow(name, result, rank, float(diff.mean()), math.sqrt(spread**2 + own),
+                                  by_model.get(name, {})))
+    return ComparisonTable(tuple(rows), space, tuple(notes + metric_notes), metric_names)

@@ -11,7 +11,7 @@ __all__ = ["MODEL_REGISTRY", "register_model", "get_model_class", "import_famili
 MODEL_REGISTRY: dict[str, type[GenerativeModel]] = {}
 
 FAMILIES = ("mixture", "hmm", "vae", "flow", "ebm", "diffusion", "latent_diffusion",
-            "hierarchical", "flow_vae")
+            "hierarchical", "flow_vae", "autoregressive")
 
 
 def register_model(name: str):

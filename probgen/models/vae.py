@@ -30,7 +30,6 @@ __all__ = ["VAE", "LIKELIHOODS"]
 LIKELIHOODS = ("bernoulli", "gaussian", "discretized_logistic")
 
 
-@register_model("vae")
 class ObservationCapabilities:
     """``data_space`` and ``support`` from the configured observation likelihood (declared once,
     for every family whose decoder ends in ``observation_distribution``)."""
@@ -48,6 +47,7 @@ class ObservationCapabilities:
         return SUPPORT[self.config["likelihood"]]
 
 
+@register_model("vae")
 class VAE(ObservationCapabilities, GenerativeModel):
     r"""A VAE: z ~ N(0, I), x ~ p_θ(x | z [, y]); guide z ~ q_φ(z | x [, y]) (Kingma & Welling, 2014).
 
