@@ -405,6 +405,39 @@ SECTIONS: dict[str, Section] = {
               caption="Sampling time.")],
         notes=[positive_log_likelihood],
     ),
+    "sample_metrics": Section(
+        "Likelihood, classification and sample quality on 8×8 digits",
+        [Part([("model", key("model")), ("kind", estimator_kind),
+               ("log-lik (nats)", key("nats", fixed(2))), ("±", key("stderr", fixed(2))),
+               ("class. accuracy", key("classifier_accuracy", fixed(3))),
+               ("precision", key("precision", fixed(3))), ("recall", key("recall", fixed(3))),
+               ("MMD²", key("mmd2", sig)), ("± MMD²", key("mmd2_stderr", sig)),
+               ("Vendi", key("vendi", fixed(2))), ("FID (pixels)", key("fid", fixed(3)))],
+              caption="One data set, every family: held-out log-likelihood (higher is better, "
+                      "with its kind), test accuracy of the generative classifier built from "
+                      "the family (one model per digit), and sample metrics of 1000 samples "
+                      "against the test images (precision/recall, Vendi: higher; MMD², FID: "
+                      "lower).")],
+    ),
+    "classifier": Section(
+        "Generative classifiers",
+        [Part([("task", key("task")), ("model", key("model")),
+               ("accuracy", key("accuracy", fixed(3))), ("±", key("accuracy_stderr", fixed(3))),
+               ("log p(x, y) (nats)", key("nats", fixed(2))), ("±", key("stderr", fixed(2))),
+               ("kind", estimator_kind), ("train", key("train_s", duration))],
+              caption="Test accuracy and held-out log p(x, y) (higher is better; discriminative "
+                      "rows have no log p(x, y)).")],
+    ),
+    "autoregressive_mnist": Section(
+        "Autoregressive models (MADE, PixelCNN) on binarized MNIST",
+        [Part([("model", key("model")), ("architecture", key("architecture")),
+               ("kind", estimator_kind), ("NLL (nats)", key("nll_nats", fixed(2))),
+               ("±", key("stderr", fixed(2))), ("test images", key("num_test", count)),
+               ("epochs", key("epochs", sig)), ("train", key("train_seconds", duration)),
+               ("selection", key("model_selection"))],
+              caption="Exact test NLL (lower is better) on Larochelle & Murray's static "
+                      "binarization; validation on their 10,000-image valid split.")],
+    ),
     "flows": Section(
         "Normalizing flows",
         [Part([("flow", key("kind")), ("implementation", key("implementation")),

@@ -1,6 +1,7 @@
-"""Gaussian mixtures: the program, its EM training method (``probgen.fit(gmm, x)``) and model
-selection."""
+"""Mixtures: Gaussian and Bernoulli programs, their EM training methods (``probgen.fit(model,
+x)``) and model selection."""
 
+from probgen.models.mixture.bernoulli import BernoulliEM, BernoulliMixture, BernoulliMixturePrior
 from probgen.models.mixture.em import EM, ComponentCollapseWarning, initial_parameters
 from probgen.models.mixture.model import *  # noqa: F403
 from probgen.models.mixture.model import __all__ as _model_all
@@ -11,4 +12,5 @@ from probgen.models.mixture.selection import (
 )
 
 __all__ = list(_model_all) + ["EM", "ComponentCollapseWarning", "initial_parameters",
-                              "ModelSelection", "heldout_log_likelihood", "select_num_components"]
+                              "ModelSelection", "heldout_log_likelihood", "select_num_components",
+                              "BernoulliMixture", "BernoulliMixturePrior", "BernoulliEM"]
