@@ -124,6 +124,25 @@ def test_patience_stops_an_overfitting_flow_and_restores_the_best_parameters():
     assert result.history[-1] < result.history[0]  # training loss kept falling
 
 
+@pytest.mark.parametrize("optim", [1e-2, "pyro_adam"])
+def test_patience_restores_the_best_parameters_of_a_bundled_family(optim):
+    """The best snapshot of a bundled model is a copy: optimizers update parameters in place,
+    so a view of them would 'restore' the last step's values (the MNIST MADE run did)."""
+    from probgen.models.flow import FlowModel
+
+    torch.manual_seed(0)
+    train, held_out = torch.randn(12, 2), torch.randn(200, 2)
+    flow = FlowModel(2, kind="maf", transforms=2, hidden=(64, 64))
+    optimizer = pyro.optim.Adam({"lr": 1e-2}) if optim == "pyro_adam" else optim
+    result = probgen.fit(flow, train, num_steps=3000, optim=optimizer, validation=held_out,
+                         validate_every=10, patience=5, seed=0, progress=False)
+    values = [v for _, v in result.validation]
+    assert result.stopped_early and values[-1] > min(values) + 0.05
+    with torch.no_grad():
+        restored = -flow.log_prob(held_out).mean().item()
+    assert restored == pytest.approx(min(values), abs=1e-5)
+
+
 def test_validation_estimator_scores_with_evaluate():
     torch.manual_seed(0)
     x, held_out = torch.randn(50) + 1, torch.randn(30) + 1

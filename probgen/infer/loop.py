@@ -37,8 +37,12 @@ ROLLBACK_EVERY = 10  # steps between in-memory snapshots that divergence rolls b
 
 # --- snapshots, checkpoints ------------------------------------------------------------------
 def _model_state(bundled: GenerativeModel | None) -> dict[str, Any]:
-    return {"param_store": param_store_state(),
-            "model_state": bundled.state_dict() if bundled is not None else None}
+    """A snapshot: copies, not views (a state_dict shares storage with the parameters, which
+    the optimizer goes on updating in place)."""
+    model_state = None
+    if bundled is not None:
+        model_state = {name: value.detach().clone() for name, value in bundled.state_dict().items()}
+    return {"param_store": param_store_state(), "model_state": model_state}
 
 
 def restore_state(state: dict[str, Any], bundled: GenerativeModel | None) -> None:
