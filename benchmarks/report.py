@@ -394,7 +394,8 @@ SECTIONS: dict[str, Section] = {
         "Diffusion and latent diffusion",
         [Part([("task", key("task")), ("model", key("model")), ("kind", estimator_kind),
                ("log-lik (nats)", key("nats", fixed(2))), ("±", key("stderr", fixed(2))),
-               ("bits/dim", key("bits_per_dim", fixed(3))), ("train", key("train_s", duration))],
+               ("bits/dim", key("bits_per_dim", fixed(3))), ("test images", key("num_test", count)),
+               ("train", key("train_s", duration))],
               take=lambda r: r.get("nats") is not None or r.get("bits_per_dim") is not None,
               caption="Test log-likelihood (higher is better); train 0 s = the row above's "
                       "network scored another way."),
