@@ -238,7 +238,9 @@ def protocol_status(rows: list[Row]) -> dict[tuple, str]:
         test = max(iwae, key=lambda r: _num(r.get("k")) or 0) if iwae else members[-1]
         reasons = []
         selection = str(test.get("model_selection") or "")
-        if "validation" not in selection or re.search(r"no validation|last epoch", selection):
+        kept_last = "restore_best" in selection  # selected on validation; the bug kept the last
+        if not kept_last and ("validation" not in selection
+                              or re.search(r"no validation|last epoch", selection)):
             reasons.append("no validation split (last epoch kept)" if selection
                            else "model selection not recorded")
         if not iwae:
@@ -253,6 +255,9 @@ def protocol_status(rows: list[Row]) -> dict[tuple, str]:
         if missing:
             reasons.append("no " + ", ".join(missing))
         label = "pre-protocol: " + "; ".join(reasons) if reasons else "protocol"
+        if kept_last:
+            label += ("; the last epoch's parameters, not the validation-best ones (the "
+                      "restore_best bug fixed 2026-11-29; see model_selection)")
         params = _num(test.get("parameters"))
         if (reference_params and params and params > reference_params
                 and not str(test.get("architecture", "")).startswith(REFERENCE_ARCHITECTURE)):
