@@ -373,3 +373,25 @@ def test_em_validation_is_the_held_out_exact_log_likelihood():
     assert [step for step, _ in result.validation] == [5, 10, 15, 20]
     assert result.validation[-1][1] == pytest.approx(
         -float(model.log_prob(x[400:]).detach().mean()), rel=1e-12)
+
+
+@pytest.mark.parametrize("covariance", ["full", "diag", "spherical", "tied"])
+def test_default_prior_scale_survives_a_constant_feature(covariance):
+    """A feature that never varies (a digit's border pixel) used to make the default Ψ₀
+    singular: the first EM loss was inf and fit blamed the learning rate."""
+    from probgen.models.mixture import GaussianMixture, GaussianMixturePrior
+
+    torch.manual_seed(0)
+    x = torch.cat([torch.randn(200, 3, dtype=torch.float64),
+                   torch.zeros(200, 1, dtype=torch.float64)], dim=1)
+    resolved = GaussianMixturePrior().resolve(x, 2, covariance)
+    scale = resolved["scale"]
+    diagonal = scale.diagonal() if scale.dim() == 2 else scale.reshape(-1)
+    assert (diagonal > 0).all()
+    assert torch.allclose(diagonal[:3] if diagonal.numel() > 1 else diagonal,
+                          (torch.cov(x.T).diagonal()[:3] / 2 ** 0.5 if diagonal.numel() > 1
+                           else diagonal), rtol=1e-6)
+    gmm = GaussianMixture(2, 4, covariance).double()
+    result = probgen.fit(gmm, x, num_steps=5, prior=GaussianMixturePrior(), seed=0,
+                         progress=False)
+    assert np.isfinite(result.losses).all()

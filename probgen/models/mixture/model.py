@@ -270,7 +270,8 @@ class GaussianMixturePrior:
         mean: m₀, shape ``(D,)``; None: the data mean.
         degrees_of_freedom: ν₀ > D - 1; None: D + 2.
         scale: Ψ₀, shape ``(D, D)`` (full, tied), ``(D,)`` (diag) or ``()`` (spherical); None:
-            cov(x) / K^(2/D), its diagonal, or the mean of its diagonal.
+            cov(x) / K^(2/D), its diagonal, or the mean of its diagonal (a constant feature's
+            variance floored at 1e-6 of the mean variance, so Ψ₀ stays positive definite).
     """
 
     weight_concentration: float = 1.0
@@ -296,6 +297,11 @@ class GaussianMixturePrior:
         if self.scale is None:
             centered = x - x.mean(0)
             data_cov = centered.T @ centered / max(x.shape[0] - 1, 1)  # (D, D)
+            # a constant feature (e.g. a digit's border pixel) would make Ψ₀ singular: floor
+            # its variance at 1e-6 of the mean variance (other features are left as they are)
+            variances = data_cov.diagonal()
+            floor = 1e-6 * (float(variances.mean()) or 1.0)
+            data_cov = data_cov + torch.diag((floor - variances).clamp(min=0))
             scale = data_cov / num_components ** (2.0 / num_features)
             if covariance in ("diag", "spherical"):
                 scale = scale.diagonal().clone()
