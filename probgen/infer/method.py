@@ -57,15 +57,26 @@ class TrainingMethod:
     Class attributes:
         full_batch: each step needs all the data (EM, Baum-Welch); ``fit`` refuses
             ``batch_size`` for such methods.
-        uses_optim: the method takes ``optim=`` (and Pyro LR schedulers).
+        uses_optim: the method takes ``optim=`` (and Pyro LR schedulers); a method that does
+            not (closed-form updates) refuses one.
         options: the keyword options ``fit(**options)`` may pass to this method.
+        title: the method's name in error messages (default: the class name).
     """
 
     full_batch: ClassVar[bool] = False
     uses_optim: ClassVar[bool] = True
     options: ClassVar[tuple[str, ...]] = ()
+    title: ClassVar[str] = ""
 
     def __init__(self, setup: TrainingSetup) -> None:
+        title = self.title or type(self).__name__
+        if self.full_batch and (setup.batch_size != setup.num_examples
+                                or setup.parallel is not None):
+            raise ValueError(f"{title} needs all the data at every step: pass it as tensors "
+                             "(sequences padded, with their lengths), not batches from a "
+                             "DataLoader, and without distributed=True")
+        if not self.uses_optim and setup.optim is not None:
+            raise TypeError(f"{title} has closed-form updates and takes no optim=; leave it None")
         self.setup = setup
         self.converged = False
 

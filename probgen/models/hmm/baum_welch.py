@@ -93,6 +93,7 @@ class BaumWelch(TrainingMethod):
     """
 
     full_batch = True
+    title = "Baum-Welch"
     uses_optim = False
     options = ("tol", "init", "pseudocount", "variance_prior", "probability_floor")
 
@@ -101,12 +102,6 @@ class BaumWelch(TrainingMethod):
         model = setup.model
         if not isinstance(model, HMM):
             raise TypeError(f"method 'baum_welch' fits an HMM, got {type(model).__name__}")
-        if setup.batch_size != setup.num_examples or setup.parallel is not None:
-            raise ValueError("Baum-Welch needs all the sequences at every step: pass them as a "
-                             "padded tensor (and lengths), not batches from a DataLoader, and "
-                             "without distributed=True")
-        if setup.optim is not None:
-            raise TypeError("Baum-Welch has closed-form updates and takes no optim=; leave it None")
         options = {"tol": 1e-6, "init": "model", "pseudocount": 0.0, "variance_prior": 1e-6,
                    "probability_floor": 1e-10, **setup.options}
         if options["init"] not in ("model", "kmeans"):

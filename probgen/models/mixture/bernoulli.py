@@ -207,6 +207,7 @@ class BernoulliEM(TrainingMethod):
     """
 
     full_batch = True
+    title = "EM"
     uses_optim = False
     options = ("tol", "init", "prior", "dtype")
 
@@ -215,11 +216,6 @@ class BernoulliEM(TrainingMethod):
         model = setup.model
         if not isinstance(model, BernoulliMixture):
             raise TypeError(f"method 'em' fits a BernoulliMixture, got {type(model).__name__}")
-        if setup.batch_size != setup.num_examples or setup.parallel is not None:
-            raise ValueError("EM needs all the data at every step: pass it as a tensor (not "
-                             "batches from a DataLoader) and without distributed=True")
-        if setup.optim is not None:
-            raise TypeError("EM has closed-form updates and takes no optim=; leave it None")
         options = {"tol": 1e-6, "init": "random_points", "prior": None, "dtype": None,
                    **setup.options}
         if options["init"] not in INITS:

@@ -184,6 +184,7 @@ class EM(TrainingMethod):
     """
 
     full_batch = True
+    title = "EM"
     uses_optim = False
     options = ("tol", "init", "prior", "dtype")
 
@@ -192,17 +193,12 @@ class EM(TrainingMethod):
         model = setup.model
         if not isinstance(model, GaussianMixture):
             raise TypeError(f"method 'em' fits a GaussianMixture, got {type(model).__name__}")
-        if setup.batch_size != setup.num_examples or setup.parallel is not None:
-            raise ValueError("EM needs all the data at every step: pass it as a tensor (not "
-                             "batches from a DataLoader) and without distributed=True")
         options = {"tol": 1e-6, "init": "kmeans++", "prior": None, "dtype": None, **setup.options}
         init, prior = options["init"], options["prior"]
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}; choose 'kmeans++', 'random_points' or 'model'")
         if prior is not None and not isinstance(prior, GaussianMixturePrior):
             raise TypeError(f"prior must be a GaussianMixturePrior or None, got {type(prior).__name__}")
-        if setup.optim is not None:
-            raise TypeError("EM has closed-form updates and takes no optim=; leave it None")
         self.model, self.tol, self.prior = model, float(options["tol"]), prior
         self.dtype = options["dtype"] or model.dtype or torch.get_default_dtype()
         self.full = not model.is_diagonal  # full and tied Σ_k: Cholesky factors; else scales
