@@ -105,6 +105,11 @@ def test_diffusion_iwae_is_a_lower_bound_that_grows_with_k():
     assert result.settings["prior_steps"] == steps
     means = [float(bounds[k][0].mean()) for k in (1, 10, 100)]
     assert means[0] < means[1] < means[2], means
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="num_steps must be a positive integer"):
+            evaluate_diffusion_iwae(model, (PATTERNS,), k=2, num_steps=bad)
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        evaluate_diffusion_iwae(model, (PATTERNS,), k=0)
     value, stderr = bounds[100]
     assert (value <= exact + 4 * stderr + 1e-3).all(), (value - exact, stderr)
     assert float((exact - value).mean()) < 0.1

@@ -307,6 +307,10 @@ def evaluate_diffusion_iwae(model: LatentDiffusionVAE, batch: tuple[Tensor, ...]
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
         raise ValueError(f"k must be a positive integer (importance samples), got {k!r}")
     particles = int(k)
+    if num_steps is not None and (isinstance(num_steps, bool)
+                                  or not isinstance(num_steps, numbers.Integral) or num_steps < 1):
+        raise ValueError(f"num_steps must be a positive integer (steps of the prior's chain), "
+                         f"got {num_steps!r}; leave it None for the model's own")
     steps = model.prior_steps(num_steps) or 1000
     chunk = batch_size or max(1, 2048 // particles)
     values = _run(model, x, chunk, seed, lambda rows: torch.logsumexp(
