@@ -13,9 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pyro
-import pyro.optim
 import torch
-from pyro.infer import RenyiELBO
 
 import probgen
 from probgen.core.checkpoint import atomic_write_text
@@ -81,32 +79,38 @@ def mnist_splits(binarization: str, *, seed: int = 0, smoke: bool = False,
                   binarization, source)
 
 
-# --- losses and schedules ----------------------------------------------------------------------
-class MiniBatchIWAE(RenyiELBO):
-    r"""The IWAE bound (RenyiELBO, alpha=0), N/B · Σ_n log (1/k) Σ_i w_{n,i} on a mini-batch
-    (``probgen.fit`` scales a Rényi bound after its log-mean-exp); ``loss`` (validation,
-    unscaled) runs in chunks of ``chunk`` examples to bound memory."""
-
-    def __init__(self, num_particles: int, num_examples: int, chunk: int = 500) -> None:
-        super().__init__(alpha=0.0, num_particles=num_particles, vectorize_particles=True,
-                         max_plate_nesting=1)
-        self.num_examples, self.chunk = int(num_examples), int(chunk)
-
-    def loss(self, model, guide, *args, **kwargs) -> float:
-        n = args[0].shape[0]
-        return sum(super(MiniBatchIWAE, self).loss(
-            model, guide, *(a[i:i + self.chunk] for a in args), **kwargs)
-            for i in range(0, n, self.chunk))
+# --- recipes ----------------------------------------------------------------------------------
+def recipe(*, lr: float, final_lr: float | None = None, loss: Any = None, num_particles: int = 1,
+           kl_warmup_epochs: float | None = None, free_bits: float = 0.0) -> dict[str, Any]:
+    """A training recipe as ``probgen.fit`` options: Adam at ``lr`` (cosine to ``final_lr``),
+    the loss (None: the model's ELBO; ``"iwae"``: IWAE-k, k = ``num_particles``), KL warm-up and
+    free bits."""
+    options: dict[str, Any] = {"optim": {"lr": lr}, "loss": loss, "num_particles": num_particles}
+    if final_lr is not None:
+        options.update(lr_schedule="cosine", final_lr=final_lr)
+    if kl_warmup_epochs:
+        options["kl_warmup_epochs"] = kl_warmup_epochs
+    if free_bits:
+        options["free_bits"] = free_bits
+    return options
 
 
-def optimizer(lr: float, final_lr: float | None, epochs: int) -> Any:
-    """Adam at ``lr``; with ``final_lr``, a cosine from ``lr`` (first epoch) to ``final_lr``
-    (last epoch), stepped by fit once per epoch: the schedule of the earlier private loop."""
-    if final_lr is None:
-        return {"lr": lr}  # fit's fused torch Adam
-    return pyro.optim.CosineAnnealingLR({
-        "optimizer": torch.optim.Adam, "optim_args": {"lr": lr, "fused": True},
-        "T_max": max(1, epochs - 1), "eta_min": final_lr})
+def describe_recipe(options: dict[str, Any]) -> str:
+    """The training objective of a recipe, in words, for the results rows."""
+    if options.get("loss") == "iwae":
+        text = f"iwae (k={options['num_particles']}, per-example log-mean-exp; fit loss='iwae')"
+    else:
+        loss = options.get("loss")
+        text = "elbo" + (f" ({type(loss).__name__})" if loss is not None else "")
+    extras = []
+    if options.get("kl_warmup_epochs"):
+        extras.append(f"KL warm-up {options['kl_warmup_epochs']:g} epochs")
+    if options.get("free_bits"):
+        extras.append(f"free bits {options['free_bits']:g} nats/dim")
+    if options.get("lr_schedule"):
+        extras.append(f"{options['lr_schedule']} lr {options['optim']['lr']:g} -> "
+                      f"{options['final_lr']:g}")
+    return text + (f", {', '.join(extras)}" if extras else "")
 
 
 def parameter_count(model: torch.nn.Module) -> int:
@@ -146,16 +150,16 @@ def _forget(model: torch.nn.Module) -> None:
         del store[name]
 
 
-def epochs_for_budget(build: Callable[[], torch.nn.Module], make_loss: Callable, splits: Splits, *,
+def epochs_for_budget(build: Callable[[], torch.nn.Module], splits: Splits, *,
                       minutes: float, max_epochs: int, batch_size: int, seed: int,
-                      probe_steps: int = 30) -> int:
+                      probe_steps: int = 30, **options: Any) -> int:
     """How many epochs fit ``minutes``, timed on ``probe_steps`` steps of a throw-away copy
     (plus 10% for validation), so the cosine schedule can span the whole run."""
     probe = build()
     stamps: list[float] = []
     size = min(len(splits.train), batch_size * (probe_steps + 1))
     probgen.fit(probe, splits.train[:size], num_steps=probe_steps + 1, batch_size=batch_size,
-                loss=make_loss(probe, size), transform=splits.transform, seed=seed,
+                **options, transform=splits.transform, seed=seed,
                 progress=False, callbacks=[lambda state: stamps.append(time.perf_counter())])
     _forget(probe)
     step_seconds = (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1)  # the first step sets up
@@ -165,11 +169,11 @@ def epochs_for_budget(build: Callable[[], torch.nn.Module], make_loss: Callable,
     return planned
 
 
-def train(model: torch.nn.Module, loss: Any, splits: Splits, *, epochs: int, batch_size: int,
-          lr: float, final_lr: float | None, seed: int, checkpoint: Path | None = None,
-          checkpoint_every: int = 50, resume: bool = False, patience: int | None = None,
-          report_every: int = 25) -> Training:
-    """``probgen.fit`` for ``epochs`` epochs, validated once per epoch, the best epoch kept.
+def train(model: torch.nn.Module, splits: Splits, *, epochs: int, batch_size: int, seed: int,
+          checkpoint: Path | None = None, checkpoint_every: int = 50, resume: bool = False,
+          patience: int | None = None, report_every: int = 25, **options: Any) -> Training:
+    """``probgen.fit`` for ``epochs`` epochs, validated once per epoch, the best epoch kept;
+    ``options`` are the recipe's fit options (:func:`recipe`).
 
     With ``checkpoint``, fit writes a resumable checkpoint there every ``checkpoint_every``
     epochs and at the end; ``resume=True`` continues from it.
@@ -187,20 +191,25 @@ def train(model: torch.nn.Module, loss: Any, splits: Splits, *, epochs: int, bat
 
     cpu = time.process_time()
     result = probgen.fit(
-        model, splits.train, epochs=epochs, batch_size=batch_size, loss=loss,
-        optim=optimizer(lr, final_lr, epochs), transform=splits.transform,
+        model, splits.train, epochs=epochs, batch_size=batch_size, **options,
+        transform=splits.transform,
         validation=splits.validation, patience=patience, restore_best=True, seed=seed,
         checkpoint=checkpoint, checkpoint_every=checkpoint_every * steps_per_epoch,
         resume=resume, progress=False, callbacks=[report])
     cpu_seconds = time.process_time() - cpu
     best = result.best_step // steps_per_epoch if result.best_step is not None else None
-    selection = (f"parameters of the epoch with the lowest validation loss ({type(loss).__name__}"
+    loss = options.get("loss")
+    loss = loss if isinstance(loss, str) else type(loss).__name__ if loss is not None \
+        else "the model's ELBO"
+    selection = (f"parameters of the epoch with the lowest validation loss ({loss}"
                  f" per example, once per epoch) on {splits.validation_source}: epoch {best} of "
                  f"{len(result.losses) / steps_per_epoch:g}; the test set is used only to report")
     return Training(len(result.losses) / steps_per_epoch, result.seconds, cpu_seconds,
                     _per_epoch(result, steps_per_epoch), [v for _, v in result.validation],
-                    best, selection, {"optim": "Adam" if final_lr is None else
-                                      f"Adam, CosineAnnealingLR {lr:g} -> {final_lr:g} per epoch",
+                    best, selection, {"optim": "Adam" + (
+                                          f", {options['lr_schedule']} lr to "
+                                          f"{options['final_lr']:g} per step"
+                                          if options.get("lr_schedule") else ""),
                                       "batch_size": batch_size, "seed": seed,
                                       "num_train": len(splits.train),
                                       "num_validation": len(splits.validation)})

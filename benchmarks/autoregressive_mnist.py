@@ -34,6 +34,7 @@ from benchmarks._mnist import (
     model_budgets,
     parameter_count,
     read_plan,
+    recipe,
     train,
     write_plan,
 )
@@ -61,7 +62,7 @@ COLUMNS = ["model", "estimator", "nll_nats", "stderr", "num_test", "epochs", "tr
 def make(name: str, args: argparse.Namespace) -> torch.nn.Module:
     if name == "made":
         return MADE(784, args.hidden, num_masks=args.num_masks, direct_connections=args.direct,
-                    seed=args.seed)
+                    natural_ordering=not args.random_order, seed=args.seed)
     if name == "pixelcnn":
         return PixelCNN((28, 28), channels=args.channels, layers=args.layers,
                         head_channels=args.head_channels)
@@ -80,9 +81,16 @@ def describe(name: str, model: torch.nn.Module) -> tuple[str, str]:
     if name == "made":
         masks = f"{c['num_masks']} mask" + ("s" if c["num_masks"] > 1 else "")
         widths = "-".join(str(h) for h in c["hidden_features"])
-        return (f"probgen MADE, {masks}",
+        order = "natural" if c["natural_ordering"] else "random"
+        label = f"probgen MADE, {masks}"
+        if widths != "2000" or c["direct_connections"] or not c["natural_ordering"]:
+            # the first protocol row (784-2000-784, natural order) keeps its earlier label
+            label += f", {widths} hidden" + (", direct" if c["direct_connections"] else "") \
+                + ("" if c["natural_ordering"] else ", random order")
+        return (label,
                 f"784-{widths}-784 {c['activation']}, {masks} (orderings and connectivities, "
-                f"seed {c['seed']})" + (", direct input-output" if c["direct_connections"] else ""))
+                f"seed {c['seed']}; mask 0 in {order} order)"
+                + (", direct input-output" if c["direct_connections"] else ""))
     return (f"probgen gated PixelCNN, {c['layers']} layers",
             f"gated PixelCNN: {c['first_kernel_size']}x{c['first_kernel_size']} mask A + "
             f"{c['layers'] - 1} gated {c['kernel_size']}x{c['kernel_size']} layers, "
@@ -103,6 +111,9 @@ def main() -> None:
     parser.add_argument("--hidden", default="500", help="MADE hidden widths, e.g. 8000,8000")
     parser.add_argument("--num-masks", type=int, default=1, help="MADE orderings/connectivities")
     parser.add_argument("--direct", action="store_true", help="MADE direct input-output links")
+    parser.add_argument("--random-order", action="store_true",
+                        help="MADE mask 0 in a seeded random pixel order (the paper's code "
+                             "shuffles the order before training), not 1..784")
     parser.add_argument("--channels", type=int, default=32, help="PixelCNN stack width")
     parser.add_argument("--layers", type=int, default=6, help="PixelCNN gated layers")
     parser.add_argument("--head-channels", type=int, default=64)
@@ -133,8 +144,8 @@ def main() -> None:
     if args.append and result.exists():
         rows = [row for row in json.loads(result.read_text()) if row.get("machine")]
 
-    def make_loss(model: torch.nn.Module, n: int) -> Trace_ELBO:
-        return Trace_ELBO()  # no latents: the loss is the exact -log p(x)
+    # no latents: the ELBO of the program is the exact -log p(x)
+    options = recipe(lr=args.lr, loss=Trace_ELBO())
 
     for name, budget in zip(names, minutes):
         if name not in MODELS:
@@ -148,14 +159,14 @@ def main() -> None:
         planned = read_plan(plan) if args.resume and budget is not None else None
         if budget is not None and planned is None:
             planned = epochs_for_budget(lambda name=name, stem=stem: build(name, args, f"{stem}_p"),
-                                        make_loss, splits, minutes=budget, max_epochs=args.epochs,
-                                        batch_size=args.batch_size, seed=args.seed)
+                                        splits, minutes=budget, max_epochs=args.epochs,
+                                        batch_size=args.batch_size, seed=args.seed, **options)
             write_plan(plan, planned)
         planned = planned or args.epochs
         pyro.set_rng_seed(args.seed)
         model = build(name, args, stem)
-        training = train(model, make_loss(model, 0), splits, epochs=planned,
-                         batch_size=args.batch_size, lr=args.lr, final_lr=None, seed=args.seed,
+        training = train(model, splits, epochs=planned, batch_size=args.batch_size,
+                         seed=args.seed, **options,
                          checkpoint=save_dir / f"{stem}.fit.pt", checkpoint_every=10,
                          resume=args.resume, patience=args.patience, report_every=1)
         torch.save(model.state_dict(), save_dir / f"{stem}.pt")

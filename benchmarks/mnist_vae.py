@@ -36,12 +36,13 @@ import torch
 import probgen
 from benchmarks._common import RESULTS, machine_info, print_table, write_results
 from benchmarks._mnist import (
-    MiniBatchIWAE,
+    describe_recipe,
     epochs_for_budget,
     mnist_splits,
     model_budgets,
     parameter_count,
     read_plan,
+    recipe,
     train,
     write_plan,
 )
@@ -80,17 +81,11 @@ def build_vae(hidden: tuple[int, ...], activation: str, device: str, name: str) 
     return vae
 
 
-def training_loss(name: str, iwae_k: int):
-    """The loss for a model and a training-set size."""
+def training_recipe(name: str, args: argparse.Namespace) -> dict:
+    """The fit options of a model: IWAE-k (``loss="iwae"``) for "iwae", else the VAE's ELBO."""
     if name == "iwae":
-        return lambda model, n: MiniBatchIWAE(iwae_k, n)
-    return lambda model, n: model.default_loss()
-
-
-def describe(loss) -> str:
-    if isinstance(loss, MiniBatchIWAE):
-        return f"iwae (k={loss.num_particles}, RenyiELBO alpha=0, per-example log-mean-exp)"
-    return f"elbo ({type(loss).__name__})"
+        return recipe(lr=args.lr, final_lr=args.final_lr, loss="iwae", num_particles=args.iwae_k)
+    return recipe(lr=args.lr, final_lr=args.final_lr)
 
 
 def score(vae: VAE, x_test: torch.Tensor, subset: torch.Tensor, eval_k: int, eval_batch: int,
@@ -185,7 +180,7 @@ def main() -> None:
             raise SystemExit(f"unknown model {name!r}; choose from {MODELS}")
         splits = mnist_splits("static" if name == "vae_static" else "dynamic", seed=args.seed,
                               smoke=args.smoke, device=args.device)
-        make_loss = training_loss(name, args.iwae_k)
+        options = training_recipe(name, args)
         stem = re.sub(r"\W+", "_", f"{name}{suffix}")
         pyro.clear_param_store()  # each model starts from an empty store (names are stable)
         plan = save_dir / f"{stem}.plan.json"
@@ -195,22 +190,20 @@ def main() -> None:
                 planned = epochs_for_budget(
                     lambda stem=stem: build_vae(hidden, args.activation, args.device,
                                                 f"{stem}_probe"),
-                    make_loss, splits,
-                    minutes=budget, max_epochs=epochs, batch_size=args.batch_size, seed=args.seed)
+                    splits, minutes=budget, max_epochs=epochs, batch_size=args.batch_size,
+                    seed=args.seed, **options)
                 write_plan(plan, planned)
         else:
             planned = epochs
         pyro.set_rng_seed(args.seed)  # the same initial weights whatever trains them
         vae = build_vae(hidden, args.activation, args.device, stem)
-        loss = make_loss(vae, len(splits.train))
-        objective = describe(loss)
+        objective = describe_recipe(options)
         if args.init:
             vae.load_state_dict(torch.load(args.init, map_location=args.device, weights_only=True))
         training = None
         if planned > 0:
-            training = train(vae, loss, splits, epochs=planned,
-                             batch_size=args.batch_size, lr=args.lr, final_lr=args.final_lr,
-                             seed=args.seed, checkpoint=save_dir / f"{stem}.fit.pt",
+            training = train(vae, splits, epochs=planned, batch_size=args.batch_size,
+                             seed=args.seed, **options, checkpoint=save_dir / f"{stem}.fit.pt",
                              resume=args.resume, patience=args.patience)
             print(f"{name}: {training.epochs:g} epochs in {training.seconds:.0f} s, final train "
                   f"loss {training.final_train_loss:.2f}, best validation epoch "

@@ -360,6 +360,9 @@ def _cmd_fit(args) -> None:
         warnings.filterwarnings("ignore", message="Encountered NaN")  # reported below, once
         result = fit(model, data, method=args.method, num_steps=args.steps, epochs=args.epochs,
                      batch_size=args.batch_size, optim=args.lr, seed=args.seed,
+                     loss=args.loss, num_particles=args.particles,
+                     lr_schedule=args.lr_schedule, final_lr=args.final_lr,
+                     kl_warmup_epochs=args.kl_warmup_epochs, free_bits=args.free_bits,
                      device=args.device, checkpoint=out / "checkpoint.pt",
                      checkpoint_every=args.checkpoint_every, resume=args.resume,
                      progress=progress, distributed=distributed)
@@ -521,6 +524,16 @@ def _parser() -> argparse.ArgumentParser:
     fit_cmd.add_argument("--epochs", type=int, default=None)
     fit_cmd.add_argument("--batch-size", type=int, default=None)
     fit_cmd.add_argument("--lr", type=float, default=None)
+    fit_cmd.add_argument("--lr-schedule", choices=["cosine", "linear", "exponential"],
+                         default=None, help="decay the learning rate to --final-lr over the run")
+    fit_cmd.add_argument("--final-lr", type=float, default=None)
+    fit_cmd.add_argument("--loss", choices=["trace", "mean_field", "iwae"], default=None,
+                         help="SVI objective (default: the model's); iwae: IWAE-k, k=--particles")
+    fit_cmd.add_argument("--particles", type=int, default=1, help="particles per estimate (k)")
+    fit_cmd.add_argument("--kl-warmup-epochs", type=float, default=None,
+                         help="KL weight rises from 0 to 1 over these epochs")
+    fit_cmd.add_argument("--free-bits", type=float, default=0.0,
+                         help="floor on each latent site's KL, nats per dimension and example")
     fit_cmd.add_argument("--out", default="runs/fit")
     fit_cmd.add_argument("--checkpoint-every", type=int, default=None)
     fit_cmd.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")

@@ -20,6 +20,7 @@ from probgen.infer.batches import Batches, positive_int
 from probgen.infer.loop import ROLLBACK_EVERY, Loop, Run, restore_state
 from probgen.infer.method import TrainingMethod, TrainingSetup
 from probgen.infer.result import FitResult, FitState, TrainingDiverged
+from probgen.infer.schedules import LRSchedule
 from probgen.infer.svi import SVI
 
 __all__ = ["fit", "FitResult", "FitState", "TrainingDiverged", "GENERIC_METHODS", "ROLLBACK_EVERY"]
@@ -88,8 +89,12 @@ def fit(
     num_examples: int | None = None,
     shuffle: bool = True,
     optim: Any = None,
+    lr_schedule: str | None = None,
+    final_lr: float | None = None,
     scheduler_every: str = "epoch",
     loss: Any = None,
+    kl_warmup_epochs: float | None = None,
+    free_bits: float = 0.0,
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     validation: Any = None,
     validate_every: int | None = None,
@@ -127,6 +132,14 @@ def fit(
         optim: learning rate, Adam options dict, or a ``pyro.optim`` optimizer or LR scheduler
             (``pyro.optim.ExponentialLR(...)``, stepped once per epoch, or per step with
             ``scheduler_every="step"``; ``ReduceLROnPlateau`` gets the validation loss).
+        lr_schedule, final_lr: ``"cosine"``, ``"linear"`` or ``"exponential"`` from ``optim``'s
+            rate to ``final_lr`` (default: 1/100 of it) over the run's steps, set every step.
+        loss: a ``pyro.infer.ELBO``, or ``"trace"``, ``"mean_field"``, ``"trace_enum"``, or
+            ``"iwae"`` (the IWAE-k bound, k = ``num_particles``; e.g. to fine-tune an
+            ELBO-trained model).
+        kl_warmup_epochs, free_bits: the ELBO's KL term weighted by β rising linearly from 0 to
+            1 over this many epochs, and floored at ``free_bits`` nats per latent dimension and
+            example, per latent site; training only (validation reports the true ELBO).
         transform: applied to each mini-batch's data tensor before the step (dynamic
             binarization, dequantization noise); it draws from torch's RNG, which fit seeds
             and checkpoints, so a resumed run repeats it.
@@ -174,6 +187,13 @@ def fit(
                       _prepare_data(bundled, program, device, model_checks=False))
     total_steps = _total_steps(num_steps, epochs, batches.steps_per_epoch, method_class, batch_size)
     _check_options(method_class, options, scheduler_every, patience, validate_every, num_particles)
+    schedule = LRSchedule(lr_schedule, final_lr, total_steps) if lr_schedule is not None else None
+    if lr_schedule is None and final_lr is not None:
+        raise ValueError("final_lr= needs lr_schedule= ('cosine', 'linear' or 'exponential')")
+    warmup_steps = _warmup_steps(kl_warmup_epochs, batches.steps_per_epoch)
+    if isinstance(free_bits, bool) or not isinstance(free_bits, (int, float)) \
+            or not free_bits >= 0:
+        raise ValueError(f"free_bits must be a number of nats >= 0, got {free_bits!r}")
     held_out = prepare(as_batch(validation, name="validation")) if validation is not None else None
     seed = _seed(seed, parallel)
     if bundled is not None:
@@ -182,7 +202,8 @@ def fit(
         _fresh_parameters(program, guide, batches.first)
     setup = TrainingSetup(model, program, guide, batches.first, batches.size, batches.batch_size,
                           optim, loss, num_particles, data_plate, dict(options), parallel,
-                          batches.tensors if batches.loader is None else None)
+                          batches.tensors if batches.loader is None else None, schedule,
+                          warmup_steps, float(free_bits))
     run = _start_run(method_class(setup), name, batches, seed, check_support=transform is None)
     pyro.set_rng_seed(seed)  # training's stream starts at the seed, whatever setup drew
     start = run.load(Path(checkpoint), batches.first) if _resuming(resume, checkpoint) else 0
@@ -276,6 +297,16 @@ def _start_run(method: TrainingMethod, name: str, batches: Batches, seed: int, *
         if bundled is None and check_support:  # a bundled model checks in validate_batch
             check_observed_support(method.setup.program, batches.tensors, method.info.data_plate)
     return Run(method, bundled, settings)
+
+
+def _warmup_steps(kl_warmup_epochs: float | None, steps_per_epoch: int) -> int:
+    if kl_warmup_epochs is None:
+        return 0
+    if isinstance(kl_warmup_epochs, bool) or not isinstance(kl_warmup_epochs, (int, float)) \
+            or not kl_warmup_epochs >= 0 or kl_warmup_epochs == float("inf"):
+        raise ValueError(f"kl_warmup_epochs must be a finite number of epochs >= 0, got "
+                         f"{kl_warmup_epochs!r}")
+    return max(1, round(kl_warmup_epochs * steps_per_epoch)) if kl_warmup_epochs > 0 else 0
 
 
 def _seed(seed: int | None, parallel: Any) -> int:

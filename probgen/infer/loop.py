@@ -285,6 +285,7 @@ class Loop:
     def _step(self, step: int, batch: tuple) -> float:
         batch, scale = self._batch(batch)
         self.rollback.before(self.run.method, step, self.start)
+        self.run.method.begin_step(step)
         first = step == self.start  # data were checked at the boundary; Pyro checks step one
         with pyro.validation_enabled(first and pyro.infer.util.is_validation_enabled()):
             loss = self.run.method.step(batch, scale)

@@ -30,6 +30,9 @@ class TrainingSetup:
         options: method-specific keyword options given to ``fit``.
         parallel: the data-parallel group of a torchrun launch (``fit(distributed=True)``).
         data: all the training tensors when they are in memory (None for a DataLoader).
+        lr_schedule: fit's ``lr_schedule=`` / ``final_lr=`` over the run's steps (or None).
+        kl_warmup_steps, free_bits: fit's KL warm-up (in steps) and free bits (nats per
+            latent dimension), for methods that optimise an ELBO.
     """
 
     model: Any
@@ -45,6 +48,9 @@ class TrainingSetup:
     options: dict[str, Any] = field(default_factory=dict)
     parallel: Any = None
     data: tuple[torch.Tensor, ...] | None = None
+    lr_schedule: Any = None
+    kl_warmup_steps: int = 0
+    free_bits: float = 0.0
 
 
 class TrainingMethod:
@@ -61,12 +67,15 @@ class TrainingMethod:
             not (closed-form updates) refuses one.
         options: the keyword options ``fit(**options)`` may pass to this method.
         title: the method's name in error messages (default: the class name).
+        annealing: the method takes fit's ``lr_schedule=``, ``kl_warmup_epochs=`` and
+            ``free_bits=`` (an ELBO optimised by a gradient method); others refuse them.
     """
 
     full_batch: ClassVar[bool] = False
     uses_optim: ClassVar[bool] = True
     options: ClassVar[tuple[str, ...]] = ()
     title: ClassVar[str] = ""
+    annealing: ClassVar[bool] = False
 
     def __init__(self, setup: TrainingSetup) -> None:
         title = self.title or type(self).__name__
@@ -77,6 +86,10 @@ class TrainingMethod:
                              "DataLoader, and without distributed=True")
         if not self.uses_optim and setup.optim is not None:
             raise TypeError(f"{title} has closed-form updates and takes no optim=; leave it None")
+        if not self.annealing and (setup.lr_schedule is not None or setup.kl_warmup_steps
+                                   or setup.free_bits):
+            raise TypeError(f"{title} does not take lr_schedule=, kl_warmup_epochs= or "
+                            "free_bits= (they shape an ELBO trained by SVI); leave them unset")
         self.setup = setup
         self.converged = False
 
@@ -100,6 +113,9 @@ class TrainingMethod:
 
     def end_epoch(self, metric: float | None) -> None:
         """Called once per epoch (or per step with ``scheduler_every="step"``): LR schedules."""
+
+    def begin_step(self, step: int) -> None:
+        """Called before the step with 0-based index ``step`` (schedules that follow the step)."""
 
     def end_step(self) -> None:
         """Called after every step, before callbacks see it."""

@@ -23,21 +23,42 @@ from pyro.infer.autoguide import AutoNormal
 from probgen.core.model import GenerativeModel
 from probgen.core.program import DataPlateScale, ProgramInfo, inspect_program
 from probgen.infer.method import TrainingMethod, TrainingSetup
+from probgen.infer.objectives import IWAE, AnnealedELBO
 
 __all__ = ["SVI", "make_loss", "auto_guide", "AUTO_GUIDE_PREFIX"]
 
-LOSSES = {"trace": Trace_ELBO, "trace_enum": TraceEnum_ELBO, "mean_field": TraceMeanField_ELBO}
+LOSSES = {"trace": Trace_ELBO, "trace_enum": TraceEnum_ELBO, "mean_field": TraceMeanField_ELBO,
+          "iwae": IWAE}
 AUTO_GUIDE_PREFIX = "AutoNormal."
 _FUSED = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
 
 
-def make_loss(loss: Any, info: ProgramInfo, num_particles: int) -> ELBO:
-    """``loss=`` as an ELBO: given, named, or TraceEnum_ELBO when discrete latents are summed out."""
+def make_loss(loss: Any, info: ProgramInfo, num_particles: int, *, kl_warmup_steps: int = 0,
+              free_bits: float = 0.0) -> ELBO:
+    """``loss=`` as an ELBO: given, named (``"iwae"``: the IWAE-k bound with k =
+    ``num_particles``), or TraceEnum_ELBO when discrete latents are summed out; with KL warm-up
+    or free bits, the :class:`AnnealedELBO`."""
+    if kl_warmup_steps or free_bits:
+        if loss is not None and not isinstance(loss, AnnealedELBO):
+            raise ValueError(f"kl_warmup_epochs= and free_bits= shape the ELBO; they do not "
+                             f"combine with loss={loss!r} (fit with the ELBO first, then "
+                             "fine-tune with loss='iwae' in a second fit)")
+        if info.discrete_latents:
+            raise ValueError(f"kl_warmup_epochs= and free_bits= need a guide that samples every "
+                             f"latent; discrete latents {sorted(info.discrete_latents)} are "
+                             "summed out, which the annealed ELBO does not do")
+        return AnnealedELBO(kl_warmup_steps, free_bits, num_particles=num_particles)
     if isinstance(loss, ELBO):
         return loss
     if isinstance(loss, str):
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; choose one of {sorted(LOSSES)} or pass an ELBO")
+        if loss == "iwae":
+            if info.discrete_latents:
+                raise ValueError(f"loss='iwae' samples every latent from the guide; discrete "
+                                 f"latents {sorted(info.discrete_latents)} are summed out by "
+                                 "enumeration, which IWAE does not do")
+            return IWAE(num_particles, max_plate_nesting=max(1, info.max_plate_nesting))
         cls = LOSSES[loss]
     elif loss is None:
         cls = TraceEnum_ELBO if info.discrete_latents else Trace_ELBO
@@ -103,9 +124,16 @@ class _TorchAdam:
         self.optimizer: torch.optim.Optimizer | None = None
         self.names: list[str] = []
         self.pending: dict | None = None
+        self.lr: float | None = None  # a schedule's rate for this step (None: args["lr"])
 
     def __call__(self, params: dict[str, torch.Tensor]) -> None:
         new = sorted(name for name in params if name not in set(self.names))
+        if self.optimizer is None and not new:
+            raise ValueError(
+                "the training step gave no parameter a gradient: the program and guide have no "
+                "trainable parameters, or they build their nn.Modules anew in every call (Pyro "
+                "then trains copies it discards). Create the modules once, outside the program, "
+                "and register them with pyro.module(name, module)")
         if new:
             tensors = [params[n] for n in new]
             if self.optimizer is None:
@@ -120,6 +148,9 @@ class _TorchAdam:
             if self.pending is not None and self.pending["names"] == self.names:
                 self._load(self.pending["state_dict"])
                 self.pending = None
+        if self.lr is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr
         self.optimizer.step()
 
     def _load(self, state_dict: dict) -> None:
@@ -222,11 +253,15 @@ def _renamed(optim_state: dict, old: str, new: str) -> dict:
 
 class SVI(TrainingMethod):
     r"""Stochastic variational inference: maximize Σ_n E_q[log p(x_n, z) − log q(z | x_n)] with
-    mini-batches scaled by N/B on the data plate only (Hoffman et al., 2013).
+    mini-batches scaled by N/B on the data plate only (Hoffman et al., 2013), or the IWAE bound
+    (``loss="iwae"``), or the ELBO with KL warm-up and free bits (fit's ``kl_warmup_epochs``,
+    ``free_bits``), at a learning rate that may follow fit's ``lr_schedule``.
 
     Uses TraceEnum_ELBO when discrete latents are summed out, the model's own guide, or an
     AutoNormal (an empty guide when every latent is enumerable) when none is given.
     """
+
+    annealing = True
 
     def __init__(self, setup: TrainingSetup) -> None:
         super().__init__(setup)
@@ -248,9 +283,16 @@ class SVI(TrainingMethod):
         self.loss_program = (config_enumerate(setup.program, default="parallel")
                              if self.info.discrete_latents else setup.program)
         loss = setup.loss if setup.loss is not None or bundled is None else bundled.default_loss()
-        self.elbo = make_loss(loss, self.info, setup.num_particles)
+        if setup.kl_warmup_steps or setup.free_bits:
+            loss = setup.loss  # fit's annealing replaces a bundled model's default loss
+        self.elbo = make_loss(loss, self.info, setup.num_particles,
+                              kl_warmup_steps=setup.kl_warmup_steps, free_bits=setup.free_bits)
         args = _optimizer_args(setup.optim)
+        if args is None and setup.lr_schedule is not None:
+            raise ValueError("lr_schedule= works with optim= a learning rate or Adam options; "
+                             "a pyro.optim optimizer or scheduler brings its own schedule")
         self.optimizer = _TorchAdam(args) if args is not None else _PyroOptim(setup.optim)
+        self.initial_lr = float(args.get("lr", 1e-3)) if args is not None else None
         self.is_scheduler = isinstance(setup.optim, pyro.optim.PyroLRScheduler)
         self.store = pyro.get_param_store()
         self.params: dict[str, torch.Tensor] = {}
@@ -265,6 +307,13 @@ class SVI(TrainingMethod):
     @property
     def guide(self) -> Callable:
         return self._guide
+
+    def begin_step(self, step: int) -> None:
+        """The step's KL weight (annealed ELBO) and learning rate (``lr_schedule``)."""
+        if isinstance(self.elbo, AnnealedELBO):
+            self.elbo.step = step
+        if self.setup.lr_schedule is not None:
+            self.optimizer.lr = self.setup.lr_schedule.lr(step, self.initial_lr)
 
     def _scaled(self, fn: Callable, factor: float) -> Callable:
         return fn if factor == 1.0 else DataPlateScale(self.info.data_plate, factor)(fn)

@@ -9,11 +9,7 @@ from typing import Any
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro import poutine
-from pyro.distributions.util import scale_and_mask
-from pyro.infer import ELBO
 from torch import nn
-from torch.distributions import kl_divergence
 
 from probgen.core.model import GenerativeModel
 from probgen.distributions.likelihoods import (
@@ -22,6 +18,7 @@ from probgen.distributions.likelihoods import (
     observation_distribution,
 )
 from probgen.guides.amortized import AmortizedFlowPosterior
+from probgen.infer.objectives import AnnealedELBO
 from probgen.models.registry import register_model
 from probgen.models.vae import ObservationCapabilities
 from probgen.nn import MLP, ConvDecoder, ConvEncoder, activation
@@ -320,58 +317,31 @@ class HierarchicalVAE(ObservationCapabilities, GenerativeModel):
 _activation = activation
 
 
-class LadderELBO(ELBO):
-    r"""-[E_q log p(x | z) - β_t Σ_l max(λ D_l n, KL_l)]: ELBO with KL warm-up and free bits.
+class LadderELBO(AnnealedELBO):
+    r"""The generic :class:`~probgen.infer.objectives.AnnealedELBO` driven by the model's own
+    ``warmup_steps`` / ``free_bits`` (saved with it): β_t = ``vae.kl_weight()``.
 
-    β_t = min(1, t / warmup_steps) (Sønderby et al., 2016); free bits λ nats per latent
-    dimension and example floor each layer's KL (Kingma et al., 2016). Both act only while
-    ``vae.training``; otherwise this is the ELBO with each layer's KL(q(z_l|·) || p(z_l|·)) in
-    closed form given the upper layers' samples (a Monte Carlo log q - log p for a flow layer).
-    ``loss_and_grads`` advances ``vae.training_steps`` (saved with the model, so warm-up resumes).
+    Both act only while ``vae.training`` (``loss`` follows the mode too: ``probgen.evaluate``
+    and fit's validation call ``model.eval()`` and get the true bound); ``loss_and_grads``
+    advances ``vae.training_steps``. ``fit(kl_warmup=, free_bits=)`` replaces this loss with the
+    generic one, whose warm-up follows fit's step count instead.
     """
 
     def __init__(self, vae: HierarchicalVAE, num_particles: int = 1) -> None:
-        super().__init__(num_particles=num_particles)
+        super().__init__(vae.warmup_steps, vae.free_bits, num_particles=num_particles)
         self.vae = vae
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        beta = self.vae.kl_weight()
         free_bits = self.vae.free_bits if self.vae.training else 0.0
-        loss = 0.0
-        for _ in range(self.num_particles):
-            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-                *args, **kwargs)
-            model_trace.compute_log_prob(site_filter=lambda name, site: site["is_observed"])
-            log_likelihood = sum(site["log_prob_sum"] for site in model_trace.nodes.values()
-                                 if site["type"] == "sample" and site["is_observed"])
-            kl_total = 0.0
-            for name, size in zip(self.vae.latent_names, self.vae.latent_dims):
-                q_site, p_site = guide_trace.nodes[name], model_trace.nodes[name]
-                try:
-                    kl = kl_divergence(q_site["fn"], p_site["fn"])
-                except NotImplementedError:  # e.g. a flow: one-sample log q - log p
-                    kl = q_site["fn"].log_prob(q_site["value"]) - p_site["fn"].log_prob(q_site["value"])
-                kl = scale_and_mask(kl, q_site["scale"], q_site["mask"])
-                kl_layer = kl.sum()
-                if free_bits > 0:
-                    examples = scale_and_mask(torch.ones_like(kl), q_site["scale"], q_site["mask"]).sum()
-                    kl_layer = torch.maximum(kl_layer, free_bits * size * examples)
-                kl_total = kl_total + kl_layer
-            loss = loss - (log_likelihood - beta * kl_total) / self.num_particles
-        return loss
-
-    def _get_trace(self, model, guide, args, kwargs):
-        raise NotImplementedError("LadderELBO computes its traces in differentiable_loss")
+        return self.objective(model, guide, *args, beta=self.vae.kl_weight(),
+                              free_bits=free_bits, **kwargs)
 
     def loss(self, model, guide, *args, **kwargs) -> float:
         with torch.no_grad():
             return float(self.differentiable_loss(model, guide, *args, **kwargs))
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        loss.backward()
+        loss = super().loss_and_grads(model, guide, *args, **kwargs)
         if self.vae.training:
             self.vae.training_steps += 1
-        return float(loss.detach())
-
+        return loss
