@@ -171,7 +171,8 @@ def epochs_for_budget(build: Callable[[], torch.nn.Module], splits: Splits, *,
 
 def train(model: torch.nn.Module, splits: Splits, *, epochs: int, batch_size: int, seed: int,
           checkpoint: Path | None = None, checkpoint_every: int = 50, resume: bool = False,
-          patience: int | None = None, report_every: int = 25, **options: Any) -> Training:
+          patience: int | None = None, report_every: int = 25, distributed: bool = False,
+          **options: Any) -> Training:
     """``probgen.fit`` for ``epochs`` epochs, validated once per epoch, the best epoch kept;
     ``options`` are the recipe's fit options (:func:`recipe`).
 
@@ -195,7 +196,7 @@ def train(model: torch.nn.Module, splits: Splits, *, epochs: int, batch_size: in
         transform=splits.transform,
         validation=splits.validation, patience=patience, restore_best=True, seed=seed,
         checkpoint=checkpoint, checkpoint_every=checkpoint_every * steps_per_epoch,
-        resume=resume, progress=False, callbacks=[report])
+        resume=resume, progress=False, callbacks=[report], distributed=distributed)
     cpu_seconds = time.process_time() - cpu
     best = result.best_step // steps_per_epoch if result.best_step is not None else None
     loss = options.get("loss")

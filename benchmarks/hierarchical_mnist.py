@@ -156,6 +156,9 @@ def main() -> None:
                              "calls per image)")
     parser.add_argument("--eval-batch", type=int, default=10, help="test images per IWAE chunk")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--distributed", action="store_true",
+                        help="data-parallel training under torchrun --nproc_per_node=W (rank 0 "
+                             "scores and writes)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-only", action="store_true", help="train (and save), no scores")
     parser.add_argument("--resume", action="store_true",
@@ -208,7 +211,7 @@ def main() -> None:
         training = train(model, splits, epochs=args.epochs, batch_size=args.batch_size,
                          seed=args.seed, checkpoint=save_dir / f"{stem}.fit.pt",
                          checkpoint_every=5, resume=args.resume, patience=args.patience,
-                         report_every=5, **model_options)
+                         report_every=5, distributed=args.distributed, **model_options)
         stages = [{"objective": describe_recipe(model_options), "epochs": training.epochs,
                    "train_seconds": round(training.seconds, 1), "best_epoch": training.best_epoch,
                    "model_selection": training.model_selection}]
@@ -220,13 +223,16 @@ def main() -> None:
             tuned = train(model, splits, epochs=args.finetune_epochs, batch_size=args.batch_size,
                           seed=args.seed + 1, checkpoint=save_dir / f"{stem}.finetune.pt",
                           checkpoint_every=1, resume=args.resume, patience=args.patience,
-                          report_every=1, **finetune)
+                          report_every=1, distributed=args.distributed, **finetune)
             stages.append({"objective": describe_recipe(finetune), "epochs": tuned.epochs,
                            "train_seconds": round(tuned.seconds, 1),
                            "best_epoch": tuned.best_epoch,
                            "model_selection": tuned.model_selection})
             curves["finetune_validation_per_epoch"] = tuned.validation_per_epoch
+        if args.distributed and torch.distributed.get_rank() != 0:
+            continue  # rank 0 saves and scores
         torch.save(model.state_dict(), save_dir / f"{stem}.pt")
+        print(f"{name}: {json.dumps({'train_seconds': stages[0]['train_seconds'], 'epochs': stages[0]['epochs']})}", flush=True)
         if args.train_only:
             continue
         seconds = sum(stage["train_seconds"] for stage in stages)
