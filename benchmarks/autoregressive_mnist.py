@@ -107,7 +107,10 @@ def main() -> None:
     parser.add_argument("--patience", type=int, default=30,
                         help="stop after this many epochs without a better validation NLL")
     parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    parser.add_argument("--optimizer", default="adam", choices=("adam", "adagrad"),
+                        help="adam (fit's fused Adam) or adagrad (pyro.optim.Adagrad: the MADE "
+                             "paper's code uses AdaGrad at 0.01)")
     parser.add_argument("--hidden", default="500", help="MADE hidden widths, e.g. 8000,8000")
     parser.add_argument("--num-masks", type=int, default=1, help="MADE orderings/connectivities")
     parser.add_argument("--direct", action="store_true", help="MADE direct input-output links")
@@ -146,6 +149,8 @@ def main() -> None:
 
     # no latents: the ELBO of the program is the exact -log p(x)
     options = recipe(lr=args.lr, loss=Trace_ELBO())
+    if args.optimizer == "adagrad":
+        options["optim"] = pyro.optim.Adagrad({"lr": args.lr})
 
     for name, budget in zip(names, minutes):
         if name not in MODELS:
@@ -154,6 +159,8 @@ def main() -> None:
         pyro.set_rng_seed(args.seed)
         with torch.device("meta"):  # the configuration only, no memory
             label, arch = describe(name, make(name, args))
+        if args.optimizer != "adam":
+            label += f", {args.optimizer} {args.lr:g}"
         stem = re.sub(r"\W+", "_", label)
         plan = save_dir / f"{stem}.plan.json"
         planned = read_plan(plan) if args.resume and budget is not None else None
@@ -179,6 +186,7 @@ def main() -> None:
                   "seconds_per_epoch": round(training.seconds / max(training.epochs, 1e-9), 2),
                   "training_objective": "exact NLL (Trace_ELBO of a program with no latents)",
                   "model_selection": training.model_selection, **training.settings,
+                  "optimizer": f"{args.optimizer}, lr {args.lr:g}",
                   "final_train_loss": training.final_train_loss,
                   "train_loss_per_epoch": training.train_loss_per_epoch,
                   "validation_loss_per_epoch": training.validation_per_epoch,
