@@ -207,6 +207,12 @@ def load(path: str | os.PathLike, *, model: Callable | None = None, guide: Calla
         raise CheckpointError(f"{path}: the saved config does not fit {cls.__name__} ({error}); "
                               f"it was written by probgen {state.get('probgen_version')} or "
                               "crafted") from None
+    saved_dtype = next((v.dtype for v in saved.values()
+                        if torch.is_tensor(v) and v.is_floating_point()), None)
+    built_dtype = next((v.dtype for v in model.state_dict().values()
+                        if torch.is_tensor(v) and v.is_floating_point()), None)
+    if saved_dtype is not None and built_dtype not in (None, saved_dtype):
+        model.to(saved_dtype)  # a float64 model comes back float64, not rounded to float32
     try:
         missing, unexpected = model.load_state_dict(saved, strict=False)
     except RuntimeError as error:  # size mismatches
