@@ -127,3 +127,21 @@ def test_checkpoints_follow_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "r.pt").stat().st_mode) == 0o644
+
+
+def test_evaluate_uses_the_guide_fit_attached_to_a_bundled_model(tmp_path):
+    """A bundled model without its own guide gets fit's AutoNormal; evaluate uses it, also after
+    save/load, without guide=."""
+    torch.manual_seed(0)
+    x = torch.randn(100, 2) * 0.5 + torch.tensor([2.0, -1.0])
+    fitted = NormalLatentModel()
+    probgen.fit(fitted, x, num_steps=200, optim=0.05, seed=0, progress=False)
+    implicit = probgen.evaluate(fitted, x, seed=3)  # predictive over the guide's posterior draws
+    explicit = probgen.evaluate(fitted, x, seed=3, guide=fitted.autoguide)
+    assert implicit.settings["posterior"].startswith("AutoNormal guide")
+    torch.testing.assert_close(implicit.per_example, explicit.per_example)
+    probgen.save(fitted, tmp_path / "m.pt")
+    pyro.clear_param_store()
+    loaded = probgen.load(tmp_path / "m.pt")
+    again = probgen.evaluate(loaded, x, seed=3)
+    torch.testing.assert_close(again.per_example, implicit.per_example)

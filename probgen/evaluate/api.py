@@ -182,6 +182,8 @@ def _evaluate(model, batch, guide, estimator, k, batch_size, data_space, num_dim
     program = model.model if bundled else model
     if guide is None and bundled and model.has_guide:
         guide = model.guide
+    elif guide is None and bundled and getattr(model, "autoguide", None) is not None:
+        guide = model.autoguide  # the guide fit built for it (saved and loaded with it)
     probe = tuple(t[: min(n, 2)] for t in batch) if n > 1 else batch
     if estimator == "auto" and bundled and model.default_estimator is not None:
         estimator = model.default_estimator
