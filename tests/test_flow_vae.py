@@ -40,7 +40,9 @@ def best_diagonal_gap() -> float:
 @pytest.mark.parametrize("posterior", ["iaf", "nsf"])
 def test_iwae_is_below_exact_and_converges(posterior):
     """An untrained flow q: ELBO <= IWAE-10 <= IWAE-3000 <= exact (+ ~3 MC standard deviations)."""
-    vae = linear_decoder(FlowVAE, W_MILD, 1.0, posterior=posterior, flow_hidden=(16,))
+    # base N(0, I): the prior, a proposal IWAE-3000 corrects (the encoder's random Gaussian is not)
+    vae = linear_decoder(FlowVAE, W_MILD, 1.0, posterior=posterior, flow_hidden=(16,),
+                         gaussian_base=False)
     x = exact_marginal(W_MILD, 1.0).sample((40,))
     exact = float(exact_marginal(W_MILD, 1.0).log_prob(x).mean())
     elbo = probgen.evaluate(vae, x, estimator="elbo", k=200, seed=0)
@@ -110,3 +112,22 @@ def test_registered():
     from probgen.models.registry import get_model_class
 
     assert get_model_class("flow_vae") is FlowVAE
+
+
+@pytest.mark.parametrize("posterior", ["iaf", "nsf"])
+def test_gaussian_base_scores_its_samples_consistently(posterior):
+    """q = flow steps on N(μ(x), σ(x)): the density cached while sampling equals the inverse pass,
+    and a base scale of 1e-4 pins q to the flow's image of μ(x) (the base is really used)."""
+    vae = FlowVAE((6,), latent_dim=3, hidden_features=(8,), posterior=posterior,
+                  flow_hidden=(8,)).double()
+    x = torch.randn(5, 6, dtype=torch.float64)
+    q = vae.posterior(x)
+    z = q.rsample((4,))
+    cached = q.log_prob(z)
+    fresh = vae.posterior(x).log_prob(z)  # a new distribution: no cache, the inverse pass
+    torch.testing.assert_close(cached, fresh, rtol=1e-8, atol=1e-8)
+    h = vae.context(x)
+    loc = h[..., :3]
+    narrow = vae.flow(h, base=(loc, torch.full_like(loc, 1e-4)))
+    draws = narrow.rsample((50,))
+    assert float(draws.std(0).max()) < 1e-2  # almost a point: the base's spread, transformed

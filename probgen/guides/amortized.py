@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import zuko
 from torch import Tensor, nn
 
 from probgen.distributions.flow import Flow, FlowDistribution
@@ -48,6 +49,19 @@ class AmortizedFlowPosterior(nn.Module):
         self.flow = Flow(self.latent_dim, self.context_dim, kind=_KINDS[kind], inverse=True,
                          transforms=transforms, hidden=hidden, **options)
 
-    def forward(self, context: Tensor) -> FlowDistribution:
-        """q(z | context), batch shape ``context.shape[:-1]``, event shape ``(latent_dim,)``."""
-        return self.flow(context)
+    def forward(self, context: Tensor, base: tuple[Tensor, Tensor] | None = None
+                ) -> FlowDistribution:
+        """q(z | context), batch shape ``context.shape[:-1]``, event shape ``(latent_dim,)``.
+
+        ``base=(loc, scale)``: the flow starts from N(loc, diag(scale²)) instead of N(0, I), i.e.
+        z_0 = loc + scale ⊙ ε and the flow's steps act on z_0 (Kingma et al.'s IAF: the encoder's
+        Gaussian, then the autoregressive steps), so an untrained flow is the encoder's Gaussian.
+        """
+        q = self.flow(context)
+        if base is None:
+            return q
+        if not isinstance(q.dist, zuko.distributions.NormalizingFlow):
+            raise ValueError("a Gaussian base needs the zuko backend")
+        loc, scale = base
+        return FlowDistribution(zuko.distributions.NormalizingFlow(
+            q.dist.transform, zuko.distributions.DiagNormal(loc, scale)))

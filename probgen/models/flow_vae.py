@@ -34,6 +34,9 @@ class FlowVAE(VAE):
         posterior: ``"iaf"`` or ``"nsf"``.
         flow_transforms: the number of flow steps.
         flow_hidden: hidden widths of each step's autoregressive network.
+        gaussian_base: the flow starts from the encoder's Gaussian N(μ(x), σ(x)) (Kingma et al.,
+            2016: z_0 = μ + σ ⊙ ε, then the flow steps), so an untrained flow posterior is the
+            plain VAE's; False starts from N(0, I) and leaves everything to the steps.
         kwargs: everything :class:`~probgen.models.vae.VAE` takes (``data_shape``,
             ``latent_dim``, ``hidden_features``, ``likelihood``, ``network``, ...).
 
@@ -45,7 +48,7 @@ class FlowVAE(VAE):
 
     def __init__(self, data_shape: Sequence[int] = (784,), *, posterior: str = "iaf",
                  flow_transforms: int = 2, flow_hidden: Sequence[int] = (128, 128),
-                 **vae_options: Any) -> None:
+                 gaussian_base: bool = True, **vae_options: Any) -> None:
         if posterior not in POSTERIORS:
             raise ValueError(f"posterior must be one of {POSTERIORS}, got {posterior!r}")
         if int(flow_transforms) < 1 or not flow_hidden or min(flow_hidden) <= 0:
@@ -55,9 +58,11 @@ class FlowVAE(VAE):
         if self.num_classes is not None:
             raise ValueError("FlowVAE is unconditional; use VAE(num_classes=...) for labels")
         flow_config = {"posterior": posterior, "flow_transforms": int(flow_transforms),
-                       "flow_hidden": [int(w) for w in flow_hidden]}
+                       "flow_hidden": [int(w) for w in flow_hidden],
+                       "gaussian_base": bool(gaussian_base)}
         self.config.update(flow_config)  # so probgen.load rebuilds the flow too
         self.posterior_kind = posterior
+        self.gaussian_base = bool(gaussian_base)
         self.flow = AmortizedFlowPosterior(self.latent_dim, 2 * self.latent_dim, posterior,
                                            transforms=int(flow_transforms),
                                            hidden=tuple(flow_config["flow_hidden"]))
@@ -72,7 +77,11 @@ class FlowVAE(VAE):
 
     def posterior(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dist.Distribution:
         """q(z | x): the amortized flow with context h(x); batch ``x``'s batch, event ``(latent_dim,)``."""
-        return self.flow(self.context(x))
+        h = self.context(x)
+        if not self.gaussian_base:
+            return self.flow(h)
+        loc, log_scale = h.split(self.latent_dim, -1)
+        return self.flow(h, base=(loc, log_scale.clamp(-10.0, 10.0).exp()))
 
     def default_loss(self) -> pyro.infer.ELBO:
         """Trace_ELBO: the flow's KL has no closed form (log q is scored on q's own samples)."""
