@@ -167,7 +167,13 @@ def main() -> None:
     parser.add_argument("--save-dir",
                         default=str(Path(tempfile.gettempdir()) / "probgen_hierarchical_mnist"),
                         help="where checkpoints and trained state_dicts go (to resume, re-evaluate)")
+    parser.add_argument("--merge", default=None,
+                        help="only merge: the measured rows of these --out folders (comma-"
+                             "separated; e.g. models trained in parallel processes) into --out")
     args = parser.parse_args()
+    if args.merge:
+        merge([Path(folder) / RESULT.name for folder in args.merge.split(",")], Path(args.out))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     names = args.models.split(",")
@@ -280,6 +286,23 @@ def score(name: str, model: torch.nn.Module, x_test: torch.Tensor, test: torch.T
                      "test_subset": f"torch.randperm(10000, seed={args.seed})[:{len(data)}]",
                      "eval_seconds": round(time.perf_counter() - started, 1)})
     return rows
+
+
+def merge(paths: list[Path], out: Path) -> None:
+    """One results file from several runs' files: their measured rows (later files win for a
+    model they share), each with the settings it ran with, then the published rows."""
+    rows: dict[tuple, dict] = {}
+    for path in paths:
+        for row in json.loads(path.read_text()):
+            if row.get("machine"):
+                rows[(row["model"], row["estimator"])] = row
+    merged = list(rows.values()) + [
+        {**row, "binarization": "dynamic", "estimator": "iwae", "k": 5000, "machine": None,
+         "epochs": None, "train_seconds": None, "stderr": None} for row in PUBLISHED]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RESULT.name).write_text(json.dumps(merged, indent=1, default=str))
+    print_table(merged, COLUMNS)
+    print(f"wrote {out / RESULT.name}")
 
 
 def with_published(rows: list[dict]) -> list[dict]:
