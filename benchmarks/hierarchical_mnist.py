@@ -167,6 +167,10 @@ def main() -> None:
     parser.add_argument("--save-dir",
                         default=str(Path(tempfile.gettempdir()) / "probgen_hierarchical_mnist"),
                         help="where checkpoints and trained state_dicts go (to resume, re-evaluate)")
+    parser.add_argument("--subset-only", action="store_true",
+                        help="no training: load each model's trained state_dict from --save-dir "
+                             "and add its IWAE-k (k=--hybrid-k) row on the hybrid's test subset "
+                             "(the like-for-like companion of the hybrid's trajectory bound)")
     parser.add_argument("--merge", default=None,
                         help="only merge: the measured rows of these --out folders (comma-"
                              "separated; e.g. models trained in parallel processes) into --out")
@@ -199,13 +203,15 @@ def main() -> None:
     save_dir.mkdir(parents=True, exist_ok=True)
     result = Path(args.out) / RESULT.name
     rows: list[dict] = []
-    if args.append and result.exists():
+    if (args.append or args.subset_only) and result.exists():
         rows = [row for row in json.loads(result.read_text()) if row.get("machine")]
 
+    if args.subset_only:
+        subset_rows(names, rows, order, splits.test, save_dir, args)
+        save(rows, args)
+        return
     for name in names:
-        label = f"probgen {name}, {'-'.join(map(str, args.hidden))} {args.activation}, " \
-                f"{args.epochs} epochs" + (f" + IWAE-{args.finetune_k} {args.finetune_epochs}"
-                                            if args.finetune_epochs and name != "hybrid" else "")
+        label = label_of(name, args)
         stem = re.sub(r"\W+", "_", label)
         pyro.clear_param_store()  # each model starts from an empty store (names are stable)
         pyro.set_rng_seed(args.seed)
@@ -263,6 +269,42 @@ def main() -> None:
             save(rows, args)
     if not args.train_only:
         print_table(with_published(rows), COLUMNS)
+
+
+def label_of(name: str, args: argparse.Namespace) -> str:
+    return (f"probgen {name}, {'-'.join(map(str, args.hidden))} {args.activation}, "
+            f"{args.epochs} epochs" + (f" + IWAE-{args.finetune_k} {args.finetune_epochs}"
+                                       if args.finetune_epochs and name != "hybrid" else ""))
+
+
+def subset_rows(names: list[str], rows: list[dict], order: torch.Tensor, test: torch.Tensor,
+                save_dir: Path, args: argparse.Namespace) -> None:
+    """IWAE-k on the hybrid's seeded test subset for already trained models, in place."""
+    subset = test[order[:args.hybrid_num_test]]
+    for name in names:
+        label = label_of(name, args)
+        earlier = [row for row in rows if row["model"] == label and row["estimator"] == "iwae"
+                   and row["num_test"] == len(test)]
+        if not earlier:
+            raise SystemExit(f"no full-test-set row of {label!r} in --out to add a subset row to")
+        model = build(name, args, re.sub(r"\W+", "_", label) + "_scored")
+        stem = re.sub(r"\W+", "_", label)
+        model.load_state_dict(torch.load(save_dir / f"{stem}.pt", map_location=args.device,
+                                         weights_only=True))
+        started = time.perf_counter()
+        ll = probgen.evaluate(model, subset, estimator="iwae", k=args.hybrid_k, seed=args.seed,
+                              batch_size=100)
+        rows[:] = [row for row in rows if not (row["model"] == label and
+                                               row.get("test_subset", "").endswith(
+                                                   f"[:{len(subset)}]"))]
+        rows.append({**earlier[0], "estimator": "iwae", "k": args.hybrid_k, "kind": ll.kind,
+                     "nll_nats": ll.nll, "stderr": ll.stderr, "num_test": ll.num_examples,
+                     "estimator_settings": ll.settings,
+                     "test_subset": f"torch.randperm(10000, seed={args.seed})[:{len(subset)}]",
+                     "eval_seconds": round(time.perf_counter() - started, 1),
+                     "note": "the hybrid's test subset and k, for a like-for-like comparison"})
+        print(f"{label}: IWAE-{args.hybrid_k} on {len(subset)} test images {ll.nll:.2f} "
+              f"± {ll.stderr:.2f}", flush=True)
 
 
 def score(name: str, model: torch.nn.Module, x_test: torch.Tensor, test: torch.Tensor,
