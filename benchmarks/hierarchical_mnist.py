@@ -337,7 +337,7 @@ def merge(paths: list[Path], out: Path) -> None:
     for path in paths:
         for row in json.loads(path.read_text()):
             if row.get("machine"):
-                rows[(row["model"], row["estimator"])] = row
+                rows[(row["model"], row["estimator"], row.get("k"), row.get("num_test"))] = row
     merged = list(rows.values()) + [
         {**row, "binarization": "dynamic", "estimator": "iwae", "k": 5000, "machine": None,
          "epochs": None, "train_seconds": None, "stderr": None} for row in PUBLISHED]

@@ -234,7 +234,8 @@ def protocol_status(rows: list[Row]) -> dict[tuple, str]:
             status[group] = (f"published: {source}" if cited else
                              f"published, no paper and table cited ({source})")
             continue
-        iwae = [r for r in members if r.get("estimator") == "iwae"]
+        # the hybrid's valid bound is the IWAE over (z, its diffusion trajectory)
+        iwae = [r for r in members if r.get("estimator") in ("iwae", "diffusion_iwae")]
         test = max(iwae, key=lambda r: _num(r.get("k")) or 0) if iwae else members[-1]
         reasons = []
         selection = str(test.get("model_selection") or "")
