@@ -519,6 +519,13 @@ SECTIONS: dict[str, Section] = {
                 if _num(r.get("train_minutes")) else "")])],
         problem=lambda s: text(s.get("data")),
     ),
+    "data_parallel": Section(
+        "Data-parallel fit over CPU processes",
+        [Part([("model", key("model")), ("processes", key("processes")),
+               ("epochs", key("epochs")), ("train s", key("train_seconds", sig)),
+               ("s/epoch", key("seconds_per_epoch", sig)), ("speed-up", key("speed_up", ratio))])],
+        problem=lambda s: text(s.get("note")),
+    ),
     "svi_overhead": Section(
         "SVI step overhead vs hand-written PyTorch",
         [Part([("variant", key("variant")), ("CPU ms/step", key("cpu_ms", sig)),
