@@ -131,3 +131,19 @@ def test_gaussian_base_scores_its_samples_consistently(posterior):
     narrow = vae.flow(h, base=(loc, torch.full_like(loc, 1e-4)))
     draws = narrow.rsample((50,))
     assert float(draws.std(0).max()) < 1e-2  # almost a point: the base's spread, transformed
+
+
+def test_a_file_saved_before_gaussian_base_loads_with_the_posterior_it_was_trained_with(tmp_path):
+    """Old files have no "gaussian_base": they meant N(0, I), not the new default."""
+    vae = FlowVAE((6,), latent_dim=3, hidden_features=(8,), flow_hidden=(8,),
+                  gaussian_base=False).double()
+    path = probgen.save(vae, tmp_path / "old.pt")
+    state = torch.load(path, weights_only=True)
+    del state["config"]["gaussian_base"]  # as written before the option existed
+    torch.save(state, path)
+    loaded = probgen.load(path)
+    assert loaded.gaussian_base is False
+    x = torch.bernoulli(torch.full((5, 6), 0.4, dtype=torch.float64))
+    before = probgen.evaluate(vae, x, estimator="iwae", k=8, seed=0).per_example
+    after = probgen.evaluate(loaded, x, estimator="iwae", k=8, seed=0).per_example
+    torch.testing.assert_close(before, after)

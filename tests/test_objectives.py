@@ -234,6 +234,7 @@ def test_fit_sets_the_scheduled_rate_every_step():
     ({"kl_warmup_epochs": -1}, ValueError, "kl_warmup_epochs must be"),
     ({"free_bits": -0.5}, ValueError, "free_bits must be"),
     ({"kl_warmup_epochs": 2, "loss": "iwae"}, ValueError, "do not combine with loss="),
+    ({"loss": "iwae"}, ValueError, "k >= 2 importance samples"),
 ])
 def test_recipe_options_refuse_bad_values(kwargs, error, match):
     x = torch.randn(20, dtype=torch.float64)

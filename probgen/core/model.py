@@ -57,6 +57,9 @@ class GenerativeModel(nn.Module):
     support: ClassVar[str] = "real"
     default_method: ClassVar[str] = "svi"
     default_estimator: ClassVar[str | None] = None  # what estimator="auto" picks, if not exact/iwae
+    # config keys added after models were saved without them: the value such a file meant
+    # (probgen.load fills it in), which may differ from the constructor's new default
+    saved_config_defaults: ClassVar[dict[str, Any]] = {}
     checks_padding: ClassVar[bool] = False  # validate_batch checks values past each length
 
     # --- declarations ----------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Training objectives for any Pyro program with a guide: the IWAE bound, and the ELBO with KL
-warm-up and free bits. ``probgen.fit`` builds them from ``loss="iwae"``, ``kl_warmup=``,
+warm-up and free bits. ``probgen.fit`` builds them from ``loss="iwae"``, ``kl_warmup_epochs=``,
 ``free_bits=``; they are also plain ``pyro.infer.ELBO`` objects a user may pass as ``loss=``."""
 
 from __future__ import annotations

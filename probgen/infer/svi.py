@@ -54,6 +54,9 @@ def make_loss(loss: Any, info: ProgramInfo, num_particles: int, *, kl_warmup_ste
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; choose one of {sorted(LOSSES)} or pass an ELBO")
         if loss == "iwae":
+            if num_particles < 2:
+                raise ValueError("loss='iwae' needs num_particles=k >= 2 importance samples "
+                                 "(k=1 is the ELBO); e.g. num_particles=50")
             if info.discrete_latents:
                 raise ValueError(f"loss='iwae' samples every latent from the guide; discrete "
                                  f"latents {sorted(info.discrete_latents)} are summed out by "
@@ -282,9 +285,9 @@ class SVI(TrainingMethod):
         self._guide = guide
         self.loss_program = (config_enumerate(setup.program, default="parallel")
                              if self.info.discrete_latents else setup.program)
-        loss = setup.loss if setup.loss is not None or bundled is None else bundled.default_loss()
-        if setup.kl_warmup_steps or setup.free_bits:
-            loss = setup.loss  # fit's annealing replaces a bundled model's default loss
+        annealed = bool(setup.kl_warmup_steps or setup.free_bits)  # replaces a default loss
+        loss = (setup.loss if setup.loss is not None or bundled is None or annealed
+                else bundled.default_loss())
         self.elbo = make_loss(loss, self.info, setup.num_particles,
                               kl_warmup_steps=setup.kl_warmup_steps, free_bits=setup.free_bits)
         args = _optimizer_args(setup.optim)

@@ -46,6 +46,8 @@ class FlowVAE(VAE):
         torch.Size([5])
     """
 
+    saved_config_defaults = {"gaussian_base": False}  # files saved before the option: N(0, I)
+
     def __init__(self, data_shape: Sequence[int] = (784,), *, posterior: str = "iaf",
                  flow_transforms: int = 2, flow_hidden: Sequence[int] = (128, 128),
                  gaussian_base: bool = True, **vae_options: Any) -> None:

@@ -18,7 +18,7 @@ from probgen.distributions.likelihoods import (
     observation_distribution,
 )
 from probgen.guides.amortized import AmortizedFlowPosterior
-from probgen.infer.objectives import AnnealedELBO
+from probgen.infer.objectives import AnnealedELBO, kl_weight
 from probgen.models.registry import register_model
 from probgen.models.vae import ObservationCapabilities
 from probgen.nn import MLP, ConvDecoder, ConvEncoder, activation
@@ -257,9 +257,7 @@ class HierarchicalVAE(ObservationCapabilities, GenerativeModel):
 
     def kl_weight(self) -> float:
         """β of the KL term at the current training step (1 in eval mode or without warm-up)."""
-        if not self.training or self.warmup_steps == 0:
-            return 1.0
-        return min(1.0, (int(self.training_steps) + 1) / self.warmup_steps)
+        return kl_weight(int(self.training_steps), self.warmup_steps) if self.training else 1.0
 
     # --- checks and use ----------------------------------------------------------------
     def event_shape(self) -> tuple[int, ...]:
@@ -323,7 +321,7 @@ class LadderELBO(AnnealedELBO):
 
     Both act only while ``vae.training`` (``loss`` follows the mode too: ``probgen.evaluate``
     and fit's validation call ``model.eval()`` and get the true bound); ``loss_and_grads``
-    advances ``vae.training_steps``. ``fit(kl_warmup=, free_bits=)`` replaces this loss with the
+    advances ``vae.training_steps``. ``fit(kl_warmup_epochs=, free_bits=)`` replaces this loss with the
     generic one, whose warm-up follows fit's step count instead.
     """
 

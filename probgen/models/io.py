@@ -200,6 +200,7 @@ def load(path: str | os.PathLike, *, model: Callable | None = None, guide: Calla
         raise CheckpointError(f"{path} holds a {state['format']!r} checkpoint, not a saved model; "
                               "resume it with probgen.fit(..., checkpoint=path, resume=True)")
     cls, config, saved = _checked_model_state(state, path)
+    config = {**cls.saved_config_defaults, **config}
     _check_shapes_before_allocating(cls, config, saved, path)
     try:
         model = cls(**config)
