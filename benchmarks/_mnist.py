@@ -81,10 +81,11 @@ def mnist_splits(binarization: str, *, seed: int = 0, smoke: bool = False,
 
 # --- recipes ----------------------------------------------------------------------------------
 def recipe(*, lr: float, final_lr: float | None = None, loss: Any = None, num_particles: int = 1,
-           kl_warmup_epochs: float | None = None, free_bits: float = 0.0) -> dict[str, Any]:
+           kl_warmup_epochs: float | None = None, free_bits: float = 0.0,
+           ema_decay: float | None = None) -> dict[str, Any]:
     """A training recipe as ``probgen.fit`` options: Adam at ``lr`` (cosine to ``final_lr``),
-    the loss (None: the model's ELBO; ``"iwae"``: IWAE-k, k = ``num_particles``), KL warm-up and
-    free bits."""
+    the loss (None: the model's ELBO; ``"iwae"``: IWAE-k, k = ``num_particles``), KL warm-up,
+    free bits and parameter averaging (``ema_decay``)."""
     options: dict[str, Any] = {"optim": {"lr": lr}, "loss": loss, "num_particles": num_particles}
     if final_lr is not None:
         options.update(lr_schedule="cosine", final_lr=final_lr)
@@ -92,6 +93,8 @@ def recipe(*, lr: float, final_lr: float | None = None, loss: Any = None, num_pa
         options["kl_warmup_epochs"] = kl_warmup_epochs
     if free_bits:
         options["free_bits"] = free_bits
+    if ema_decay:
+        options["ema_decay"] = ema_decay
     return options
 
 
@@ -110,6 +113,8 @@ def describe_recipe(options: dict[str, Any]) -> str:
     if options.get("lr_schedule"):
         extras.append(f"{options['lr_schedule']} lr {options['optim']['lr']:g} -> "
                       f"{options['final_lr']:g}")
+    if options.get("ema_decay"):
+        extras.append(f"parameter average (EMA {options['ema_decay']:g}) validated and kept")
     return text + (f", {', '.join(extras)}" if extras else "")
 
 
@@ -207,13 +212,25 @@ def train(model: torch.nn.Module, splits: Splits, *, epochs: int, batch_size: in
                  f"{len(result.losses) / steps_per_epoch:g}; the test set is used only to report")
     return Training(len(result.losses) / steps_per_epoch, result.seconds, cpu_seconds,
                     _per_epoch(result, steps_per_epoch), [v for _, v in result.validation],
-                    best, selection, {"optim": "Adam" + (
+                    best, selection, {"optim": _optimizer_name(options.get("optim")) + (
                                           f", {options['lr_schedule']} lr to "
                                           f"{options['final_lr']:g} per step"
-                                          if options.get("lr_schedule") else ""),
+                                          if options.get("lr_schedule") else "")
+                                      + (f", parameters averaged (EMA {options['ema_decay']:g}; "
+                                         "the average is validated and kept)"
+                                         if options.get("ema_decay") else ""),
                                       "batch_size": batch_size, "seed": seed,
                                       "num_train": len(splits.train),
                                       "num_validation": len(splits.validation)})
+
+
+def _optimizer_name(optim: Any) -> str:
+    """'Adam' for fit's own optimizer (a rate or options dict), else the Pyro optimizer's."""
+    constructor = getattr(optim, "pt_optim_constructor", None)
+    if constructor is None:
+        return "Adam"
+    arguments = getattr(optim, "pt_optim_args", {}) or {}
+    return constructor.__name__ + (f" {arguments['lr']:g}" if "lr" in arguments else "")
 
 
 def write_plan(path: Path, epochs: int) -> None:

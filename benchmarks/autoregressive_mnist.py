@@ -62,7 +62,7 @@ COLUMNS = ["model", "estimator", "nll_nats", "stderr", "num_test", "epochs", "tr
 def make(name: str, args: argparse.Namespace) -> torch.nn.Module:
     if name == "made":
         return MADE(784, args.hidden, num_masks=args.num_masks, direct_connections=args.direct,
-                    natural_ordering=not args.random_order, seed=args.seed)
+                    natural_ordering=not args.random_order, seed=args.seed, init=args.init)
     if name == "pixelcnn":
         return PixelCNN((28, 28), channels=args.channels, layers=args.layers,
                         head_channels=args.head_channels)
@@ -90,7 +90,8 @@ def describe(name: str, model: torch.nn.Module) -> tuple[str, str]:
         return (label,
                 f"784-{widths}-784 {c['activation']}, {masks} (orderings and connectivities, "
                 f"seed {c['seed']}; mask 0 in {order} order)"
-                + (", direct input-output" if c["direct_connections"] else ""))
+                + (", direct input-output" if c["direct_connections"] else "")
+                + (f", {c['init']} init" if c.get("init", "default") != "default" else ""))
     return (f"probgen gated PixelCNN, {c['layers']} layers",
             f"gated PixelCNN: {c['first_kernel_size']}x{c['first_kernel_size']} mask A + "
             f"{c['layers'] - 1} gated {c['kernel_size']}x{c['kernel_size']} layers, "
@@ -114,6 +115,10 @@ def main() -> None:
     parser.add_argument("--hidden", default="500", help="MADE hidden widths, e.g. 8000,8000")
     parser.add_argument("--num-masks", type=int, default=1, help="MADE orderings/connectivities")
     parser.add_argument("--direct", action="store_true", help="MADE direct input-output links")
+    parser.add_argument("--init", default="default", choices=("default", "orthogonal"),
+                        help="MADE weight init (orthogonal: the authors' released code)")
+    parser.add_argument("--ema-decay", type=float, default=None,
+                        help="fit(ema_decay=): validate and keep the parameters' moving average")
     parser.add_argument("--random-order", action="store_true",
                         help="MADE mask 0 in a seeded random pixel order (the paper's code "
                              "shuffles the order before training), not 1..784")
@@ -148,7 +153,7 @@ def main() -> None:
         rows = [row for row in json.loads(result.read_text()) if row.get("machine")]
 
     # no latents: the ELBO of the program is the exact -log p(x)
-    options = recipe(lr=args.lr, loss=Trace_ELBO())
+    options = recipe(lr=args.lr, loss=Trace_ELBO(), ema_decay=args.ema_decay)
     if args.optimizer == "adagrad":
         options["optim"] = pyro.optim.Adagrad({"lr": args.lr})
 
@@ -161,6 +166,10 @@ def main() -> None:
             label, arch = describe(name, make(name, args))
         if args.optimizer != "adam":
             label += f", {args.optimizer} {args.lr:g}"
+        if name == "made" and args.init != "default":
+            label += f", {args.init} init"
+        if args.ema_decay:
+            label += f", EMA {args.ema_decay:g}"
         stem = re.sub(r"\W+", "_", label)
         plan = save_dir / f"{stem}.plan.json"
         planned = read_plan(plan) if args.resume and budget is not None else None
@@ -186,7 +195,8 @@ def main() -> None:
                   "seconds_per_epoch": round(training.seconds / max(training.epochs, 1e-9), 2),
                   "training_objective": "exact NLL (Trace_ELBO of a program with no latents)",
                   "model_selection": training.model_selection, **training.settings,
-                  "optimizer": f"{args.optimizer}, lr {args.lr:g}",
+                  "optimizer": f"{args.optimizer}, lr {args.lr:g}"
+                               + (f", EMA {args.ema_decay:g}" if args.ema_decay else ""),
                   "final_train_loss": training.final_train_loss,
                   "train_loss_per_epoch": training.train_loss_per_epoch,
                   "validation_loss_per_epoch": training.validation_per_epoch,

@@ -7,7 +7,9 @@ Every model shares the encoder and decoder widths (784-H-H-[z] and back, ``--hid
 (``lr_schedule``), the ELBO or IWAE-k (``loss="iwae"``), optional IWAE-k fine-tuning
 (``--finetune-epochs``); the last 10,000 training images are the validation split (scored once per
 epoch, the best epoch kept) and checkpoints resume across sessions (``--resume``). The ladder adds
-a second stochastic layer above z (``--top-hidden``, ``--top-latent``); the flow VAE adds IAF
+a second stochastic layer above z (``--top-hidden``, ``--top-latent``) with precision-weighted
+ladder inference; ``two_layer`` adds the same layer with Burda et al.'s bottom-up inference
+q(z | x) q(z2 | z); the flow VAE adds IAF
 steps to q(z | x); the hybrid replaces N(0, I) by a diffusion prior. Each model gets the ELBO and
 IWAE-k (k=5000) on all 10,000 test images through ``probgen.evaluate``; the hybrid gets the
 valid IWAE over (z, its T-step diffusion trajectory) on a seeded subset (``--hybrid-num-test``).
@@ -53,7 +55,7 @@ PUBLISHED = [
     {"model": "NVAE (Vahdat & Kautz 2020)", "nll_nats": 78.01,
      "source": "Vahdat & Kautz 2020, Table 2 (dynamically binarized MNIST)"},
 ]
-MODELS = ("vae", "ladder", "flow_vae", "ladder_iaf", "hybrid")
+MODELS = ("vae", "ladder", "two_layer", "flow_vae", "ladder_iaf", "hybrid")
 RESULT = RESULTS / "hierarchical_mnist.json"
 COLUMNS = ["model", "estimator", "k", "nll_nats", "stderr", "num_test", "epochs",
            "train_seconds"]
@@ -75,6 +77,8 @@ def architecture(name: str, args: argparse.Namespace) -> str:
     flow = f"{args.flow_transforms}-step IAF ({hidden})"
     return {"vae": shared,
             "ladder": f"{shared}; ladder above z: {top}, precision-weighted inference",
+            "two_layer": f"{shared}; second stochastic layer above z: {top}, bottom-up "
+                         "inference q(z | x) q(z2 | z) (Burda et al. 2016)",
             "ladder_iaf": f"{shared}; ladder above z: {top}, {flow} on q(z2 | x)",
             "flow_vae": f"{shared}; {flow} on q(z | x)",
             "hybrid": f"{shared}; diffusion prior on z (denoiser "
@@ -102,6 +106,8 @@ def _build(name: str, args: argparse.Namespace) -> torch.nn.Module:
         return FlowVAE((784,), **vae, posterior="iaf", **flow)
     if name == "ladder":
         return HierarchicalVAE((784,), **ladder)
+    if name == "two_layer":
+        return HierarchicalVAE((784,), **ladder, inference="bottom_up")
     if name == "ladder_iaf":
         return HierarchicalVAE((784,), **ladder, top_posterior="iaf", **flow)
     if name == "hybrid":
@@ -137,6 +143,8 @@ def main() -> None:
                         help="fit kl_warmup_epochs: β rises from 0 to 1 over these epochs")
     parser.add_argument("--free-bits", type=float, default=0.0,
                         help="fit free_bits: nats per latent dimension and example")
+    parser.add_argument("--ema-decay", type=float, default=None,
+                        help="fit ema_decay: validate and keep the parameters' moving average")
     parser.add_argument("--objective", default="elbo", choices=("elbo", "iwae"))
     parser.add_argument("--train-k", type=int, default=5, help="particles for --objective iwae")
     parser.add_argument("--finetune-epochs", type=int, default=0,
@@ -196,7 +204,8 @@ def main() -> None:
     options = recipe(lr=args.lr, final_lr=args.final_lr or None,
                      loss="iwae" if args.objective == "iwae" else None,
                      num_particles=args.train_k if args.objective == "iwae" else 1,
-                     kl_warmup_epochs=args.kl_warmup_epochs, free_bits=args.free_bits)
+                     kl_warmup_epochs=args.kl_warmup_epochs, free_bits=args.free_bits,
+                     ema_decay=args.ema_decay)
     finetune = recipe(lr=args.lr / 3, final_lr=args.final_lr or None, loss="iwae",
                       num_particles=args.finetune_k)
     save_dir = Path(args.save_dir)
@@ -274,7 +283,8 @@ def main() -> None:
 def label_of(name: str, args: argparse.Namespace) -> str:
     return (f"probgen {name}, {'-'.join(map(str, args.hidden))} {args.activation}, "
             f"{args.epochs} epochs" + (f" + IWAE-{args.finetune_k} {args.finetune_epochs}"
-                                       if args.finetune_epochs and name != "hybrid" else ""))
+                                       if args.finetune_epochs and name != "hybrid" else "")
+            + (f", EMA {args.ema_decay:g}" if args.ema_decay else ""))
 
 
 def subset_rows(names: list[str], rows: list[dict], order: torch.Tensor, test: torch.Tensor,

@@ -363,7 +363,7 @@ def _cmd_fit(args) -> None:
                      loss=args.loss, num_particles=args.particles,
                      lr_schedule=args.lr_schedule, final_lr=args.final_lr,
                      kl_warmup_epochs=args.kl_warmup_epochs, free_bits=args.free_bits,
-                     device=args.device, checkpoint=out / "checkpoint.pt",
+                     ema_decay=args.ema_decay, device=args.device, checkpoint=out / "checkpoint.pt",
                      checkpoint_every=args.checkpoint_every, resume=args.resume,
                      progress=progress, distributed=distributed)
     except TrainingDiverged as error:
@@ -534,6 +534,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="KL weight rises from 0 to 1 over these epochs")
     fit_cmd.add_argument("--free-bits", type=float, default=0.0,
                          help="floor on each latent site's KL, nats per dimension and example")
+    fit_cmd.add_argument("--ema-decay", type=float, default=None,
+                         help="validate and keep the parameters' moving average, e.g. 0.999")
     fit_cmd.add_argument("--out", default="runs/fit")
     fit_cmd.add_argument("--checkpoint-every", type=int, default=None)
     fit_cmd.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")

@@ -54,6 +54,8 @@ MADES = {
     "K=3": dict(features=5, hidden_features=(16,), num_categories=3),
     "K=3, 3 orderings": dict(features=4, hidden_features=(16, 16), num_categories=3,
                              num_masks=3, direct_connections=True),
+    "orthogonal init": dict(features=6, hidden_features=(20,), direct_connections=True,
+                            init="orthogonal"),
 }
 
 
@@ -270,7 +272,22 @@ def test_save_and_load_round_trip(make, tmp_path):
                                probgen.evaluate(model, x).per_example)
 
 
+def test_made_orthogonal_init_has_orthonormal_weights_and_zero_biases(tmp_path):
+    model = MADE(6, (20, 4), direct_connections=True, init="orthogonal")
+    net = model.net
+    for weight in (net.hidden[0].weight, net.hidden[1].weight, net.output.weight,
+                   net.direct.weight):  # (out, in): orthonormal columns if tall, rows if wide
+        gram = weight.T @ weight if weight.shape[0] >= weight.shape[1] else weight @ weight.T
+        torch.testing.assert_close(gram, torch.eye(len(gram)))
+    assert all(float(layer.bias.abs().max()) == 0 for layer in (*net.hidden, net.output))
+    default = MADE(6, (20, 4))
+    assert float(default.net.hidden[0].bias.abs().max()) > 0  # the default init differs
+    probgen.save(model, tmp_path / "made.pt")
+    assert probgen.load(tmp_path / "made.pt").config["init"] == "orthogonal"
+
+
 @pytest.mark.parametrize("call, message", [
+    (lambda: MADE(4, (8,), init="xavier"), "init must be 'default' or 'orthogonal'"),
     (lambda: probgen.evaluate(MADE(4, (8,)), torch.full((3, 4), 0.5)), "binary"),
     (lambda: probgen.evaluate(MADE(4, (8,)), torch.zeros(3, 5)), r"shape \(5,\).*\(4,\)"),
     (lambda: probgen.evaluate(MADE(4, (8,), num_categories=3), torch.full((3, 4), 3)),

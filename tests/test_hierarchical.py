@@ -98,6 +98,85 @@ def test_iwae_is_below_exact_and_converges(top_posterior):
     assert exact - iwae < 0.1 * (exact - elbo)  # ...and IWAE-k closes most of the gap
 
 
+def bottom_up_linear_gaussian() -> tuple[HierarchicalVAE, MultivariateNormal]:
+    """z2 -> z1 -> x linear-Gaussian with A = (1.5, 0)ᵀ, so p(z1) is diagonal and the exact
+    posterior p(z1 | x) p(z2 | z1) is a bottom-up chain of diagonal Gaussians; the guide is set
+    to it. Returns the model and the exact marginal of x."""
+    a = torch.tensor([[1.5], [0.0]], dtype=torch.float64)
+    prior_var = (a**2)[:, 0] + S1**2  # p(z1) = N(A_BIAS, diag(prior_var))
+    vae = HierarchicalVAE((3,), latent_dims=(2, 1), hidden_features=((), ()),
+                          likelihood="gaussian", observation_scale=SIGMA,
+                          inference="bottom_up").double()
+    post_var = 1.0 / (1.0 / prior_var + (W**2).sum(0) / SIGMA**2)  # p(z1 | x): diagonal
+    gain = a[:, 0] / prior_var  # p(z2 | z1) = N(gain·(z1 - A_BIAS), 1 - a·gain)
+    with torch.no_grad():
+        down = vae.down[0][0]
+        down.weight.zero_()
+        down.weight[:2] = a
+        down.bias.copy_(torch.cat([A_BIAS, S1.log()]))
+        vae.decoder[0].weight.copy_(W)
+        vae.decoder[0].bias.copy_(B)
+        head1, head2 = vae.up_heads
+        head1.weight.zero_()
+        head1.weight[:2] = post_var[:, None] * W.T / SIGMA**2
+        head1.bias.copy_(torch.cat([post_var * (A_BIAS / prior_var - W.T @ B / SIGMA**2),
+                                    0.5 * post_var.log()]))
+        head2.weight.zero_()
+        head2.weight[0] = gain
+        head2.bias.copy_(torch.stack([-(gain @ A_BIAS), 0.5 * (1 - a[:, 0] @ gain).log()]))
+    cov = W @ (a @ a.T + torch.diag(S1**2)) @ W.T + SIGMA**2 * torch.eye(3, dtype=torch.float64)
+    return vae, MultivariateNormal(W @ A_BIAS + B, cov)
+
+
+def test_bottom_up_inference_with_the_exact_posterior_makes_every_bound_exact():
+    vae, marginal = bottom_up_linear_gaussian()
+    x = marginal.sample((50,))
+    for estimator, k in (("elbo", 3), ("iwae", 7)):
+        ll = probgen.evaluate(vae, x, estimator=estimator, k=k, seed=0)
+        torch.testing.assert_close(ll.per_example, marginal.log_prob(x), atol=1e-9, rtol=0)
+    with torch.no_grad():
+        vae.up_heads[1].bias[0] += 0.6  # a wrong q(z2 | z1): ELBO < IWAE-10 < IWAE-2000 <= exact
+    exact = float(marginal.log_prob(x).mean())
+    elbo = probgen.evaluate(vae, x, estimator="elbo", k=100, seed=0).mean
+    iwae10 = probgen.evaluate(vae, x, estimator="iwae", k=10, seed=0).mean
+    iwae = probgen.evaluate(vae, x, estimator="iwae", k=2000, seed=0).mean
+    assert elbo < iwae10 < iwae < exact + 1e-3 and exact - elbo > 0.1
+
+
+def test_bottom_up_q_z2_sees_z1_only():
+    vae, marginal = bottom_up_linear_gaussian()
+    x = marginal.sample((4,))
+    z1 = torch.randn(4, 2, dtype=torch.float64)
+    sites = []
+    for data in (x, x + 5.0):
+        trace = pyro.poutine.trace(pyro.poutine.condition(vae.guide, {"z1": z1})).get_trace(data)
+        sites.append(trace.nodes["z2"]["fn"].base_dist)
+    torch.testing.assert_close(sites[0].loc, sites[1].loc)  # x moved, z1 held: q(z2) unmoved
+    torch.testing.assert_close(sites[0].scale, sites[1].scale)
+
+
+def test_bottom_up_posterior_means_and_active_units_match_the_closed_form():
+    vae, marginal = bottom_up_linear_gaussian()
+    x = marginal.sample((400,))
+    head1, head2 = (head.requires_grad_(False) for head in vae.up_heads)
+    mean1 = x @ head1.weight[:2].T + head1.bias[:2]  # E[z1 | x] = M x + c
+    post_var1 = (2 * head1.bias[2:]).exp()
+    gain = head2.weight[0]
+    mean2 = mean1 @ gain + head2.bias[0]  # E[z2 | x] = g·E[z1 | x] + h
+    (m1, noise1), (m2, noise2) = vae.posterior_means(x, num_samples=200)
+    torch.testing.assert_close(m1, mean1.detach())
+    assert float(noise1.abs().max()) == 0.0
+    error_sd = float((gain**2 @ post_var1 / 200).sqrt())  # the Monte Carlo error of m2
+    assert float((m2[:, 0] - mean2).abs().max()) < 5 * error_sd
+    assert float(noise2.mean()) == pytest.approx(error_sd**2, rel=0.3)
+    cov_x = marginal.covariance_matrix
+    spread = [torch.diagonal(head1.weight[:2] @ cov_x @ head1.weight[:2].T),  # Var_x E[z_l | x]
+              (gain @ head1.weight[:2] @ cov_x @ head1.weight[:2].T @ gain)[None]]
+    for threshold in (1e-2, 0.5, 1.0):  # the spreads are 2.82, 0.19 (z1) and 0.76 (z2)
+        expected = [int((v > threshold).sum()) for v in spread]
+        assert vae.active_units(x, threshold, num_samples=200) == expected, threshold
+
+
 def test_single_layer_equals_the_plain_vae():
     """L=1 with the VAE's weights gives the same ELBO/IWAE values and training loss."""
     torch.manual_seed(0)
@@ -228,14 +307,17 @@ def test_fit_then_evaluate_conv_discretized():
         probgen.evaluate(vae, x * 20, estimator="elbo")
 
 
-def test_save_load_round_trip(tmp_path):
+@pytest.mark.parametrize("inference", ["ladder", "bottom_up"])
+def test_save_load_round_trip(tmp_path, inference):
     vae = HierarchicalVAE((8,), latent_dims=(3, 2), hidden_features=((16,), (8,)),
-                          top_posterior="iaf", flow_hidden=(8,), warmup_steps=3)
+                          top_posterior="iaf", flow_hidden=(8,), warmup_steps=3,
+                          inference=inference)
     x = torch.bernoulli(torch.full((10, 8), 0.3))
     probgen.fit(vae, x, num_steps=2, progress=False, seed=0)
     probgen.save(vae, tmp_path / "ladder")
     loaded = probgen.load(tmp_path / "ladder")
     assert type(loaded) is HierarchicalVAE and int(loaded.training_steps) == 2
+    assert loaded.inference == inference
     a = probgen.evaluate(vae, x, estimator="iwae", k=5, seed=1).per_example
     b = probgen.evaluate(loaded, x, estimator="iwae", k=5, seed=1).per_example
     torch.testing.assert_close(a, b)
@@ -246,6 +328,7 @@ def test_save_load_round_trip(tmp_path):
     ({"latent_dims": (4, 2), "hidden_features": ((8,),)}, "one entry per stochastic layer"),
     ({"likelihood": "poisson"}, "likelihood"),
     ({"top_posterior": "maf"}, "top_posterior"),
+    ({"inference": "top_down"}, "inference must be one of"),
     ({"network": "conv"}, "conv"),
     ({"free_bits": -1.0}, "free_bits"),
 ])

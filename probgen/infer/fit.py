@@ -16,6 +16,7 @@ from probgen.core.model import GenerativeModel
 from probgen.core.result import data_fingerprint
 from probgen.core.support import check_observed_support
 from probgen.core.validate import as_batch, check_device_name
+from probgen.infer.averaging import ParameterAverage
 from probgen.infer.batches import Batches, positive_int
 from probgen.infer.loop import ROLLBACK_EVERY, Loop, Run, restore_state
 from probgen.infer.method import TrainingMethod, TrainingSetup
@@ -95,6 +96,7 @@ def fit(
     loss: Any = None,
     kl_warmup_epochs: float | None = None,
     free_bits: float = 0.0,
+    ema_decay: float | None = None,
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     validation: Any = None,
     validate_every: int | None = None,
@@ -140,6 +142,9 @@ def fit(
         kl_warmup_epochs, free_bits: the ELBO's KL term weighted by β rising linearly from 0 to
             1 over this many epochs, and floored at ``free_bits`` nats per latent dimension and
             example, per latent site; training only (validation reports the true ELBO).
+        ema_decay: keep θ̄_t = d θ̄_{t−1} + (1 − d) θ_t (Polyak averaging; d ramps up as
+            (1 + t)/(10 + t) early on); validation, ``restore_best`` and the returned
+            parameters use θ̄, training steps θ. Typical d: 0.999 (a horizon of ~1000 steps).
         transform: applied to each mini-batch's data tensor before the step (dynamic
             binarization, dequantization noise); it draws from torch's RNG, which fit seeds
             and checkpoints, so a resumed run repeats it.
@@ -194,6 +199,7 @@ def fit(
     if isinstance(free_bits, bool) or not isinstance(free_bits, (int, float)) \
             or not free_bits >= 0:
         raise ValueError(f"free_bits must be a number of nats >= 0, got {free_bits!r}")
+    average = _average(ema_decay, method_class)
     held_out = prepare(as_batch(validation, name="validation")) if validation is not None else None
     seed = _seed(seed, parallel)
     if bundled is not None:
@@ -205,6 +211,8 @@ def fit(
                           batches.tensors if batches.loader is None else None, schedule,
                           warmup_steps, float(free_bits))
     run = _start_run(method_class(setup), name, batches, seed, check_support=transform is None)
+    run.average = average
+    run.settings["ema_decay"] = ema_decay
     pyro.set_rng_seed(seed)  # training's stream starts at the seed, whatever setup drew
     start = run.load(Path(checkpoint), batches.first) if _resuming(resume, checkpoint) else 0
     if parallel is not None:
@@ -220,9 +228,12 @@ def fit(
     finally:
         run.method.finish()
         loop.lock.release()
-    if restore_best and run.best is not None and run.best[1] != len(run.losses):
-        restore_state(run.best[2], bundled)
+    if restore_best and run.best is not None and (run.best[1] != len(run.losses)
+                                                  or run.average is not None):
+        restore_state(run.best[2], bundled)  # with averaging, the best averages
         loop.save(len(run.losses))
+    elif run.average is not None:  # the checkpoint keeps θ (and θ̄) to resume from
+        run.average.apply(run.method.tensors())
     return loop.result(model, name, started, stopped)
 
 
@@ -297,6 +308,16 @@ def _start_run(method: TrainingMethod, name: str, batches: Batches, seed: int, *
         if bundled is None and check_support:  # a bundled model checks in validate_batch
             check_observed_support(method.setup.program, batches.tensors, method.info.data_plate)
     return Run(method, bundled, settings)
+
+
+def _average(ema_decay: float | None,
+             method_class: type[TrainingMethod]) -> ParameterAverage | None:
+    if ema_decay is None:
+        return None
+    if not method_class.uses_optim:
+        raise TypeError(f"{method_class.__name__} has closed-form updates; ema_decay= averages "
+                        "the parameters of a gradient method (leave it None)")
+    return ParameterAverage(ema_decay)
 
 
 def _warmup_steps(kl_warmup_epochs: float | None, steps_per_epoch: int) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -26,6 +27,7 @@ from probgen.core.checkpoint import (
 from probgen.core.model import GenerativeModel
 from probgen.core.version import __version__
 from probgen.evaluate.api import evaluate
+from probgen.infer.averaging import ParameterAverage
 from probgen.infer.batches import Batches
 from probgen.infer.method import TrainingMethod
 from probgen.infer.result import FitResult, FitState, TrainingDiverged
@@ -68,6 +70,7 @@ class Run:
     validation: list[tuple[int, float]] = field(default_factory=list)
     best: tuple[float, int, dict] | None = None  # (loss, step, parameters)
     stale: int = 0  # validations since the best one
+    average: ParameterAverage | None = None  # fit(ema_decay=...): validated and returned
 
     def checkpoint_state(self, step: int) -> dict[str, Any]:
         return {
@@ -79,6 +82,7 @@ class Run:
             "validation": [[int(s), float(v)] for s, v in self.validation if s <= step],
             "best": None if self.best is None else {"loss": self.best[0], "step": self.best[1],
                                                     **self.best[2]},
+            "average": None if self.average is None else self.average.state_dict(),
         }
 
     def load(self, path: Path, example: tuple) -> int:
@@ -112,7 +116,14 @@ class Run:
         if best is not None:
             self.best = (float(best["loss"]), int(best["step"]),
                          {"param_store": best["param_store"], "model_state": best["model_state"]})
+        if self.average is not None and state.get("average") is not None:
+            self.average.load_state_dict(state["average"])
         return int(state["step"])
+
+    def averaged(self) -> Any:
+        """A block in which the parameters are their averages (nothing changes without one)."""
+        return (self.average.applied(self.method.tensors()) if self.average is not None
+                else contextlib.nullcontext())
 
 
 # --- validation --------------------------------------------------------------------------------
@@ -296,6 +307,8 @@ class Loop:
                                    step, self.result(self.run.method.setup.model,
                                                      self.run.settings["method"], None, False))
         self.rollback.finite()
+        if self.run.average is not None:
+            self.run.average.update(self.run.method.tensors())
         self.run.losses.append(loss)
         return loss
 
@@ -304,9 +317,10 @@ class Loop:
         done, stop = step + 1, False
         metric = None
         if self.held_out is not None and (done % self.validate_every == 0 or done == self.total):
-            metric = _validation_loss(self.run, self.held_out, self.estimator,
-                                      self.run.settings["seed"] + 1)
-            stop = _after_validation(self.run, done, metric, self.patience)
+            with self.run.averaged():  # the averages are validated, and kept when best
+                metric = _validation_loss(self.run, self.held_out, self.estimator,
+                                          self.run.settings["seed"] + 1)
+                stop = _after_validation(self.run, done, metric, self.patience)
         if self.scheduler_every == "step" or epoch_end:
             if metric is None and self.run.validation:
                 metric = self.run.validation[-1][1]

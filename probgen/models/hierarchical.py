@@ -27,6 +27,7 @@ __all__ = ["HierarchicalVAE", "LadderELBO", "precision_weighted"]
 
 LIKELIHOODS = ("bernoulli", "gaussian", "discretized_logistic")
 TOP_POSTERIORS = (None, "iaf", "nsf")
+INFERENCE = ("ladder", "bottom_up")
 _LOG_SCALE_RANGE = (-10.0, 10.0)  # keeps precisions finite in float32; inactive in normal use
 
 
@@ -90,6 +91,9 @@ class HierarchicalVAE(ObservationCapabilities, GenerativeModel):
         free_bits: minimum KL per latent dimension and example, in nats, per layer (Kingma
             et al., 2016): a layer's KL below λ·D_l gets no gradient.
         top_posterior: None (Gaussian), ``"iaf"`` or ``"nsf"`` for q(z_L | x).
+        inference: ``"ladder"`` (the precision-weighted merge above) or ``"bottom_up"``:
+            q(z | x) = q(z_1 | x) Π_{l>1} q(z_l | z_{l-1}), each a diagonal Normal from an MLP of
+            the sample below (Burda et al., 2016's two-stochastic-layer VAE/IWAE).
 
     Example:
         >>> vae = HierarchicalVAE((64,), latent_dims=(8, 4), hidden_features=(32, 16))
@@ -104,7 +108,8 @@ class HierarchicalVAE(ObservationCapabilities, GenerativeModel):
                  likelihood: str = "bernoulli", network: str = "mlp", activation: str = "relu",
                  channels: int = 32, observation_scale: float | None = None, num_bins: int = 256,
                  warmup_steps: int = 0, free_bits: float = 0.0, top_posterior: str | None = None,
-                 flow_transforms: int = 2, flow_hidden: Sequence[int] = (128, 128)) -> None:
+                 flow_transforms: int = 2, flow_hidden: Sequence[int] = (128, 128),
+                 inference: str = "ladder") -> None:
         data_shape = [int(s) for s in (data_shape if isinstance(data_shape, Sequence) else [data_shape])]
         latent_dims = [int(d) for d in latent_dims]
         hidden = [_widths(entry) for entry in hidden_features]
@@ -124,6 +129,8 @@ class HierarchicalVAE(ObservationCapabilities, GenerativeModel):
                              f"hidden_features[0] (its dense width); got {data_shape}, {hidden[0]}")
         if top_posterior not in TOP_POSTERIORS:
             raise ValueError(f"top_posterior must be one of {TOP_POSTERIORS}, got {top_posterior!r}")
+        if inference not in INFERENCE:
+            raise ValueError(f"inference must be one of {INFERENCE}, got {inference!r}")
         if int(warmup_steps) < 0 or not float(free_bits) >= 0:
             raise ValueError(f"warmup_steps and free_bits must be >= 0, got {warmup_steps}, {free_bits}")
         if observation_scale is not None and not observation_scale > 0:
@@ -134,7 +141,8 @@ class HierarchicalVAE(ObservationCapabilities, GenerativeModel):
                          num_bins=int(num_bins), warmup_steps=int(warmup_steps),
                          free_bits=float(free_bits), top_posterior=top_posterior,
                          flow_transforms=int(flow_transforms),
-                         flow_hidden=[int(w) for w in flow_hidden])
+                         flow_hidden=[int(w) for w in flow_hidden], inference=inference)
+        self.inference = inference
         self.data_shape, self.latent_dims = tuple(data_shape), tuple(latent_dims)
         self.num_layers = len(latent_dims)
         self.likelihood, self.network, self.num_bins = likelihood, network, int(num_bins)
@@ -143,10 +151,13 @@ class HierarchicalVAE(ObservationCapabilities, GenerativeModel):
         self.top_posterior = top_posterior
         num_data = math.prod(self.data_shape)
         per_dim = PARAMS_PER_DIM[likelihood]
-        # bottom-up: d_l = body_l(d_{l-1}), (μ̂_l, log σ̂_l) = head_l(d_l)
+        # ladder: d_l = body_l(d_{l-1}), (μ̂_l, log σ̂_l) = head_l(d_l); bottom-up: the body of
+        # layer l > 1 reads the sample z_{l-1} instead of d_{l-1}
         self.up_bodies, self.up_heads = nn.ModuleList(), nn.ModuleList()
         features = num_data
         for layer, (size, widths) in enumerate(zip(latent_dims, hidden)):
+            if layer > 0 and inference == "bottom_up":
+                features = latent_dims[layer - 1]
             if layer == 0 and network == "conv":
                 body: nn.Module = nn.Sequential(ConvEncoder(self.data_shape, widths[-1], channels,
                                                             activation), _activation(activation))
@@ -183,13 +194,17 @@ class HierarchicalVAE(ObservationCapabilities, GenerativeModel):
         return tuple(f"z{layer + 1}" for layer in range(self.num_layers))
 
     # --- networks ----------------------------------------------------------------------
-    def bottom_up(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Deterministic features d_1..d_L of the ladder's bottom-up pass, each ``(*batch, F_l)``."""
+    def _inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """x as the first body reads it: rescaled bins, flattened for an MLP."""
         x = x.to(self._zero.dtype)
         if self.likelihood == "discretized_logistic":
             x = 2.0 * x / (self.num_bins - 1) - 1.0
         batch_shape = x.shape[: x.dim() - len(self.data_shape)]
-        features = x if self.network == "conv" else x.reshape(*batch_shape, -1)
+        return x if self.network == "conv" else x.reshape(*batch_shape, -1)
+
+    def bottom_up(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Deterministic features d_1..d_L of the ladder's bottom-up pass, each ``(*batch, F_l)``."""
+        features = self._inputs(x)
         out = []
         for body in self.up_bodies:
             features = body(features)
@@ -210,6 +225,15 @@ class HierarchicalVAE(ObservationCapabilities, GenerativeModel):
         if self.top_posterior is not None:
             return self.top_flow(features[-1])
         loc, scale = _normal(self.up_heads[-1](features[-1]))
+        return dist.Normal(loc, scale, validate_args=False).to_event(1)
+
+    def chained_posterior(self, layer: int, below: torch.Tensor) -> dist.Distribution:
+        """Bottom-up inference: q(z_l | z_{l-1}) (q(z_1 | x) for layer 0, ``below`` the
+        prepared x), a diagonal Normal, or the top layer's flow, from body_l(below)."""
+        features = self.up_bodies[layer](below)
+        if layer == self.num_layers - 1:
+            return self.top_posterior_dist([features])
+        loc, scale = _normal(self.up_heads[layer](features))
         return dist.Normal(loc, scale, validate_args=False).to_event(1)
 
     def merged_posterior(self, layer: int, features: list[torch.Tensor],
@@ -242,9 +266,16 @@ class HierarchicalVAE(ObservationCapabilities, GenerativeModel):
             pyro.sample("x", self.decode(z), obs=x)
 
     def guide(self, x: torch.Tensor) -> None:
-        """z_L ~ q(z_L | x), then z_l ~ q(z_l | z_{l+1}, x) down the ladder."""
+        """Ladder: z_L ~ q(z_L | x), then z_l ~ q(z_l | z_{l+1}, x) down the ladder; bottom-up:
+        z_1 ~ q(z_1 | x), then z_l ~ q(z_l | z_{l-1}) up the hierarchy."""
         pyro.module(self.pyro_name, self)
         names = self.latent_names
+        if self.inference == "bottom_up":
+            with pyro.plate("data", x.shape[0]):
+                z = self._inputs(x)
+                for layer in range(self.num_layers):
+                    z = pyro.sample(names[layer], self.chained_posterior(layer, z))
+            return
         features = self.bottom_up(x)
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample(names[-1], self.top_posterior_dist(features))
@@ -284,6 +315,8 @@ class HierarchicalVAE(ObservationCapabilities, GenerativeModel):
         mean over ``num_samples`` draws of z_{l+1} of the merged mean μ_q(z_{l+1})
         (Rao-Blackwellized), whose estimator variance is the sample variance / num_samples.
         """
+        if self.inference == "bottom_up":
+            return self._chained_means(x, num_samples)
         features = self.bottom_up(x)
         top = self.top_posterior_dist(features)
         z = top.sample((num_samples,))  # (S, n, D_L)
@@ -296,6 +329,24 @@ class HierarchicalVAE(ObservationCapabilities, GenerativeModel):
             means = posterior.mean  # (S, n, D_l)
             estimates.insert(0, (means.mean(0), means.var(0) / num_samples))
             z = posterior.sample()
+        return estimates
+
+    def _chained_means(self, x: torch.Tensor, num_samples: int
+                       ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """posterior_means for bottom-up inference: E_q[z_1 | x] exactly (a Gaussian), each
+        higher layer's mean averaged over draws of the layer below (Rao-Blackwellized)."""
+        estimates = []
+        below = self._inputs(x)
+        for layer in range(self.num_layers):
+            posterior = self.chained_posterior(layer, below)
+            flow = layer == self.num_layers - 1 and self.top_posterior is not None
+            if layer == 0 and not flow:
+                estimates.append((posterior.mean, torch.zeros_like(posterior.mean)))
+                below = posterior.sample((num_samples,))  # (S, n, D_1)
+                continue
+            below = posterior.sample((num_samples,)) if layer == 0 else posterior.sample()
+            means = below if flow else posterior.mean  # (S, n, D_l)
+            estimates.append((means.mean(0), means.var(0) / num_samples))
         return estimates
 
     def active_units(self, x: torch.Tensor, threshold: float = 1e-2, *,

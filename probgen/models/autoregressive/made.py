@@ -56,6 +56,9 @@ class MADE(GenerativeModel):
             results).
         activation: the hidden activation.
         seed: seeds the orderings and connectivities (not the weights).
+        init: ``"default"`` (PyTorch's uniform fan-in init) or ``"orthogonal"`` (semi-orthogonal
+            weights of unit gain, zero biases: the authors' released code; the weights are drawn
+            from torch's RNG, which ``pyro.set_rng_seed`` seeds).
 
     Example:
         >>> made = MADE(6, hidden_features=(32,), num_masks=4)
@@ -71,8 +74,10 @@ class MADE(GenerativeModel):
     def __init__(self, features: int, hidden_features: Sequence[int] = (500,), *,
                  num_categories: int = 2, num_masks: int = 1, order_agnostic: bool = True,
                  natural_ordering: bool = True, direct_connections: bool = False,
-                 activation: str = "relu", seed: int = 0) -> None:
+                 activation: str = "relu", seed: int = 0, init: str = "default") -> None:
         features = check_size("features", features)
+        if init not in ("default", "orthogonal"):
+            raise ValueError(f"init must be 'default' or 'orthogonal', got {init!r}")
         hidden_features = [check_size("hidden_features", h) for h in hidden_features]
         num_categories = check_size("num_categories", num_categories, minimum=2)
         num_masks = check_size("num_masks", num_masks)
@@ -85,13 +90,15 @@ class MADE(GenerativeModel):
                          order_agnostic=bool(order_agnostic),
                          natural_ordering=bool(natural_ordering),
                          direct_connections=bool(direct_connections), activation=activation,
-                         seed=seed)
+                         seed=seed, init=init)
         self.features, self.num_categories, self.num_masks = features, num_categories, num_masks
         self.per_feature = 1 if num_categories == 2 else num_categories
         self.net = MaskedMLP(features, hidden_features, per_feature=self.per_feature,
                              num_masks=num_masks, order_agnostic=order_agnostic,
                              natural_ordering=natural_ordering, direct=direct_connections,
                              activation_name=activation, seed=seed)
+        if init == "orthogonal":
+            self.net.orthogonal_init()
 
     # --- capabilities ----------------------------------------------------------------------
     @property

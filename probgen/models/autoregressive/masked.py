@@ -89,6 +89,18 @@ class MaskedMLP(nn.Module):
         for index, degrees in enumerate(hidden_degrees):
             self.register_buffer(f"hidden_degrees_{index}", degrees)
 
+    def orthogonal_init(self) -> None:
+        """Semi-orthogonal weights of unit gain (orthonormal rows or columns), zero biases."""
+        with torch.no_grad():
+            for layer in [*self.hidden, self.output, self.direct]:
+                if layer is None:
+                    continue
+                if layer.weight.device.type == "meta":
+                    continue
+                nn.init.orthogonal_(layer.weight)
+                if layer.bias is not None:
+                    layer.bias.zero_()
+
     def _degrees(self, index: int) -> list[Tensor]:
         """Degrees of every layer's units for mask set ``index``: inputs (repeated K times),
         hidden layers, outputs (the inputs' again)."""
