@@ -115,3 +115,14 @@ def test_compare_names_results_by_run_folder(tmp_path, capsys):
                  str(tmp_path / "run_b" / "test.json")]) == 0
     table = capsys.readouterr().out
     assert "run_a" in table and "run_b" in table
+
+
+def test_fit_ema_decay_flag_averages_and_closed_form_methods_refuse_it(tmp_path, capsys):
+    out = tmp_path / "avg"
+    assert main(FIT + ["--method", "svi", "--steps", "30", "--lr", "0.05", "--ema-decay", "0.9",
+                       "--out", str(out)]) == 0
+    average = load_checkpoint(out / "checkpoint.pt")["average"]
+    assert average["decay"] == 0.9 and average["updates"] == 30
+    assert main(FIT + ["--method", "em", "--steps", "3", "--ema-decay", "0.9",
+                       "--out", str(tmp_path / "em")]) == 2
+    assert "ema_decay" in capsys.readouterr().err
