@@ -62,7 +62,8 @@ COLUMNS = ["model", "estimator", "nll_nats", "stderr", "num_test", "epochs", "tr
 def make(name: str, args: argparse.Namespace) -> torch.nn.Module:
     if name == "made":
         return MADE(784, args.hidden, num_masks=args.num_masks, direct_connections=args.direct,
-                    natural_ordering=not args.random_order, seed=args.seed, init=args.init)
+                    natural_ordering=not args.random_order, seed=args.seed, init=args.init,
+                    dropout=args.dropout)
     if name == "pixelcnn":
         return PixelCNN((28, 28), channels=args.channels, layers=args.layers,
                         head_channels=args.head_channels)
@@ -91,7 +92,8 @@ def describe(name: str, model: torch.nn.Module) -> tuple[str, str]:
                 f"784-{widths}-784 {c['activation']}, {masks} (orderings and connectivities, "
                 f"seed {c['seed']}; mask 0 in {order} order)"
                 + (", direct input-output" if c["direct_connections"] else "")
-                + (f", {c['init']} init" if c.get("init", "default") != "default" else ""))
+                + (f", {c['init']} init" if c.get("init", "default") != "default" else "")
+                + (f", hidden dropout {c['dropout']:g} in training" if c.get("dropout") else ""))
     return (f"probgen gated PixelCNN, {c['layers']} layers",
             f"gated PixelCNN: {c['first_kernel_size']}x{c['first_kernel_size']} mask A + "
             f"{c['layers'] - 1} gated {c['kernel_size']}x{c['kernel_size']} layers, "
@@ -117,6 +119,8 @@ def main() -> None:
     parser.add_argument("--direct", action="store_true", help="MADE direct input-output links")
     parser.add_argument("--init", default="default", choices=("default", "orthogonal"),
                         help="MADE weight init (orthogonal: the authors' released code)")
+    parser.add_argument("--dropout", type=float, default=0.0,
+                        help="MADE: hidden-unit dropout in training (0: none)")
     parser.add_argument("--ema-decay", type=float, default=None,
                         help="fit(ema_decay=): validate and keep the parameters' moving average")
     parser.add_argument("--random-order", action="store_true",
@@ -168,6 +172,8 @@ def main() -> None:
             label += f", {args.optimizer} {args.lr:g}"
         if name == "made" and args.init != "default":
             label += f", {args.init} init"
+        if name == "made" and args.dropout:
+            label += f", dropout {args.dropout:g}"
         if args.ema_decay:
             label += f", EMA {args.ema_decay:g}"
         stem = re.sub(r"\W+", "_", label)

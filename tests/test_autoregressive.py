@@ -115,6 +115,32 @@ def test_made_output_never_sees_itself_or_its_successors(direct, num_categories)
             assert (sees == before).all()
 
 
+def test_made_dropout_acts_in_training_only_and_keeps_the_ordering():
+    model = MADE(7, (64, 64), num_masks=2, dropout=0.5)
+    x = torch.bernoulli(torch.full((6, 7), 0.5))
+    model.train()
+    assert not torch.equal(model.net(x, 0), model.net(x, 0))  # a new dropout mask per call
+    inputs = torch.rand(5, 7)
+    for m in range(2):
+        torch.manual_seed(m)  # one dropout mask for the whole Jacobian (train mode)
+        state = torch.get_rng_state()
+
+        def logits(v, m=m):
+            torch.set_rng_state(state)
+            return model.net(v, m).sum(0)
+
+        dependence = torch.autograd.functional.jacobian(logits, inputs).abs().sum(1)
+        position = model.net.input_degrees[m] - 1
+        assert (dependence[~(position[None, :] < position[:, None])] == 0).all()
+    model.eval()
+    torch.testing.assert_close(model.net(x, 0), model.net(x, 0))
+    ll = probgen.evaluate(model, x)  # evaluate runs in eval mode: exact and deterministic
+    assert ll.kind == "exact"
+    torch.testing.assert_close(ll.per_example, probgen.evaluate(model, x).per_example)
+    total = torch.logsumexp(model.log_prob(all_inputs(7)), 0)
+    assert float(total) == pytest.approx(0.0, abs=1e-9)  # normalized with dropout off
+
+
 PIXELCNNS = {
     "binary 3x3": (dict(image_shape=(3, 3), channels=8, layers=3, first_kernel_size=3), 9, 2),
     "binary 3x4, defaults' kernels": (dict(image_shape=(3, 4), channels=4, layers=2), 12, 2),
@@ -288,6 +314,7 @@ def test_made_orthogonal_init_has_orthonormal_weights_and_zero_biases(tmp_path):
 
 @pytest.mark.parametrize("call, message", [
     (lambda: MADE(4, (8,), init="xavier"), "init must be 'default' or 'orthogonal'"),
+    (lambda: MADE(4, (8,), dropout=1.0), r"dropout must be a probability in \[0, 1\)"),
     (lambda: probgen.evaluate(MADE(4, (8,)), torch.full((3, 4), 0.5)), "binary"),
     (lambda: probgen.evaluate(MADE(4, (8,)), torch.zeros(3, 5)), r"shape \(5,\).*\(4,\)"),
     (lambda: probgen.evaluate(MADE(4, (8,), num_categories=3), torch.full((3, 4), 3)),

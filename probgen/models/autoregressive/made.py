@@ -56,6 +56,8 @@ class MADE(GenerativeModel):
             results).
         activation: the hidden activation.
         seed: seeds the orderings and connectivities (not the weights).
+        dropout: the probability of zeroing each hidden unit while training (a regularizer for
+            wide layers; ``evaluate`` and fit's validation run in eval mode, without it).
         init: ``"default"`` (PyTorch's uniform fan-in init) or ``"orthogonal"`` (semi-orthogonal
             weights of unit gain, zero biases: the authors' released code; the weights are drawn
             from torch's RNG, which ``pyro.set_rng_seed`` seeds).
@@ -74,8 +76,12 @@ class MADE(GenerativeModel):
     def __init__(self, features: int, hidden_features: Sequence[int] = (500,), *,
                  num_categories: int = 2, num_masks: int = 1, order_agnostic: bool = True,
                  natural_ordering: bool = True, direct_connections: bool = False,
-                 activation: str = "relu", seed: int = 0, init: str = "default") -> None:
+                 activation: str = "relu", seed: int = 0, init: str = "default",
+                 dropout: float = 0.0) -> None:
         features = check_size("features", features)
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
+                or not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
         if init not in ("default", "orthogonal"):
             raise ValueError(f"init must be 'default' or 'orthogonal', got {init!r}")
         hidden_features = [check_size("hidden_features", h) for h in hidden_features]
@@ -90,13 +96,13 @@ class MADE(GenerativeModel):
                          order_agnostic=bool(order_agnostic),
                          natural_ordering=bool(natural_ordering),
                          direct_connections=bool(direct_connections), activation=activation,
-                         seed=seed, init=init)
+                         seed=seed, init=init, dropout=float(dropout))
         self.features, self.num_categories, self.num_masks = features, num_categories, num_masks
         self.per_feature = 1 if num_categories == 2 else num_categories
         self.net = MaskedMLP(features, hidden_features, per_feature=self.per_feature,
                              num_masks=num_masks, order_agnostic=order_agnostic,
                              natural_ordering=natural_ordering, direct=direct_connections,
-                             activation_name=activation, seed=seed)
+                             activation_name=activation, seed=seed, dropout=float(dropout))
         if init == "orthogonal":
             self.net.orthogonal_init()
 

@@ -63,6 +63,7 @@ class MaskedMLP(nn.Module):
             one-hot inputs and K logits for K categories).
         num_masks, order_agnostic, natural_ordering, seed: see :func:`made_degrees`.
         direct: add masked direct input-output connections.
+        dropout: the probability of zeroing each hidden unit in training (0: none).
 
     Example:
         >>> net = MaskedMLP(5, (16,))
@@ -73,8 +74,9 @@ class MaskedMLP(nn.Module):
     def __init__(self, features: int, hidden_features: Sequence[int] = (64,), *,
                  per_feature: int = 1, num_masks: int = 1, order_agnostic: bool = True,
                  natural_ordering: bool = True, direct: bool = False, activation_name: str = "relu",
-                 seed: int = 0) -> None:
+                 seed: int = 0, dropout: float = 0.0) -> None:
         super().__init__()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
         self.features, self.per_feature, self.num_masks = features, per_feature, num_masks
         widths = [features * per_feature, *hidden_features]
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths, widths[1:]))
@@ -126,6 +128,8 @@ class MaskedMLP(nn.Module):
         h = inputs
         for layer, mask in zip(self.hidden, hidden_masks):
             h = self.activation(F.linear(h, layer.weight * mask, layer.bias))
+            if self.dropout is not None:
+                h = self.dropout(h)
         out = F.linear(h, self.output.weight * output_mask, self.output.bias) \
             if self.output is not None else 0.0
         if self.direct is not None:
