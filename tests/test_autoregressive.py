@@ -125,7 +125,7 @@ def test_made_dropout_acts_in_training_only_and_keeps_the_ordering():
         torch.manual_seed(m)  # one dropout mask for the whole Jacobian (train mode)
         state = torch.get_rng_state()
 
-        def logits(v, m=m):
+        def logits(v, m=m, state=state):
             torch.set_rng_state(state)
             return model.net(v, m).sum(0)
 
