@@ -340,12 +340,11 @@ class HierarchicalVAE(ObservationCapabilities, GenerativeModel):
         for layer in range(self.num_layers):
             posterior = self.chained_posterior(layer, below)
             flow = layer == self.num_layers - 1 and self.top_posterior is not None
-            if layer == 0 and not flow:
+            below = posterior.sample((num_samples,) if layer == 0 else ())  # (S, n, D_l)
+            if layer == 0 and not flow:  # a Gaussian of x alone: its mean is exact
                 estimates.append((posterior.mean, torch.zeros_like(posterior.mean)))
-                below = posterior.sample((num_samples,))  # (S, n, D_1)
                 continue
-            below = posterior.sample((num_samples,)) if layer == 0 else posterior.sample()
-            means = below if flow else posterior.mean  # (S, n, D_l)
+            means = below if flow else posterior.mean
             estimates.append((means.mean(0), means.var(0) / num_samples))
         return estimates
 

@@ -95,9 +95,7 @@ class MaskedMLP(nn.Module):
         """Semi-orthogonal weights of unit gain (orthonormal rows or columns), zero biases."""
         with torch.no_grad():
             for layer in [*self.hidden, self.output, self.direct]:
-                if layer is None:
-                    continue
-                if layer.weight.device.type == "meta":
+                if layer is None or layer.weight.device.type == "meta":
                     continue
                 nn.init.orthogonal_(layer.weight)
                 if layer.bias is not None:
