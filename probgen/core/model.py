@@ -11,6 +11,7 @@ import pyro
 import torch
 from torch import nn
 
+from probgen.core.arguments import BLOCK_COUNT_LIMIT
 from probgen.core.validate import validate_data
 
 __all__ = ["GenerativeModel", "Estimator"]
@@ -61,6 +62,13 @@ class GenerativeModel(nn.Module):
     # (probgen.load fills it in), which may differ from the constructor's new default
     saved_config_defaults: ClassVar[dict[str, Any]] = {}
     checks_padding: ClassVar[bool] = False  # validate_batch checks values past each length
+    # constructor arguments, checked by annotation when the family is registered
+    # (probgen.core.arguments): the smallest value of an int argument (default 1) and the largest
+    # (default 2**24); repeated blocks built in a Python loop are capped much lower
+    argument_minimums: ClassVar[dict[str, int]] = {"seed": 0, "warmup_steps": 0}
+    argument_limits: ClassVar[dict[str, int]] = {
+        name: BLOCK_COUNT_LIMIT for name in ("transforms", "flow_transforms", "num_masks",
+                                             "layers", "num_layers")} | {"seed": 2**32 - 1}
 
     # --- declarations ----------------------------------------------------------------------
     @classmethod

@@ -5,9 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from probgen.core.checkpoint import atomic_write_text
@@ -20,6 +23,16 @@ KINDS: tuple[str, ...] = ("exact", "lower_bound", "estimate")
 DATA_SPACES: tuple[str, ...] = ("discrete", "continuous", "dequantized")
 
 
+_MAX_JSON_BYTES = 2**30  # 1 GiB: ~50 million per-example values
+
+
+def _json_scalar(value: Any) -> Any:
+    """JSON for NumPy and torch scalars found in settings."""
+    if isinstance(value, (np.generic, torch.Tensor)) and getattr(value, "ndim", 0) == 0:
+        return value.item()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
 def data_fingerprint(*tensors: torch.Tensor) -> str:
     """A short hash of held-out data, so results on different data are never paired.
 
@@ -29,7 +42,7 @@ def data_fingerprint(*tensors: torch.Tensor) -> str:
     for tensor in tensors:
         array = tensor.detach().to("cpu", torch.float32).contiguous().numpy()
         digest.update(str(tuple(array.shape)).encode())
-        digest.update(array.tobytes())
+        digest.update(array)  # the buffer itself: the bytes tobytes() would copy
     return digest.hexdigest()[:16]
 
 
@@ -69,19 +82,38 @@ class LogLikelihood:
     estimator_stderr: float = 0.0
 
     def __post_init__(self) -> None:
-        values = torch.as_tensor(self.per_example).detach().to("cpu", torch.float64).reshape(-1)
+        raw = torch.as_tensor(self.per_example).detach()
+        if raw.is_complex():
+            raise TypeError("per_example is complex; log-likelihoods are real numbers (a complex "
+                            "value usually means a log of a negative number upstream)")
+        if sum(size > 1 for size in raw.shape) > 1:
+            raise ValueError(f"per_example must hold one value per example, shape (n,), got shape "
+                             f"{tuple(raw.shape)}; sum the per-dimension terms of each example first")
+        values = raw.to("cpu", torch.float64).reshape(-1)
         object.__setattr__(self, "per_example", values)
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if self.data_space not in DATA_SPACES:
             raise ValueError(f"data_space must be one of {DATA_SPACES}, got {self.data_space!r}")
+        if not isinstance(self.estimator, str) or not self.estimator:
+            raise TypeError(f"estimator must be the estimator's name as a string (e.g. 'iwae'), "
+                            f"got {self.estimator!r}")
+        if not isinstance(self.settings, dict):
+            raise TypeError(f"settings must be a dict of the estimator's settings, got "
+                            f"{type(self.settings).__name__}")
         if values.numel() == 0:
             raise ValueError("a LogLikelihood needs at least one example")
-        if not (isinstance(self.num_dims, (int, float)) and math.isfinite(self.num_dims)
-                and self.num_dims > 0):
-            raise ValueError(f"num_dims must be a positive number, got {self.num_dims}")
-        if self.estimator_stderr < 0 or not math.isfinite(self.estimator_stderr):
-            raise ValueError(f"estimator_stderr must be finite and >= 0, got {self.estimator_stderr}")
+        num_dims = self.num_dims
+        if isinstance(num_dims, (bool, np.bool_)) or not isinstance(num_dims, (int, float, np.number)) \
+                or not math.isfinite(float(num_dims)) or not float(num_dims) > 0:
+            raise ValueError(f"num_dims must be a positive number, got {num_dims!r}")
+        object.__setattr__(self, "num_dims", int(num_dims) if float(num_dims).is_integer()
+                           else float(num_dims))
+        stderr = self.estimator_stderr
+        if isinstance(stderr, (bool, np.bool_)) or not isinstance(stderr, (int, float, np.number)) \
+                or not math.isfinite(float(stderr)) or float(stderr) < 0:
+            raise ValueError(f"estimator_stderr must be finite and >= 0, got {stderr!r}")
+        object.__setattr__(self, "estimator_stderr", float(stderr))
         if torch.isnan(values).any():
             raise ValueError("per-example log-likelihoods contain NaN; the estimator failed")
         if (values == float("inf")).any():
@@ -142,6 +174,9 @@ class LogLikelihood:
         """Join results on disjoint chunks of data evaluated with the same estimator."""
         if not parts:
             raise ValueError("concat needs at least one LogLikelihood")
+        strangers = [type(p).__name__ for p in parts if not isinstance(p, LogLikelihood)]
+        if strangers:
+            raise TypeError(f"concat joins LogLikelihood results, got {', '.join(strangers)}")
         first = parts[0]
         for part in parts[1:]:
             same = (part.kind, part.estimator, part.num_dims, part.data_space, part.settings)
@@ -160,7 +195,7 @@ class LogLikelihood:
     def to_dict(self, *, per_example: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {
             "kind": self.kind, "estimator": self.estimator, "settings": dict(self.settings),
-            "num_dims": int(self.num_dims), "data_space": self.data_space,
+            "num_dims": self.num_dims, "data_space": self.data_space,
             "data_id": self.data_id, "num_examples": self.num_examples,
             "mean": self.mean, "stderr": self.stderr, "nll": self.nll,
             "bits_per_dim": self.bits_per_dim, "estimator_stderr": self.estimator_stderr,
@@ -169,30 +204,66 @@ class LogLikelihood:
             out["per_example"] = self.per_example.tolist()
         return out
 
-    def to_json(self, path: str | None = None, **kwargs: Any) -> str:
-        text = json.dumps(self.to_dict(**kwargs), indent=1)
+    def to_json(self, path: str | os.PathLike | None = None, **kwargs: Any) -> str:
+        """The result as JSON text (written atomically to ``path`` when given)."""
+        try:
+            text = json.dumps(self.to_dict(**kwargs), indent=1, default=_json_scalar)
+        except TypeError as error:
+            raise TypeError(f"settings of this LogLikelihood cannot be written as JSON ({error}); "
+                            "keep settings to numbers, strings, lists and dicts") from None
         if path is not None:
             atomic_write_text(path, text)
         return text
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LogLikelihood:
+        """Rebuild a result from :meth:`to_dict` output; a foreign dict gets one clear error."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a LogLikelihood record is a JSON object, got {type(data).__name__}; "
+                             "pass a file written by LogLikelihood.to_json")
         if "per_example" not in data:
             raise ValueError("this dict has no per_example values; save with per_example=True")
-        return cls(torch.tensor(data["per_example"], dtype=torch.float64), kind=data["kind"],
-                   estimator=data["estimator"], num_dims=int(data["num_dims"]),
-                   data_space=data["data_space"], settings=dict(data.get("settings", {})),
-                   data_id=data.get("data_id"),
-                   estimator_stderr=float(data.get("estimator_stderr", 0.0)))
+        missing = [key for key in ("kind", "estimator", "num_dims", "data_space") if key not in data]
+        if missing:
+            raise ValueError(f"this is not a LogLikelihood record: it lacks {', '.join(missing)}; "
+                             "pass a file written by LogLikelihood.to_json")
+        values = data["per_example"]
+        if not isinstance(values, list) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise ValueError("per_example must be a list of numbers; the file is damaged or "
+                             "foreign — re-run the evaluation")
+        settings = data.get("settings", {})
+        if not isinstance(settings, dict):
+            raise ValueError(f"settings must be a JSON object, got {type(settings).__name__}")
+        try:
+            return cls(torch.tensor(values, dtype=torch.float64), kind=data["kind"],
+                       estimator=data["estimator"], num_dims=data["num_dims"],
+                       data_space=data["data_space"], settings=dict(settings),
+                       data_id=data.get("data_id"),
+                       estimator_stderr=data.get("estimator_stderr", 0.0))
+        except TypeError as error:
+            raise ValueError(f"this LogLikelihood record is damaged: {error}") from None
 
     @classmethod
-    def from_json(cls, path: str) -> LogLikelihood:
-        with open(path) as f:
-            try:
-                data = json.load(f)
-            except (json.JSONDecodeError, UnicodeDecodeError) as error:
-                raise ValueError(f"{path} is not a LogLikelihood JSON file ({error}); pass a file "
-                                 "written by LogLikelihood.to_json") from None
+    def from_json(cls, path: str | os.PathLike) -> LogLikelihood:
+        """Read a result written by :meth:`to_json`."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a file path, got {type(path).__name__}")
+        target = Path(path)
+        if not target.exists():
+            raise FileNotFoundError(f"{path}: no such file; pass the path of a JSON file written "
+                                    "by LogLikelihood.to_json (or `probgen evaluate --out`)")
+        if not target.is_file():
+            raise ValueError(f"{path} is not a regular file (a directory, pipe or device); pass "
+                             "a JSON file written by LogLikelihood.to_json")
+        if target.stat().st_size > _MAX_JSON_BYTES:
+            raise ValueError(f"{path} is {target.stat().st_size:,} bytes, more than a "
+                             f"LogLikelihood file of {_MAX_JSON_BYTES:,} bytes; is it the right file?")
+        try:
+            data = json.loads(target.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+            raise ValueError(f"{path} is not a LogLikelihood JSON file ({error}); pass a file "
+                             "written by LogLikelihood.to_json") from None
         return cls.from_dict(data)
 
     def __repr__(self) -> str:

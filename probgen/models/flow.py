@@ -58,6 +58,12 @@ class FlowModel(GenerativeModel):
         transforms = check_size("transforms", transforms)
         if domain not in DOMAINS:
             raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
+        if not 0.0 < logit_alpha < 0.5:
+            raise ValueError(f"logit_alpha must be in (0, 0.5) (the logit transform squeezes the "
+                             f"data into [alpha, 1 - alpha]), got {logit_alpha}; e.g. 1e-6")
+        if scale is not None and any(v <= 0 for v in scale):
+            raise ValueError(f"scale holds the data's standard deviations and must be positive, "
+                             f"got {list(scale)}; a constant feature needs scale 1")
         if domain == "unit_interval" and (loc is not None or scale is not None):
             raise ValueError("loc/scale standardize real data; with domain='unit_interval' the "
                              "logit transform already maps the data to the real line")

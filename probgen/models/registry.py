@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 
+from probgen.core.arguments import checked_constructor
 from probgen.core.model import GenerativeModel
 
 __all__ = ["MODEL_REGISTRY", "register_model", "get_model_class", "import_families", "FAMILIES"]
@@ -21,7 +22,7 @@ def register_model(name: str):
         if name in MODEL_REGISTRY and MODEL_REGISTRY[name] is not cls:
             raise ValueError(f"model name {name!r} is already registered")
         cls.registry_name = name
-        MODEL_REGISTRY[name] = cls
+        MODEL_REGISTRY[name] = checked_constructor(cls)
         return cls
 
     return decorate
