@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,17 +26,28 @@ def _finish(fig, path: str | None):
     return fig
 
 
-def plot_training_curve(losses: Sequence[float], path: str | None = None, *, smooth: int = 20):
-    """Loss per step with a running mean over ``smooth`` steps."""
+def plot_training_curve(losses: Sequence[float], path: str | None = None, *, smooth: int = 20,
+                        ylabel: str = "loss (nats)",
+                        validation: Sequence[tuple[int, float]] = ()):
+    """Loss at steps 1..n with a running mean over ``smooth`` steps, and the ``(step, loss)``
+    validation scores when given (then both should be per example).
+
+    ``ylabel`` says what the loss is: e.g. ``"negative log-likelihood (nats)"`` for an exact
+    likelihood (a flow, EM), ``"−ELBO (nats)"`` for a bound.
+    """
     values = torch.as_tensor(list(losses), dtype=torch.float64)
+    steps = torch.arange(1, len(values) + 1)
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(values.numpy(), alpha=0.35, lw=0.8, label="loss")
+    ax.plot(steps.numpy(), values.numpy(), alpha=0.35, lw=0.8, label="training loss")
     if len(values) >= smooth > 1:
         kernel = torch.ones(smooth, dtype=torch.float64) / smooth
         running = torch.nn.functional.conv1d(values[None, None], kernel[None, None])[0, 0]
-        ax.plot(range(smooth - 1, len(values)), running.numpy(), lw=1.5, label=f"mean of {smooth}")
+        ax.plot(steps[smooth - 1:].numpy(), running.numpy(), lw=1.5, label=f"mean of {smooth}")
+    if validation:
+        at, scores = zip(*validation)
+        ax.plot(at, scores, "o-", ms=3, lw=1.0, label="validation")
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (−ELBO, nats)")
+    ax.set_ylabel(ylabel)
     ax.legend()
     return _finish(fig, path)
 
@@ -61,8 +73,10 @@ def plot_sample_grid(images: torch.Tensor, path: str | None = None, *, shape: tu
 
 
 def plot_density_2d(log_density: Callable[[torch.Tensor], torch.Tensor], data: torch.Tensor,
-                    path: str | None = None, *, grid: int = 100, title: str | None = None):
-    """Contours of exp(log_density) over the data's 2-D range, with the data on top."""
+                    path: str | None = None, *, grid: int = 100, title: str | None = None,
+                    xlabel: str = "feature 1", ylabel: str = "feature 2"):
+    """Filled contours of exp(log_density) over the data's 2-D range, the data on top, with a
+    colour bar (density) and axis labels; a long ``title`` wraps instead of being cut."""
     data = torch.as_tensor(data).detach().cpu().double()
     low, high = data.min(0).values, data.max(0).values
     pad = 0.15 * (high - low)
@@ -72,11 +86,15 @@ def plot_density_2d(log_density: Callable[[torch.Tensor], torch.Tensor], data: t
     points = torch.stack([gx.reshape(-1), gy.reshape(-1)], -1)
     with torch.no_grad():
         density = log_density(points).reshape(grid, grid).exp().cpu()
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    ax.contourf(gx.numpy(), gy.numpy(), density.numpy(), levels=20, cmap="viridis")
-    ax.scatter(data[:, 0].numpy(), data[:, 1].numpy(), s=6, c="white", edgecolors="black", lw=0.3)
+    fig, ax = plt.subplots(figsize=(6, 4.8))
+    filled = ax.contourf(gx.numpy(), gy.numpy(), density.numpy(), levels=20, cmap="viridis")
+    fig.colorbar(filled, ax=ax, label="density")
+    ax.scatter(data[:, 0].numpy(), data[:, 1].numpy(), s=6, c="white", edgecolors="black", lw=0.3,
+               label="data")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     if title:
-        ax.set_title(title)
+        ax.set_title(textwrap.fill(title, 55), fontsize=10)
     return _finish(fig, path)
 
 

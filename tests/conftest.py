@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pyro
@@ -7,6 +8,18 @@ import torch
 from probgen.core.paths import shared_data_dir
 
 torch.set_num_threads(1)  # small models: one thread beats two (no OpenMP waits)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def temporary_cache(tmp_path_factory):
+    """The whole session downloads and caches under a temporary $XDG_CACHE_HOME, never into
+    the user's ~/.cache/probgen (matplotlib keeps its own font cache where it was)."""
+    real_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MPLCONFIGDIR", os.environ.get("MPLCONFIGDIR",
+                                                    str(real_cache / "matplotlib")))
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 import probgen
-
 from probgen.core.model import GenerativeModel
 from probgen.models.registry import MODEL_REGISTRY, import_families, register_model
 from probgen.testing import ContractBroken, check_model

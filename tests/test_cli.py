@@ -5,11 +5,18 @@ import multiprocessing
 import os
 import signal
 
+import numpy as np
 import pytest
 import torch
+from scipy.special import logsumexp
+from scipy.stats import multivariate_normal
 
-from probgen.cli import main
+import probgen
+from probgen.cli import loss_label, main
 from probgen.core.checkpoint import load_checkpoint
+from probgen.data.bundled import train_test_split
+from probgen.models.registry import get_model_class
+from probgen.plots import plot_training_curve
 
 FIT = ["fit", "gmm", "--data", "iris", "--standardize", "--set", "num_components=2",
        "--set", "covariance=\"diag\"", "--seed", "0", "--quiet"]
@@ -126,3 +133,133 @@ def test_fit_ema_decay_flag_averages_and_closed_form_methods_refuse_it(tmp_path,
     assert main(FIT + ["--method", "em", "--steps", "3", "--ema-decay", "0.9",
                        "--out", str(tmp_path / "em")]) == 2
     assert "ema_decay" in capsys.readouterr().err
+
+
+# --- data units, validation, formats (issue 29 items 10 and 11) ---------------------------------
+def _csv_with_header(tmp_path, n: int = 80):
+    """Two clusters on very different scales (std ~1 and ~10), with a header row."""
+    rng = np.random.default_rng(0)
+    data = np.concatenate([rng.normal([0.0, 10.0], [1.0, 5.0], (n // 2, 2)),
+                           rng.normal([5.0, 40.0], [2.0, 8.0], (n // 2, 2))])
+    path = tmp_path / "measurements.csv"
+    np.savetxt(path, data, delimiter=",", header="length,weight", comments="")
+    return path, data
+
+
+def _raw_test_rows(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The CLI's default split (seed 0, 20% test), and the training rows' mean and std."""
+    train_index, test_index = train_test_split(len(data), 0.2, seed=0)
+    train = data[train_index.numpy()]
+    return data[test_index.numpy()], train.mean(0), train.std(0, ddof=1)
+
+
+@pytest.mark.parametrize("model", ["gmm", "flow"])
+def test_standardize_reports_densities_of_the_users_data(model, tmp_path, capsys):
+    """log p_x(x) = log p_y((x − μ)/σ) − Σ log σ: a GMM against scipy's mixture density on the
+    raw data with its fitted parameters mapped back; a flow against its own standardized
+    density minus Σ log σ computed with NumPy. Then compare pairs the two runs."""
+    path, data = _csv_with_header(tmp_path)
+    options = (["--set", "num_components=2"] if model == "gmm" else ["--steps", "50"])
+    out = tmp_path / model
+    assert main(["fit", model, "--data", str(path), "--standardize", "--quiet", "--out",
+                 str(out)] + options) == 0
+    assert main(["evaluate", str(out), "--data", str(path), "--out",
+                 str(tmp_path / "std.json")]) == 0
+    assert "log-Jacobian" in capsys.readouterr().out
+    reported = json.loads((tmp_path / "std.json").read_text())
+    test, mean, std = _raw_test_rows(data)
+    fitted = probgen.load(out / "model.pt")
+    if model == "gmm":
+        expected = logsumexp(np.stack([
+            np.log(w) + multivariate_normal(mean + std * m, np.diag(std) @ c @ np.diag(std))
+            .logpdf(test) for w, m, c in zip(fitted.weights.detach().numpy(),
+                                              fitted.locs.detach().numpy(),
+                                              fitted.covariance_matrix.detach().numpy())]), 0)
+    else:
+        standardized = torch.as_tensor((test - mean) / std, dtype=fitted.dtype)
+        with torch.no_grad():
+            expected = fitted.log_prob(standardized).double().numpy() - np.log(std).sum()
+    np.testing.assert_allclose(reported["per_example"], expected, rtol=1e-6, atol=1e-6)
+    assert reported["settings"]["transform"] == "standardize"
+    assert reported["settings"]["log_jacobian"] == pytest.approx(-np.log(std).sum(), abs=1e-5)
+    # the same file without --standardize: the same data, so compare pairs them
+    raw = tmp_path / f"{model}-raw"
+    assert main(["fit", model, "--data", str(path), "--quiet", "--out", str(raw)] + options) == 0
+    assert main(["evaluate", str(raw), "--data", str(path), "--out",
+                 str(tmp_path / "raw.json")]) == 0
+    assert main(["compare", str(tmp_path / "std.json"), str(tmp_path / "raw.json"),
+                 "--names", "standardized", "raw"]) == 0
+    assert "Δ vs best" in capsys.readouterr().out
+
+
+def test_validation_and_patience_stop_early_and_restore_the_best(tmp_path, capsys):
+    """--validation holds out training rows (seeded); --patience stops on their score and puts
+    back the best parameters: the saved flow scores the recorded best on those rows."""
+    path, data = _csv_with_header(tmp_path, n=100)
+    out = tmp_path / "flow"
+    assert main(["fit", "flow", "--data", str(path), "--standardize", "--steps", "3000",
+                 "--lr", "0.02", "--validation", "0.25", "--patience", "2", "--validate-every",
+                 "10", "--seed", "3", "--quiet", "--out", str(out)]) == 0
+    record = json.loads((out / "fit.json").read_text())
+    settings = record["settings"]
+    assert (settings["validation"], settings["patience"], settings["validate_every"]) == (0.25, 2, 10)
+    assert record["stopped_early"] and record["steps"] < 3000
+    assert record["data_prep"]["num_validation"] == 20 and settings["size"] == 60
+    best = min(value for _, value in record["validation"])
+    assert dict(map(tuple, record["validation"]))[record["best_step"]] == best
+    train_index, _ = train_test_split(len(data), 0.2, seed=0)
+    train = data[train_index.numpy()]
+    mean, std = train.mean(0), train.std(0, ddof=1)
+    _, validation_index = train_test_split(len(train), 0.25, seed=3)
+    rows = torch.as_tensor((train[validation_index.numpy()] - mean) / std)
+    fitted = probgen.load(out / "model.pt")
+    with torch.no_grad():
+        score = -(fitted.log_prob(rows.to(fitted.dtype)).double().mean().item()
+                  - np.log(std).sum())
+    assert score == pytest.approx(best, rel=1e-5)
+    assert "stopped early" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--patience", "3"], "--patience 3 needs a validation split"),
+    (["--validation", "1.5"], "--validation must be a fraction"),
+    (["--validate-every", "5"], "--validate-every needs a validation split"),
+])
+def test_validation_flags_are_checked(args, match, tmp_path, capsys):
+    assert main(FIT + ["--out", str(tmp_path / "run")] + args) == 2
+    assert match in capsys.readouterr().err
+
+
+def test_csv_header_is_kept_and_samples_are_written_in_the_format_asked(tmp_path, capsys):
+    path, data = _csv_with_header(tmp_path)
+    out = tmp_path / "gmm"
+    assert main(["fit", "gmm", "--data", str(path), "--set", "num_components=2", "--quiet",
+                 "--out", str(out)]) == 0
+    assert json.loads((out / "data.json").read_text())["columns"] == ["length", "weight"]
+    assert main(["sample", str(out), "-n", "7", "--out", str(tmp_path / "s.csv")]) == 0
+    lines = (tmp_path / "s.csv").read_text().splitlines()
+    assert lines[0] == "length,weight" and len(lines) == 8
+    assert np.loadtxt(tmp_path / "s.csv", delimiter=",", skiprows=1).shape == (7, 2)
+    assert main(["sample", str(out), "-n", "7", "--out", str(tmp_path / "s.npy")]) == 0
+    assert np.load(tmp_path / "s.npy").shape == (7, 2)
+    assert main(["sample", str(out), "-n", "7", "--out", str(tmp_path / "s.pt")]) == 0
+    assert torch.load(tmp_path / "s.pt", weights_only=True).shape == (7, 2)
+    capsys.readouterr()
+    assert main(["sample", str(out), "--out", str(tmp_path / "s.txt")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown suffix '.txt'" in err and ".csv" in err and not (tmp_path / "s.txt").exists()
+
+
+def test_training_curve_says_what_the_loss_is(tmp_path):
+    x = torch.randn(20, 3, dtype=torch.float64)
+    flow = get_model_class("flow")(3)
+    vae = get_model_class("vae")(data_shape=[3], latent_dim=2)
+    assert loss_label(flow, "svi", None, x[:2].float()) == "negative log-likelihood"
+    assert loss_label(None, "em", None, x[:2]) == "negative log-likelihood"
+    assert loss_label(vae, "svi", None, x[:2].float()) == "−ELBO"
+    assert loss_label(vae, "svi", "iwae", x[:2].float()) == "−IWAE bound"
+    figure = plot_training_curve([3.0, 2.0, 1.0], ylabel="negative log-likelihood (nats)",
+                                 validation=[(2, 2.5), (3, 1.5)])
+    assert figure.axes[0].get_ylabel() == "negative log-likelihood (nats)"
+    legend = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    assert legend == ["training loss", "validation"]

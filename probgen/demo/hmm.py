@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from probgen.core.paths import data_dirs
 from probgen.core.result import LogLikelihood
 from probgen.data.jsb import find_jsb_file, load_jsb_chorales
-from probgen.demo.registry import DemoData, DemoEntry
+from probgen.demo.registry import DemoData, DemoEntry, DemoUnavailable
 from probgen.infer.fit import fit
 from probgen.models.hmm import HMM, evaluate_forward, initialize_from_data
 
@@ -15,13 +16,18 @@ def demo_entries(smoke: bool) -> list[DemoEntry]:
     """Bernoulli HMMs with a few state counts on JSB chorales, fitted by Baum-Welch
     (``probgen.fit(..., method="baum_welch")``).
 
-    Returns [] when the chorales are neither local nor downloadable.
+    Raises :class:`DemoUnavailable` when the chorales are neither local nor downloadable.
     """
     if find_jsb_file() is None:
         try:
             load_jsb_chorales(timeout=10.0)  # downloads, checks and caches
-        except Exception:  # offline, or the source moved: the demo goes on without this family
-            return []
+        except Exception as error:  # offline, or the source moved: the demo goes on without it
+            first = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+            searched = ", ".join(str(folder) for folder in data_dirs("jsb_chorales"))
+            raise DemoUnavailable(
+                f"jsb_chorales (HMMs): the JSB chorales are not in {searched} and the download "
+                f"failed ({first}); put jsb-chorales-quarter.json in $PROBGEN_DATA/jsb_chorales "
+                "to include them") from error
 
     def load(smoke: bool) -> DemoData:
         data = load_jsb_chorales()

@@ -70,7 +70,10 @@ def _fit_and_score(make, k: int, steps: int, lr: float):
                 return torch.logsumexp(comp + weights.log(), -1)
 
             plot_density_2d(density, x[:, :2], os.path.join(out_dir, "iris_mixture_density.png"),
-                            title="iris (standardized), 3-component program: first two features")
+                            title="iris training data under the 3-component diagonal mixture "
+                                  "(marginal of the first two features)",
+                            xlabel="sepal length (standardized)",
+                            ylabel="sepal width (standardized)")
         return evaluate(model, data.test)
 
     return run

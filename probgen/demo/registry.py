@@ -9,7 +9,7 @@ import torch
 
 from probgen.core.result import LogLikelihood
 
-__all__ = ["DemoData", "DemoEntry", "FAMILY_MODULES"]
+__all__ = ["DemoData", "DemoEntry", "DemoUnavailable", "FAMILY_MODULES"]
 
 # Modules that define ``demo_entries(smoke: bool) -> list[DemoEntry]``: one per family, all
 # inside probgen.demo (the demo imports the families; no family imports the demo).
@@ -24,6 +24,11 @@ FAMILY_MODULES: tuple[str, ...] = (
     "probgen.demo.latent_diffusion",
     "probgen.demo.hierarchical",
 )
+
+
+class DemoUnavailable(RuntimeError):
+    """Raised by ``demo_entries`` when a family's demo cannot run here (its data are absent and
+    cannot be downloaded); the demo goes on without it and says so in one line."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import torch
 
 from probgen.core.result import LogLikelihood
 from probgen.data.bundled import load_dataset, train_test_split
-from probgen.demo.registry import FAMILY_MODULES, DemoData, DemoEntry
+from probgen.demo.registry import FAMILY_MODULES, DemoData, DemoEntry, DemoUnavailable
 from probgen.evaluate.compare import compare
 
 __all__ = ["DATASETS", "collect_entries", "run_demo"]
@@ -39,7 +39,9 @@ def _digits(smoke: bool) -> DemoData:
 DATASETS = {"iris": _iris, "digits": _digits}
 
 
-def collect_entries(smoke: bool) -> list[DemoEntry]:
+def collect_entries(smoke: bool, skipped: list[str] | None = None) -> list[DemoEntry]:
+    """Every family's demo entries; a family that cannot run here (:class:`DemoUnavailable`)
+    is left out, its reason appended to ``skipped``."""
     entries: list[DemoEntry] = []
     for module_name in FAMILY_MODULES:
         try:
@@ -49,7 +51,11 @@ def collect_entries(smoke: bool) -> list[DemoEntry]:
                 continue
             raise
         if hasattr(module, "demo_entries"):
-            entries.extend(module.demo_entries(smoke))
+            try:
+                entries.extend(module.demo_entries(smoke))
+            except DemoUnavailable as reason:
+                if skipped is not None:
+                    skipped.append(str(reason))
     return entries
 
 
@@ -59,9 +65,12 @@ def run_demo(out_dir: str = "runs/demo", *, smoke: bool = False, only: str | Non
 
     os.makedirs(out_dir, exist_ok=True)
     groups: dict[str, list[DemoEntry]] = defaultdict(list)
-    for entry in collect_entries(smoke):
+    skipped: list[str] = []
+    for entry in collect_entries(smoke, skipped):
         if only is None or only == entry.dataset:
             groups[entry.dataset].append(entry)
+    for reason in skipped:
+        print(f"skipped {reason}")
     summary = {}
     for dataset, entries in groups.items():
         loader = entries[0].load or DATASETS[dataset]

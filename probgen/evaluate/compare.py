@@ -245,9 +245,9 @@ def compare(results: dict[str, LogLikelihood] | Sequence[LogLikelihood], *,
         notes.append("an estimate is not a bound, and its ± covers only its Monte Carlo noise, not "
                      "its bias: AIS's test log-likelihood is biased high (optimistic) when its "
                      "schedule is short, by far more than its stderr when few chains carry the "
-                     "weight (see its ess setting); a RAISE lower bound (estimator='raise') "
-                     "below it brackets the truth, and a large gap between the two means "
-                     "neither is accurate yet")
+                     "weight (see its ess setting); RAISE (estimator='raise') errs low on data "
+                     "like the model's samples but is no bound (it bounds the annealed model), "
+                     "and a large gap between the two means neither is accurate yet")
     ordered = sorted(results.items(), key=lambda item: item[1].mean, reverse=True)
     best = ordered[0][1]
     rows = []

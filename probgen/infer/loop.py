@@ -71,6 +71,9 @@ class Run:
     best: tuple[float, int, dict] | None = None  # (loss, step, parameters)
     stale: int = 0  # validations since the best one
     average: ParameterAverage | None = None  # fit(ema_decay=...): validated and returned
+    # The last step's parameters once the model holds others (the best, or the averages):
+    # what a resume continues from, kept apart from the parameters fit returns.
+    training_state: dict[str, Any] | None = None
 
     def checkpoint_state(self, step: int) -> dict[str, Any]:
         return {
@@ -83,6 +86,7 @@ class Run:
             "best": None if self.best is None else {"loss": self.best[0], "step": self.best[1],
                                                     **self.best[2]},
             "average": None if self.average is None else self.average.state_dict(),
+            "training_state": self.training_state,
         }
 
     def load(self, path: Path, example: tuple) -> int:
@@ -107,7 +111,9 @@ class Run:
                                       f"but this run has {key}={self.settings[key]!r}; resume with "
                                       "the same data and settings")
         self.settings["seed"] = int(state["run"]["seed"])
-        restore_state(state, self.bundled)
+        # Training goes on from the last step's parameters; the top level holds what the fit
+        # returned (the best, or the averages), and is both in files written before the split.
+        restore_state(state.get("training_state") or state, self.bundled)
         self.method.load_state_dict(state.get("method") or {})
         set_rng_state(state["rng"])
         self.losses = [float(v) for v in state["losses"]]
@@ -116,6 +122,7 @@ class Run:
         if best is not None:
             self.best = (float(best["loss"]), int(best["step"]),
                          {"param_store": best["param_store"], "model_state": best["model_state"]})
+            self.stale = sum(1 for s, _ in self.validation if s > self.best[1])
         if self.average is not None and state.get("average") is not None:
             self.average.load_state_dict(state["average"])
         return int(state["step"])
@@ -333,7 +340,8 @@ class Loop:
         bar = tqdm(total=self.total, initial=self.start, disable=not self.show, desc="fit",
                    leave=False, dynamic_ncols=True)
         try:
-            for step, epoch, batch in self.batches.epochs(self.start, self.run.settings["seed"]):
+            for step, epoch, batch in self.batches.epochs(self.start, self.run.settings["seed"],
+                                                         self.total):
                 if step >= self.total:
                     return False
                 loss = self._step(step, batch)
@@ -353,7 +361,26 @@ class Loop:
             return False
         finally:
             bar.close()
+            if self.run.bundled is not None:  # dropout, batch norm: what the user scores
+                self.run.bundled.eval()  # is the evaluation-mode model, however the loop ends
 
+    def leave_parameters(self, restore_best: bool) -> None:
+        """The parameters fit returns: the best validated ones (``restore_best``), else the
+        averages (``ema_decay``), else the last step's. When they are not the last step's, the
+        checkpoint is written again with both: the returned ones, and the training state that
+        a resume continues from."""
+        run = self.run
+        best = run.best if restore_best else None
+        if best is None and run.average is None:
+            return
+        if best is not None and best[1] == len(run.losses) and run.average is None:
+            return  # the best is the last step
+        run.training_state = _model_state(run.bundled)
+        if best is not None:
+            restore_state(best[2], run.bundled)  # with averaging, the best averages
+        else:
+            run.average.apply(run.method.tensors())
+        self.save(len(run.losses))
 
     def result(self, model: Any, name: str, started: float | None, stopped: bool) -> FitResult:
         best = self.run.best

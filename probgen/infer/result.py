@@ -32,7 +32,7 @@ class FitState:
     validation: list[tuple[int, float]] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class FitResult:
     """The outcome of :func:`fit`, whatever the method.
 
@@ -65,6 +65,24 @@ class FitResult:
     best_step: int | None = None
     num_examples: int = 0
     settings: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        """One line: method, steps, final loss per example, best validation, time (not every
+        loss: those are in ``losses``)."""
+        parts = [f"method={self.method!r}", f"num_steps={self.num_steps}"]
+        if self.losses:
+            per_example = (f" ({self.losses[-1] / self.num_examples:.4g} per example)"
+                           if self.num_examples else "")
+            parts.append(f"final_loss={self.losses[-1]:.6g}{per_example}")
+        if self.validation:
+            best = min(self.validation, key=lambda entry: entry[1])
+            parts.append(f"best_validation={best[1]:.4g} at step {best[0]}")
+        if self.converged:
+            parts.append("converged")
+        if self.stopped_early:
+            parts.append("stopped_early")
+        parts.append(f"seconds={self.seconds:.3g}")
+        return f"FitResult({', '.join(parts)})"
 
     @property
     def history(self) -> list[float]:
