@@ -180,3 +180,21 @@ def test_bits_per_dim_of_ragged_sequences_count_true_lengths():
     assert result.num_dims == pytest.approx(float(lengths.double().mean()))  # 4.25, not 8
     expected = -float(result.per_example.sum()) / (float(lengths.sum()) * np.log(2))
     assert result.bits_per_dim == pytest.approx(expected)
+
+
+def test_a_point_mass_guide_is_refit_as_a_density_so_the_bound_holds():
+    """An AutoDelta over z proposes no density: log p(x, z_MAP) is no bound on log p(x). The
+    refit uses an AutoNormal, and the IWAE-k value stays below the closed form."""
+    generator = torch.Generator().manual_seed(0)
+    test = torch.randn(100, Q, generator=generator) @ torch.randn(Q, D, generator=generator)
+    test = test + 0.3 * torch.randn(100, D, generator=generator)
+    point = pyro.infer.autoguide.AutoDelta(ppca)
+    point(test)  # W and sigma at their initial values: the closed form below uses them
+    held_out = probgen.evaluate(ppca, test, guide=point, k=500, seed=0, refit_steps=400)
+    weight, sigma = pyro.param("W").detach(), pyro.param("sigma").detach()
+    closed_form = dist.MultivariateNormal(torch.zeros(D), weight @ weight.T
+                                          + sigma**2 * torch.eye(D)).log_prob(test)
+    assert held_out.kind == "lower_bound"
+    assert held_out.settings["refit"]["guide"] == "AutoNormal"
+    gap = float(closed_form.mean()) - held_out.mean
+    assert 0 <= gap < 0.02, gap

@@ -12,11 +12,11 @@ import pyro.optim
 import torch
 from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO, config_enumerate
-from pyro.infer.autoguide import AutoGuide, AutoGuideList
+from pyro.infer.autoguide import AutoDelta, AutoGuide, AutoGuideList, AutoNormal
 
 from probgen.core.program import ProgramInfo
 
-__all__ = ["RefitSettings", "holds_training_examples", "refit_local_guide"]
+__all__ = ["RefitSettings", "holds_training_examples", "local_guide_class", "refit_local_guide"]
 
 
 @dataclass(frozen=True)
@@ -27,9 +27,9 @@ class RefitSettings:
     lr: float = 0.02
     seed: int = 0
 
-    def as_dict(self, guide: Callable) -> dict:
-        return {"guide": type(guide).__name__, "num_steps": self.num_steps, "lr": self.lr,
-                "seed": self.seed, "model_parameters": "frozen"}
+    def as_dict(self, guide: Callable | None) -> dict:
+        return {"guide": local_guide_class(guide).__name__, "num_steps": self.num_steps,
+                "lr": self.lr, "seed": self.seed, "model_parameters": "frozen"}
 
 
 def holds_training_examples(guide: Callable | None, info: ProgramInfo) -> bool:
@@ -38,6 +38,14 @@ def holds_training_examples(guide: Callable | None, info: ProgramInfo) -> bool:
     local = set(info.continuous_latents) - set(info.global_latents)
     return (isinstance(guide, AutoGuide) and not isinstance(guide, AutoGuideList)
             and bool(local))
+
+
+def local_guide_class(guide: Callable | None) -> type[AutoGuide]:
+    """The autoguide class refit on held-out rows: the trained guide's, except that a point mass
+    (``AutoDelta``) or no guide gets an ``AutoNormal``: an importance proposal needs a density."""
+    if isinstance(guide, AutoGuide) and not isinstance(guide, AutoDelta):
+        return type(guide)
+    return AutoNormal
 
 
 @contextmanager
@@ -55,23 +63,30 @@ def _scratch_param_store(names: list[str]) -> Iterator[None]:
 
 
 @contextmanager
-def refit_local_guide(program: Callable, guide: AutoGuide, batch: tuple[torch.Tensor, ...],
+def refit_local_guide(program: Callable, guide: Callable | None, batch: tuple[torch.Tensor, ...],
                       info: ProgramInfo, settings: RefitSettings) -> Iterator[AutoGuide]:
-    """A fresh guide of ``guide``'s class fitted to ``batch`` by SVI with the model's parameters
-    frozen (hidden from the optimizer), valid inside the ``with`` block only: the trained guide's
-    parameters are restored when it exits."""
+    """A fresh autoguide (:func:`local_guide_class` of ``guide``) fitted to ``batch`` by SVI with
+    the model's parameters frozen (hidden from the optimizer), valid inside the ``with`` block
+    only: the param store, the trained guide's parameters included, is restored when it exits.
+
+    ``program`` may fix its global latents (observed sites are left out of the fresh guide): a
+    program that sets them to a random posterior draw at each call fits q(z_i | x_i) to the
+    posterior average of p(z_i | x_i, θ)."""
     hidden = set(info.discrete_latents)
     prototype = poutine.block(program, hide_fn=lambda msg: msg["name"] in hidden)
-    prefix = f"{type(guide).__name__}."
+    guide_class = local_guide_class(guide)
+    prefix = f"{guide_class.__name__}."
     store = pyro.get_param_store()
     with _scratch_param_store([n for n in store.keys() if n.startswith(prefix)]):
-        fresh = type(guide)(prototype)
+        fresh = guide_class(prototype)
         frozen_model = poutine.block(program, hide_types=["param"])
         loss = Trace_ELBO()
         if hidden:  # discrete latents the guide leaves out are summed out
             frozen_model = config_enumerate(frozen_model, default="parallel")
             loss = TraceEnum_ELBO(max_plate_nesting=info.max_plate_nesting)
-        with torch.random.fork_rng(devices=[]), torch.enable_grad():
+        # the program was validated when inspected; per-step checks would only slow the refit
+        with torch.random.fork_rng(devices=[]), torch.enable_grad(), \
+                pyro.validation_enabled(False):
             pyro.set_rng_seed(settings.seed)
             svi = SVI(frozen_model, fresh, pyro.optim.Adam({"lr": settings.lr}), loss)
             for _ in range(settings.num_steps):
