@@ -3,6 +3,7 @@ DataLoaders, fresh parameters per seed, resume with a new learning rate, declare
 
 import math
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -462,3 +463,149 @@ def test_renyi_bound_is_scaled_after_its_log_mean_exp_on_mini_batches():
     pyro.set_rng_seed(3)
     batch_bound = iwae().loss(latent_model, _amortized_guide, x[:10])
     assert result.losses[0] == pytest.approx(100 * batch_bound, rel=1e-5)
+
+
+# --- users' own programs: data-dependent initialization, a sweep of new networks ---------------
+K = 3
+
+
+@pyro.infer.config_enumerate
+def gmm(data):
+    """Pyro's GMM tutorial (pyro.ai/examples/gmm.html) as a MAP fit: the centres start at K
+    random data rows, as the tutorial initialises them."""
+    weights = pyro.param("weights", data.new_ones(K) / K, constraint=constraints.simplex)
+    scale = pyro.param("scale", (data.var() / 2).sqrt(), constraint=constraints.positive)
+    locs = pyro.param("locs", data[torch.randperm(len(data))[:K]])
+    with pyro.plate("data", len(data)):
+        assignment = pyro.sample("assignment", dist.Categorical(weights))
+        pyro.sample("obs", dist.Normal(locs[assignment], scale), obs=data)
+
+
+def _mixture_data(n: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.tensor([-4.0, 0.0, 5.0], dtype=torch.float64)
+    which = torch.randint(0, K, (n,), generator=generator)
+    return centres[which] + 0.7 * torch.randn(n, generator=generator, dtype=torch.float64)
+
+
+def test_gmm_tutorial_with_centres_drawn_from_the_data_fits_and_scores_exactly():
+    """The dtype probe runs the program on two rows; the K = 3 centres it would draw from them
+    must not stay in the param store (they made the fit fail with an IndexError)."""
+    from scipy.special import logsumexp
+    from scipy.stats import norm
+
+    train, test = _mixture_data(200, 0), _mixture_data(50, 1)
+    result = probgen.fit(gmm, train, num_steps=300, optim=0.1, seed=0, progress=False)
+    assert result.losses[-1] < result.losses[0]
+    score = probgen.evaluate(gmm, test)
+    assert score.kind == "exact"
+    weights, locs, scale = (pyro.param(name).detach().numpy() for name in
+                            ("weights", "locs", "scale"))
+    assert locs.shape == (K,)
+    by_hand = logsumexp(np.log(weights) + norm.logpdf(test.numpy()[:, None], locs, scale), axis=1)
+    assert score.per_example.numpy() == pytest.approx(by_hand, abs=1e-8)
+
+
+@pyro.infer.config_enumerate
+def gmm_with_priors(data):
+    """The tutorial's model itself: global latents under priors, fitted with its AutoDelta."""
+    weights = pyro.sample("weights", dist.Dirichlet(0.5 * data.new_ones(K)))
+    scale = pyro.sample("scale", dist.LogNormal(data.new_zeros(()), 2.0))
+    with pyro.plate("components", K):
+        locs = pyro.sample("locs", dist.Normal(data.new_zeros(()), 10.0))
+    with pyro.plate("data", len(data)):
+        assignment = pyro.sample("assignment", dist.Categorical(weights))
+        pyro.sample("obs", dist.Normal(locs[assignment], scale), obs=data)
+
+
+def test_gmm_tutorial_with_its_autodelta_guide_scores_exactly_at_the_point_estimate():
+    from pyro.infer.autoguide import AutoDelta
+    from scipy.special import logsumexp
+    from scipy.stats import norm
+
+    train, test = _mixture_data(200, 0), _mixture_data(50, 1)
+
+    def init_loc_fn(site):
+        if site["name"] == "weights":
+            return train.new_ones(K) / K
+        if site["name"] == "scale":
+            return (train.var() / 2).sqrt()
+        return train[torch.multinomial(torch.ones(len(train)) / len(train), K)]
+
+    guide = AutoDelta(poutine.block(gmm_with_priors, expose=["weights", "locs", "scale"]),
+                      init_loc_fn=init_loc_fn)
+    result = probgen.fit(gmm_with_priors, train, guide=guide, num_steps=200, optim=0.1, seed=0,
+                         progress=False)
+    score = probgen.evaluate(gmm_with_priors, test, guide=result.guide)
+    assert score.kind == "exact"
+    point = {name: value.detach().numpy() for name, value in guide.median().items()}
+    by_hand = logsumexp(np.log(point["weights"]) + norm.logpdf(
+        test.numpy()[:, None], point["locs"], point["scale"]), axis=1)
+    assert score.per_example.numpy() == pytest.approx(by_hand, abs=1e-8)
+
+
+def test_probes_leave_nothing_in_the_param_store():
+    """The dtype probe and evaluate's two-row inspection run on a scratch store; evaluate on a
+    fresh store then initialises the centres from the data it scores, as the program says."""
+    from probgen.core.dtypes import program_dtype
+
+    data = _mixture_data(30, 2)
+    assert program_dtype(gmm, (data,)) == torch.float64
+    assert list(pyro.get_param_store().keys()) == []
+    score = probgen.evaluate(gmm, data)
+    assert score.kind == "exact" and pyro.param("locs").shape == (K,)
+
+
+def test_a_sweep_that_builds_a_new_network_per_run_under_one_name_trains_each():
+    """Each run registers a new nn.Linear as "regressor"; the one an earlier run left in the
+    param store must not shadow it. Same seed, same result; each fit reaches least squares."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(80, 2, generator=generator)
+    y = x @ torch.tensor([1.5, -2.0]) + 0.5 + 0.1 * torch.randn(80, generator=generator)
+    least_squares = torch.linalg.lstsq(torch.cat([x, torch.ones(80, 1)], 1), y[:, None]).solution
+    runs = []
+    for _ in range(3):
+        torch.manual_seed(0)
+        regressor = torch.nn.Linear(2, 1)  # a new network, same name, same initial weights
+
+        def model(x, y, regressor=regressor):
+            pyro.module("regressor", regressor)
+            with pyro.plate("data", len(x)):
+                pyro.sample("y", dist.Normal(regressor(x).squeeze(-1), 0.1), obs=y)
+
+        result = probgen.fit(model, (x, y), num_steps=300, optim=0.05, seed=0, progress=False)
+        trained = torch.cat([regressor.weight.detach().ravel(), regressor.bias.detach()])
+        assert trained == pytest.approx(least_squares.ravel(), abs=1e-3)
+        assert pyro.get_param_store()._params["regressor$$$weight"] is regressor.weight
+        runs.append((result.losses, trained))
+    assert runs[1][0] == runs[0][0] and runs[2][0] == runs[0][0]
+    assert torch.equal(runs[1][1], runs[0][1]) and torch.equal(runs[2][1], runs[0][1])
+
+
+def test_warm_start_puts_the_stored_weights_into_a_new_network():
+    torch.manual_seed(0)
+    x = torch.randn(40, 2)
+    y = x.sum(-1)
+
+    def model_for(regressor):
+        def model(x, y):
+            pyro.module("regressor", regressor)
+            with pyro.plate("data", len(x)):
+                pyro.sample("y", dist.Normal(regressor(x).squeeze(-1), 0.1), obs=y)
+        return model
+
+    first = torch.nn.Linear(2, 1)
+    probgen.fit(model_for(first), (x, y), num_steps=200, optim=0.05, seed=0, progress=False)
+    second = torch.nn.Linear(2, 1)
+    result = probgen.fit(model_for(second), (x, y), num_steps=1, optim=1e-9, seed=0,
+                         progress=False, warm_start=True)
+    assert torch.allclose(second.weight, first.weight, atol=1e-6)
+    assert result.losses[0] == pytest.approx(
+        -float(dist.Normal(first(x).squeeze(-1), 0.1).log_prob(y).sum()), rel=1e-5)
+
+
+def test_fit_on_a_missing_cuda_device_says_so():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match="device='cuda': CUDA is not available on this machine"):
+        probgen.fit(normal_model, torch.randn(10), device="cuda", num_steps=1, progress=False)

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from pyro import poutine
 
+from probgen.core.params import scratch_param_store
+
 __all__ = ["floats_to_default_dtype", "parameter_dtype", "program_dtype", "cast_floats"]
 
 
@@ -37,12 +39,22 @@ def floats_to_default_dtype(data: Any) -> Any:
 
 def parameter_dtype(program: Callable, batch: tuple[torch.Tensor, ...]) -> torch.dtype | None:
     """The floating dtype of the parameters ``program`` uses, when they share one (None: no
-    floating parameters, several dtypes, or the program cannot run on ``batch`` yet)."""
-    probe = tuple(t[:2] for t in batch)
-    try:
-        with poutine.block(), torch.no_grad():
-            trace = poutine.trace(program, param_only=True).get_trace(*probe)
-    except Exception:  # noqa: BLE001 - any failure here is reported by the real run
+    floating parameters, several dtypes, or the program cannot run on ``batch`` yet).
+
+    A probe on two rows, then (if the program cannot run on two, e.g. it initialises K
+    cluster centres from K data rows) on all of ``batch``; either runs on a scratch param
+    store, so a parameter initialised from the probe's rows is not left behind."""
+    size = int(batch[0].shape[0]) if batch else 0
+    trace = None
+    for rows in (2, size) if size > 2 else (size,):
+        try:
+            with scratch_param_store(), poutine.block(), torch.no_grad():
+                trace = poutine.trace(program, param_only=True).get_trace(
+                    *(t[:rows] for t in batch))
+            break
+        except Exception:  # noqa: BLE001 - any failure here is reported by the real run
+            continue
+    if trace is None:
         return None
     dtypes = {site["value"].dtype for site in trace.nodes.values()
               if site["type"] == "param" and site["value"].is_floating_point()}

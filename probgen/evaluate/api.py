@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import pyro
 import torch
 from tqdm.auto import tqdm
 
+from probgen.core.devices import check_device
 from probgen.core.dtypes import cast_floats, floats_to_default_dtype, program_dtype
+from probgen.core.loaders import as_tuple, batch_iterable
 from probgen.core.model import Estimator, GenerativeModel
+from probgen.core.params import scratch_param_store
 from probgen.core.program import ForceSubsample, inspect_program
 from probgen.core.result import LogLikelihood, data_fingerprint
 from probgen.core.support import check_observed_support
-from probgen.core.validate import as_batch, check_device_name, check_seed
+from probgen.core.validate import as_batch, check_seed
 from probgen.data.transforms import evaluate_dequantized
 from probgen.evaluate.exact import exact_log_prob
 from probgen.evaluate.importance import importance_bound
 from probgen.evaluate.predictive import (
     bootstrap_stderr,
-    draw_log_likelihoods,
+    held_out_log_likelihoods,
+    locals_sum_out,
     lppd,
     posterior_draws,
 )
@@ -65,7 +71,7 @@ def _run_declared(declared: Estimator, model, batch, k, batch_size, seed, option
 def _infer_data_space(model: Callable, batch: tuple[torch.Tensor, ...], info) -> str:
     from pyro import poutine
 
-    with poutine.block(), torch.no_grad():
+    with scratch_param_store(), poutine.block(), torch.no_grad():
         trace = poutine.trace(model).get_trace(*batch)
     discrete = [trace.nodes[n]["fn"].support.is_discrete for n in info.observed]
     return "discrete" if all(discrete) else "continuous"
@@ -97,7 +103,10 @@ def evaluate(
     Args:
         model: a Pyro program ``model(*batch)`` with a data plate over the first dimension, or
             a bundled :class:`GenerativeModel`.
-        data: a tensor or a tuple of tensors sharing the first (example) dimension.
+        data: a tensor or a tuple of tensors sharing the first (example) dimension, or (as
+            :func:`probgen.fit` takes it) a ``Dataset``, ``DataLoader`` or iterable of batches:
+            each batch is scored as given (with ``seed``, each from the same seed) and the
+            per-example values joined in order.
         guide: for ``"elbo"``/``"iwae"``: the proposal q(z | x) (a bundled model's own guide
             by default).
         estimator: ``"auto"`` (exact when every latent is enumerable or absent; the held-out
@@ -107,11 +116,17 @@ def evaluate(
         posterior: draws of the global latents, ``{site: (S, *shape)}`` or the InferenceData
             of ``run_mcmc``: the score is lppd_i = log (1/S) Σ_s p(x_i | θ_s) (``"estimate"``;
             ``"exact"`` for one draw). Without it, a guide's global sites are drawn
-            ``num_draws`` times (default 100; once for an ``AutoDelta`` point mass).
+            ``num_draws`` times (default 100; once for an ``AutoDelta`` point mass). Continuous
+            local latents z_i are importance-sampled inside the average, p(x_i | θ_s) ≈
+            (1/k) Σ_k p(x_i, z_k | θ_s) / q(z_k | x_i), from ``guide`` when it is amortized,
+            else from an autoguide over z refit on ``data`` (``refit_steps``); with one draw
+            that is a ``"lower_bound"``.
         refit_steps: a guide with one parameter per *training* example (an autoguide over
             per-example latents) cannot score new examples: evaluate fits a fresh guide of the
-            same class to ``data`` for this many SVI steps (seeded, model parameters frozen),
-            then bounds log p(x) with it; the result's settings record it.
+            same class (an ``AutoNormal`` for an ``AutoDelta``) over the local latents to
+            ``data`` for this many SVI steps (seeded, model parameters frozen, global latents
+            set to a random posterior draw at each step), then bounds log p(x) with it; the
+            result's settings record it.
         allow_masked_latents: accept a program that masks an enumerated latent (each masked
             entry then adds log(number of states)); by default that is refused.
         k: particles for ELBO (default 1) and IWAE (default 1000).
@@ -135,7 +150,7 @@ def evaluate(
     if guide is not None and not callable(guide):
         raise TypeError(f"guide must be a Pyro program (a callable) or None, got "
                         f"{type(guide).__name__}")
-    device = check_device_name("device", device)
+    device = check_device(device)
     seed = check_seed(seed)
     if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k <= 0):
         raise ValueError(f"k must be a positive integer number of particles, got {k!r}")
@@ -145,6 +160,14 @@ def evaluate(
         e for e in _declared(model) if e not in _GENERIC)
     if estimator not in known:
         raise ValueError(f"unknown estimator {estimator!r}; choose one of {known}")
+    batches = batch_iterable(data, batch_size)
+    if batches is not None:  # as fit takes it: batch by batch, each with the same settings
+        return _joined([evaluate(
+            model, as_tuple(part), guide=guide, estimator=estimator, k=k, batch_size=batch_size,
+            device=device, data_space=data_space, num_dims=num_dims, data_plate=data_plate,
+            seed=seed, fast=fast, progress=progress, posterior=posterior, num_draws=num_draws,
+            refit_steps=refit_steps, allow_masked_latents=allow_masked_latents, **options)
+            for part in batches])
     bundled = isinstance(model, GenerativeModel)
     batch = as_batch(floats_to_default_dtype(data),
                      model_device=model.device if bundled and device is None else None,
@@ -190,13 +213,14 @@ def _evaluate(model, batch, guide, estimator, k, batch_size, data_space, num_dim
     declared = _declared(model)
     if estimator in declared:
         return _run_declared(declared[estimator], model, batch, k, batch_size, seed, options)
-    try:
-        info = inspect_program(program, probe, data_plate=data_plate)
-    except (ValueError, RuntimeError):
-        if len(probe[0]) == n:
-            raise
-        probe = batch  # e.g. a plate with subsample_size larger than the probe
-        info = inspect_program(program, probe, data_plate=data_plate)
+    with scratch_param_store():  # a parameter initialised from the probe's rows must not stay
+        try:
+            info = inspect_program(program, probe, data_plate=data_plate)
+        except (ValueError, RuntimeError):
+            if len(probe[0]) == n:
+                raise
+            probe = batch  # e.g. a plate with subsample_size larger than the probe
+            info = inspect_program(program, probe, data_plate=data_plate)
     if info.subsample_size is not None:
         probe = batch
     if not bundled:  # a bundled model checked its data in validate_batch
@@ -211,7 +235,12 @@ def _evaluate(model, batch, guide, estimator, k, batch_size, data_space, num_dim
         if data_space is None:
             data_space = model.data_space if bundled else _infer_data_space(program, probe, info)
         return _predictive(program, guide, batch, info, estimator, posterior, num_draws, k,
-                           batch_size, data_space, num_dims, seed)
+                           batch_size, data_space, num_dims, seed, refit_steps)
+    if info.global_latents and estimator in ("elbo", "iwae"):
+        raise ValueError(f"the model has global latents {list(info.global_latents)}, shared by "
+                         f"every example: a per-example {estimator} bound does not apply; score "
+                         "held-out rows by their predictive density with estimator='predictive' "
+                         "(or 'auto'), passing guide= and/or posterior=")
     if estimator == "auto":
         if info.exact_applies:
             estimator = "exact"
@@ -249,9 +278,7 @@ def _evaluate(model, batch, guide, estimator, k, batch_size, data_space, num_dim
     k = k or (1 if estimator == "elbo" else 1000)
     settings: dict[str, Any] = {"k": k}
     if holds_training_examples(guide, info):
-        if isinstance(refit_steps, bool) or not isinstance(refit_steps, int) or refit_steps <= 0:
-            raise ValueError(f"refit_steps must be a positive integer, got {refit_steps!r}")
-        refit = RefitSettings(num_steps=refit_steps, seed=0 if seed is None else seed)
+        refit = _refit_settings(refit_steps, seed)
         settings["refit"] = refit.as_dict(guide)
         with refit_local_guide(program, guide, batch, info, refit) as fresh:  # one chunk
             particle_chunk = max(1, min(k, _MEMORY_BUDGET // (64 * n)))
@@ -279,6 +306,19 @@ def _evaluate(model, batch, guide, estimator, k, batch_size, data_space, num_dim
                          data_space=data_space, settings=settings, data_id=data_id)
 
 
+def _joined(parts: list[LogLikelihood]) -> LogLikelihood:
+    """Per-batch results as one: values in order, num_dims averaged over examples (ragged
+    batches differ), a fingerprint of the batches' fingerprints in order."""
+    if not parts:
+        raise ValueError("data is an empty Dataset or DataLoader: it yielded no batch to score")
+    counts = [part.num_examples for part in parts]
+    num_dims = sum(part.num_dims * count for part, count in zip(parts, counts)) / sum(counts)
+    ids = [part.data_id for part in parts]
+    joined = LogLikelihood.concat([replace(part, num_dims=num_dims) for part in parts])
+    data_id = None if None in ids else hashlib.sha1(",".join(ids).encode()).hexdigest()[:16]
+    return replace(joined, data_id=data_id)
+
+
 def _unchanged(fn: Callable) -> Callable:
     return fn
 
@@ -299,38 +339,43 @@ def _pieces(batch: tuple[torch.Tensor, ...], info, chunk: int
         yield batch, ForceSubsample(info.data_plate, indices), min(size, n - start)
 
 
+def _refit_settings(refit_steps: Any, seed: int | None) -> RefitSettings:
+    if isinstance(refit_steps, bool) or not isinstance(refit_steps, int) or refit_steps <= 0:
+        raise ValueError(f"refit_steps must be a positive integer, got {refit_steps!r}")
+    return RefitSettings(num_steps=refit_steps, seed=0 if seed is None else seed)
+
+
 def _predictive(program, guide, batch, info, estimator, posterior, num_draws, k, batch_size,
-                data_space, num_dims, seed) -> LogLikelihood:
-    """lppd over posterior draws of the global latents (exact for a point mass and exact locals)."""
+                data_space, num_dims, seed, refit_steps) -> LogLikelihood:
+    r"""lppd_i = log (1/S) Σ_s p(x_i | θ_s) over posterior draws θ_s of the global latents, with
+    p(x_i | θ_s) summed over enumerable locals (exact) or importance-sampled with k particles
+    (per draw an IWAE-k lower bound; the log-mean over draws is an estimate)."""
     if num_draws is not None and (isinstance(num_draws, bool) or not isinstance(num_draws, int)
                                   or num_draws <= 0):
         raise ValueError(f"num_draws must be a positive integer, got {num_draws!r}")
+    refit = _refit_settings(refit_steps, seed)
     if seed is not None:
         pyro.set_rng_seed(seed)  # the guide's draws: the seed's first ones
     draws, described, point_mass = posterior_draws(posterior, guide, batch, info.global_latents,
                                                    num_draws)
+    summed = locals_sum_out(info, tuple(draws))
+    exact = point_mass and summed and not info.bound_sites
+    bound = point_mass and not summed and not info.bound_sites  # IWAE-k on log p(x | θ̂)
+    if estimator == "exact" and not exact:
+        raise ValueError(f"the model has global latents {list(info.global_latents)} and "
+                         + ("continuous local latents, importance-sampled: its held-out score "
+                            "is a lower bound; use estimator='predictive' (or 'auto')" if bound
+                            else f"the posterior is not a point mass ({described}): its held-out "
+                            "score is an estimate; use estimator='predictive' (or 'auto'), or an "
+                            "AutoDelta guide for the exact likelihood at a point estimate"))
     k = k or 1000
     chunk = batch_size or max(1, min(len(batch[0]), _MEMORY_BUDGET // (64 * min(k, 64))))
-    parts = []
-    for start in range(0, len(batch[0]), chunk):
-        piece = tuple(t[start:start + chunk] for t in batch)
-        values, local = draw_log_likelihoods(
-            program, guide, piece, info, draws, k=k,
-            particle_chunk=max(1, min(k, _MEMORY_BUDGET // (64 * len(piece[0])))))
-        parts.append(values)
-    log_lik = torch.cat(parts, 1)  # (draws, examples)
-    exact = point_mass and local == "exact" and not info.bound_sites
-    if estimator == "exact" and not exact:
-        raise ValueError(f"the model has global latents {list(info.global_latents)} and the "
-                         f"posterior is not a point mass ({described}): its held-out score is "
-                         "an estimate; use estimator='predictive' (or 'auto'), or an AutoDelta "
-                         "guide for the exact likelihood at a point estimate")
+    log_lik, local_stderr, local = held_out_log_likelihoods(
+        program, guide, batch, info, draws, k=k, chunk=chunk, memory_budget=_MEMORY_BUDGET,
+        refit=refit)  # (draws, examples)
     per_example = lppd(log_lik)
-    settings = {"posterior": described, "num_draws": int(next(iter(draws.values())).shape[0]),
-                "local_latents": local}
-    if local == "iwae":
-        settings["k"] = k
-    return LogLikelihood(per_example, kind="exact" if exact else "estimate",
-                         estimator="predictive", num_dims=num_dims, data_space=data_space,
-                         settings=settings, data_id=data_fingerprint(*batch),
-                         estimator_stderr=bootstrap_stderr(log_lik))
+    settings = {"posterior": described, "num_draws": int(log_lik.shape[0]), **local}
+    kind = "exact" if exact else "lower_bound" if bound else "estimate"
+    return LogLikelihood(per_example, kind=kind, estimator="predictive", num_dims=num_dims,
+                         data_space=data_space, settings=settings, data_id=data_fingerprint(*batch),
+                         estimator_stderr=bootstrap_stderr(log_lik, local_stderr))

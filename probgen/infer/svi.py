@@ -135,8 +135,9 @@ class _TorchAdam:
             raise ValueError(
                 "the training step gave no parameter a gradient: the program and guide have no "
                 "trainable parameters, or they build their nn.Modules anew in every call (Pyro "
-                "then trains copies it discards). Create the modules once, outside the program, "
-                "and register them with pyro.module(name, module)")
+                "then keeps the first call's parameters under the pyro.module name and the new "
+                "modules never train). Create the modules once, outside the program, and "
+                "register them with pyro.module(name, module)")
         if new:
             tensors = [params[n] for n in new]
             if self.optimizer is None:

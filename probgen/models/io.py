@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pyro
 import torch
 from pyro import poutine
 from pyro.infer import autoguide as autoguides
@@ -21,8 +23,15 @@ from probgen.core.checkpoint import (
     param_store_state,
     restore_param_store,
 )
+from probgen.core.devices import check_device
 from probgen.core.model import GenerativeModel
-from probgen.core.validate import check_device_name, check_memory
+from probgen.core.params import (
+    example_from_rows,
+    load_into_module,
+    param_trace,
+    stale_module_parameters,
+)
+from probgen.core.validate import check_memory
 from probgen.core.version import __version__
 from probgen.infer.result import FitResult
 from probgen.models.registry import get_model_class
@@ -95,7 +104,7 @@ def _program_state(result: FitResult) -> dict[str, Any]:
 
 
 def _load_program(state: dict[str, Any], path: Any, model: Callable | None,
-                  guide: Callable | None) -> FitResult:
+                  guide: Callable | None, map_location: Any = None) -> FitResult:
     """A program's fit (a ``probgen-program`` file or a fit checkpoint) back into the store."""
     if model is None or isinstance(model, GenerativeModel) and state["format"] == "probgen-program":
         raise TypeError(f"{path} holds the parameters of your own Pyro program; pass it: "
@@ -114,11 +123,81 @@ def _load_program(state: dict[str, Any], path: Any, model: Callable | None,
             "guide_state") is not None:
         guide.load_state_dict(state["guide_state"])
     settings = dict(state.get("settings") or state.get("run") or {})
+    example = example_from_rows(settings.get("example"))
+    with torch.random.fork_rng():  # the traces below draw; the caller's stream stays as it was
+        _load_into_modules(model, guide, example, state["param_store"], path, map_location)
+        _set_up_autoguide(guide, example, int(settings.get("batch_size") or 1))
     losses = [float(v) for v in state.get("losses", [])]
     return FitResult(model, guide, losses, int(state.get("num_steps", state.get("step", 0))),
                      0.0, method=str(state.get("method", settings.get("method", "svi"))),
                      num_examples=int(state.get("num_examples", settings.get("size", 0))),
                      settings=settings)
+
+
+def _load_into_modules(model: Callable, guide: Callable, example: tuple | None,
+                       saved: dict[str, Any], path: Any, map_location: Any) -> None:
+    """Put the restored store values into the ``nn.Module``s that ``model`` and ``guide``
+    register with ``pyro.module`` (or as ``PyroModule`` parameters): built anew in this process,
+    they hold fresh weights the store's loaded tensors never reach (Pyro's ``pyro.module``
+    keeps the store's tensor and leaves the module alone). One trace of each on the saved
+    example rows finds them (on a scratch store: the trace creates nothing). An autoguide is
+    not traced: its parameters follow the store by themselves, and its first call fixes its
+    shapes, which must be the data's, not the example's."""
+    registered = [name for name in saved.get("params", {}) if "$$$" in name]
+    if not registered:
+        return
+    if example is None:
+        warnings.warn(f"{path} holds no example rows (written by an older probgen), so "
+                      f"probgen.load cannot trace the program to put the saved weights "
+                      f"{registered[:3]} into your nn.Modules; they keep their own. Fit and "
+                      "save again, or register them with pyro.module(name, net, "
+                      "update_module_params=True)", stacklevel=3)
+        return
+    devices = [map_location] if map_location is not None else ["cpu"] + (
+        ["cuda"] if torch.cuda.is_available() else [])
+    failures = []
+    for program in (model, guide):
+        if isinstance(program, AutoGuide) or program is _empty_guide:
+            continue
+        for device in devices:
+            try:
+                trace = param_trace(program, None, tuple(t.to(device) for t in example))
+                break
+            except Exception as error:  # noqa: BLE001 - reported below, if nothing claims them
+                failures.append(f"{type(error).__name__}: {str(error).splitlines()[0][:200]}")
+        else:
+            continue
+        for name, parameter in stale_module_parameters(trace).items():
+            try:
+                load_into_module(name, parameter)
+            except ValueError as error:
+                raise CheckpointError(f"{path}: {error}") from None
+    store = pyro.get_param_store()
+    unclaimed = [name for name in registered if name in store.keys()
+                 and not isinstance(store._params[name], nn.Parameter)]
+    if unclaimed:
+        reason = f" (running it on the saved example rows failed: {failures[0]})" if failures else ""
+        warnings.warn(f"the saved weights {unclaimed[:3]} are in the param store but no "
+                      f"nn.Module that the model and guide register with pyro.module took "
+                      f"them{reason}; pass probgen.load the model and guide that were fitted",
+                      stacklevel=3)
+
+
+def _set_up_autoguide(guide: Callable, example: tuple | None, rows: int) -> None:
+    """Build an autoguide now, as fit built it (on its first batch, ``rows`` examples), rather
+    than in its first call: that call draws from torch's RNG (the prototype trace, the initial
+    values), so a seeded ``evaluate`` after ``load`` would draw other posterior samples than
+    the same call before the save, and on held-out rows it would size per-example latents by
+    them, not by the training set the saved values belong to. The example rows, repeated to
+    ``rows``, give the shapes; the values come from the store."""
+    if not isinstance(guide, AutoGuide) or guide.prototype_trace is not None or example is None:
+        return
+    index = torch.arange(max(rows, 1)) % len(example[0])
+    try:
+        with torch.no_grad(), poutine.block():
+            guide(*(t[index] for t in example))
+    except Exception:  # noqa: BLE001 - the guide then builds itself on first use, as before
+        guide.prototype_trace = None
 
 
 def _empty_guide(*args: Any, **kwargs: Any) -> None:
@@ -186,16 +265,17 @@ def load(path: str | os.PathLike, *, model: Callable | None = None, guide: Calla
     A bundled model comes back whole (same class, config, parameters and guide). Your own
     program's fit (``probgen.save(fit_result, path)``, or a ``fit(checkpoint=...)`` file) is
     restored into Pyro's param store for ``model`` (and ``guide``: your module, or the autoguide
-    rebuilt by class) and returned as a :class:`FitResult` whose ``model``/``guide`` evaluate
-    exactly as before the save.
+    rebuilt by class), and into the ``nn.Module``s they register with ``pyro.module`` (found by
+    tracing them once on two example rows saved with the fit), and returned as a
+    :class:`FitResult` whose ``model``/``guide`` evaluate exactly as before the save.
     """
     _check_path_type(path, "probgen.load")
     if map_location is not None:
-        check_device_name("map_location", map_location)
+        check_device(map_location, name="map_location")
     state = load_checkpoint(path)
     if state["format"] in ("probgen-program", "probgen-fit") and not isinstance(
             model, GenerativeModel):
-        return _load_program(state, path, model, guide)
+        return _load_program(state, path, model, guide, map_location)
     if state["format"] != "probgen-model":
         raise CheckpointError(f"{path} holds a {state['format']!r} checkpoint, not a saved model; "
                               "resume it with probgen.fit(..., checkpoint=path, resume=True)")
@@ -234,4 +314,4 @@ def load(path: str | os.PathLike, *, model: Callable | None = None, guide: Calla
                 poutine.block(model.autoguide)(*example)
     if map_location is not None:
         model.to(map_location)
-    return model
+    return model.eval()  # as fit leaves it: dropout off, log_prob deterministic
