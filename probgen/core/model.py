@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -12,7 +14,7 @@ import torch
 from torch import nn
 
 from probgen.core.arguments import BLOCK_COUNT_LIMIT
-from probgen.core.validate import validate_data
+from probgen.core.validate import check_num_samples, validate_data
 
 __all__ = ["GenerativeModel", "Estimator"]
 
@@ -114,6 +116,12 @@ class GenerativeModel(nn.Module):
             found.update(klass.__dict__.get("_declared_estimators", {}))
         return found
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        sample = cls.__dict__.get("sample")
+        if sample is not None and not getattr(sample, "_num_samples_checked", False):
+            cls.sample = _checked_sample(sample)  # every family's sample(n): n checked first
+
     def __init__(self, **config: Any) -> None:
         super().__init__()
         self.config: dict[str, Any] = dict(config)
@@ -189,5 +197,31 @@ class GenerativeModel(nn.Module):
         """Draw ``num_samples`` examples from the model."""
         raise NotImplementedError
 
+    def values_per_sample(self, *args: Any, **kwargs: Any) -> int:
+        """How many values one example of ``sample(n, *args, **kwargs)`` holds, for the memory
+        check made before drawing (default: the event shape's size; a sequence family
+        multiplies by its ``length``)."""
+        shape = self.event_shape()
+        return math.prod(shape) if shape else 1
+
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config.items())
+
+
+def _checked_sample(sample: Callable[..., Any]) -> Callable[..., Any]:
+    """``sample(self, num_samples, ...)`` with ``num_samples`` checked before anything is drawn:
+    a positive integer (NumPy integers too) whose examples fit ``max_sample_bytes()``."""
+
+    @functools.wraps(sample)
+    def checked(self: GenerativeModel, num_samples: Any, *args: Any, **kwargs: Any) -> Any:
+        per_sample = self.values_per_sample(*args, **kwargs)
+        dtype = self.dtype or torch.get_default_dtype()
+        try:
+            num_samples = check_num_samples("num_samples", num_samples, per_sample=per_sample,
+                                            element_bytes=torch.empty((), dtype=dtype).element_size())
+        except ValueError as error:
+            raise ValueError(f"{type(self).__name__}.sample: {error}") from None
+        return sample(self, num_samples, *args, **kwargs)
+
+    checked._num_samples_checked = True  # type: ignore[attr-defined]
+    return checked

@@ -41,7 +41,18 @@ def data_dirs(subfolder: str = "") -> list[Path]:
 
 
 def find_data(name: str) -> Path | None:
-    """The first existing ``<dir>/<name>`` over :func:`data_dirs`, or None."""
+    """The first existing ``<dir>/<name>`` over :func:`data_dirs`, or None.
+
+    ``name`` is a relative path inside those folders: absolute paths, ``..`` and NUL bytes are
+    refused (a data set name must not reach outside the data folders).
+    """
+    if not isinstance(name, (str, os.PathLike)) or isinstance(name, bytes):
+        raise TypeError(f"find_data takes a file name inside the data folders (a str), got "
+                        f"{type(name).__name__}")
+    text = os.fspath(name)
+    if not text or "\x00" in text or Path(text).is_absolute() or ".." in Path(text).parts:
+        raise ValueError(f"find_data takes a relative file name inside the data folders "
+                         f"(e.g. 'mnist/train-images-idx3-ubyte.gz'), got {text!r}")
     for directory in data_dirs():
         candidate = directory / name
         if candidate.exists():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,15 +11,25 @@ import torch
 
 __all__ = ["SUPPORTS", "as_batch", "validate_data", "check_device", "check_size",
            "check_finite", "check_memory", "max_parameter_bytes", "check_device_name",
-           "check_seed"]
+           "check_seed", "check_probability", "check_option", "check_num_samples",
+           "max_sample_bytes", "check_regular_file", "max_file_bytes", "is_number"]
 
 SUPPORTS = ("real", "positive", "nonnegative", "unit_interval", "binary", "count", "categorical")
 
 
-def check_size(name: str, value: Any, *, minimum: int = 1) -> int:
-    """``value`` as an int >= ``minimum``; refuses booleans, fractions (2.7), NaN and strings.
+def is_number(value: Any) -> bool:
+    """Whether ``value`` is a real number: Python or NumPy int/float, not a bool or a string."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_))
 
-    An integral float (``3.0``, as JSON may give) is accepted and returned as ``3``.
+
+def check_size(name: str, value: Any, *, minimum: int = 1, maximum: int | None = None,
+               fix: str = "") -> int:
+    """``value`` as an int >= ``minimum`` (and <= ``maximum``); refuses booleans, fractions
+    (2.7), NaN and strings; NumPy integers are accepted.
+
+    An integral float (``3.0``, as JSON may give) is accepted and returned as ``3``. Past
+    ``maximum`` the message gives the number, the limit and ``fix`` (what to do instead).
     """
     if isinstance(value, (bool, np.bool_)) or value is None:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}; pass a number "
@@ -32,6 +43,9 @@ def check_size(name: str, value: Any, *, minimum: int = 1) -> int:
                          f"whole numbers (e.g. {name}={max(minimum, 2)})")
     if number < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if maximum is not None and number > maximum:
+        raise ValueError(f"{name}={number:,} is over the limit of {maximum:,} (it would take hours "
+                         f"or more memory than a machine has); {fix or f'pass a smaller {name}'}")
     return number
 
 
@@ -59,8 +73,14 @@ def check_seed(seed: Any) -> int | None:
 
 def check_finite(name: str, value: Any, *, positive: bool = False, nonnegative: bool = False
                  ) -> float:
-    """``value`` as a finite float (and > 0 or >= 0 when asked); refuses NaN, Inf and booleans."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+    """``value`` as a finite float (and > 0 or >= 0 when asked); refuses NaN, Inf, booleans and
+    strings; NumPy scalars and 0-d arrays/tensors holding one number are accepted."""
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
+        value = value.item()  # a 0-d array holding one number
+    elif isinstance(value, torch.Tensor) and value.dim() == 0 and (
+            value.is_floating_point() or value.dtype in (torch.int64, torch.int32)):
+        value = value.item()
+    if not is_number(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     number = float(value)
     if not np.isfinite(number):
@@ -71,6 +91,118 @@ def check_finite(name: str, value: Any, *, positive: bool = False, nonnegative: 
     if nonnegative and not number >= 0:
         raise ValueError(f"{name} must be >= 0, got {number}")
     return number
+
+
+def check_probability(name: str, value: Any, *, open_interval: bool = False) -> float:
+    """``value`` as a float in [0, 1] (``open_interval``: in (0, 1)); NumPy scalars accepted."""
+    number = check_finite(name, value)
+    inside = 0 < number < 1 if open_interval else 0 <= number <= 1
+    if not inside:
+        interval = "(0, 1)" if open_interval else "[0, 1]"
+        raise ValueError(f"{name} must be a probability in {interval}, got {number}; e.g. "
+                         f"{name}=0.5")
+    return number
+
+
+def check_option(name: str, value: Any, choices: Sequence[str]) -> str:
+    """``value`` as one of the strings ``choices`` (a NumPy string is accepted); else a
+    ValueError listing them."""
+    if isinstance(value, str) and value in choices:
+        return str(value)
+    hint = ""
+    if isinstance(value, str):
+        folded = [c for c in choices if c.lower() == value.strip().lower()]
+        hint = f" (did you mean {folded[0]!r}?)" if folded else ""
+    raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}{hint}")
+
+
+def _limit_from_env(variable: str, default: int) -> int:
+    import os
+
+    try:
+        return int(float(os.environ.get(variable, default)))
+    except ValueError:
+        return default
+
+
+def max_sample_bytes() -> int:
+    """The most memory one call may fill with samples, particles or draws (env
+    PROBGEN_MAX_SAMPLE_BYTES, default 8 GiB)."""
+    return _limit_from_env("PROBGEN_MAX_SAMPLE_BYTES", 8 * 2**30)
+
+
+def check_num_samples(name: str, value: Any, *, per_sample: int = 1, element_bytes: int = 4,
+                      fix: str = "") -> int:
+    """``value`` as a positive int whose ``value × per_sample`` values of ``element_bytes`` fit
+    under :func:`max_sample_bytes`, checked before anything is allocated or drawn.
+
+    ``fix`` says what to do instead (``{largest}`` in it becomes the largest value that fits);
+    by default: at most that many per call.
+
+    Example:
+        >>> check_num_samples("num_samples", np.int64(16), per_sample=784)
+        16
+    """
+    number = check_size(name, value)
+    need = number * max(int(per_sample), 1) * element_bytes
+    limit = max_sample_bytes()
+    if need > limit:
+        largest = f"{max(limit // (max(int(per_sample), 1) * element_bytes), 1):,}"
+        advice = (fix or "use at most {largest} per call (a loop of calls for more)").format(
+            largest=largest)
+        raise ValueError(f"{name}={number:,} would fill {_human(need)} ({number:,} × "
+                         f"{max(int(per_sample), 1):,} values), over the {_human(limit)} limit; "
+                         f"{advice}, or raise the limit with PROBGEN_MAX_SAMPLE_BYTES")
+    return number
+
+
+def max_file_bytes() -> int:
+    """The largest file probgen reads whole (env PROBGEN_MAX_FILE_BYTES, default 64 GiB)."""
+    return _limit_from_env("PROBGEN_MAX_FILE_BYTES", 64 * 2**30)
+
+
+def check_regular_file(name: str, path: Any, *, what: str = "a file",
+                       max_bytes: int | None = None) -> Path:
+    """``path`` as a Path to an existing regular file no larger than ``max_bytes`` (default
+    :func:`max_file_bytes`), checked with ``stat`` only: a FIFO, a device, a socket or a folder
+    is refused without being opened (opening a FIFO waits for a writer forever; a device such as
+    /dev/zero never ends).
+
+    Raises FileNotFoundError when nothing is there, ValueError otherwise; ``what`` says what the
+    file should be (e.g. "a checkpoint written by probgen.save").
+    """
+    import os
+    import stat
+
+    if not isinstance(path, (str, os.PathLike)) or isinstance(path, bytes):
+        raise TypeError(f"{name} must be a file path (str or pathlib.Path), got "
+                        f"{type(path).__name__}")
+    text = os.fspath(path)
+    if not text or not str(text).strip():
+        raise ValueError(f"{name} is empty; pass the path of {what}")
+    if "\x00" in str(text):
+        raise ValueError(f"{name} {str(text)!r} contains a NUL byte, which no file name can hold")
+    try:
+        info = os.stat(text)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{name} {text}: no such file; pass the path of {what}") from None
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{name} {text} cannot be read ({getattr(error, 'strerror', None) or error})"
+                         f"; pass the path of {what}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ValueError(f"{name} {text} is a folder; pass {what} (a file inside it)")
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a pipe (FIFO)" if stat.S_ISFIFO(info.st_mode) else
+                "a socket" if stat.S_ISSOCK(info.st_mode) else "a device")
+        raise ValueError(f"{name} {text} is {kind}, not a regular file (probgen reads a file "
+                         f"whole, and this one would block or never end); pass {what} saved "
+                         "on disk")
+    limit = max_file_bytes() if max_bytes is None else max_bytes
+    if info.st_size > limit:
+        raise ValueError(f"{name} {text} is {_human(info.st_size)}, over the {_human(limit)} "
+                         f"limit for {what}; is it the right file? (PROBGEN_MAX_FILE_BYTES "
+                         "raises the limit)")
+    return Path(text)
 
 
 def max_parameter_bytes() -> int:
@@ -184,7 +316,12 @@ def validate_data(
     if event_shape is not None and tuple(x.shape[1:]) != tuple(event_shape):
         raise ValueError(f"{name} has examples of shape {tuple(x.shape[1:])} but the model expects "
                          f"{tuple(event_shape)}; pass data with the features the model was fitted on")
-    if x.is_floating_point() and finite:
+    # Fast passes over the common case (fit checks every transformed mini-batch): binary data
+    # equal to their rounding clamped to [0, 1] are finite, whole and 0/1 at once; a finite
+    # sum means no NaN or Inf (a sum that overflows takes the exact check).
+    binary = (support == "binary" and x.is_floating_point()
+              and torch.equal(x, x.round().clamp_(0, 1)))
+    if x.is_floating_point() and finite and not binary and not bool(torch.isfinite(x.sum())):
         bad = ~torch.isfinite(x)
         if bad.any():
             count, first = _first_bad_row(bad)
@@ -192,10 +329,10 @@ def validate_data(
             raise ValueError(f"{name} has {what} in {count} row(s) (first: row {first}); "
                              "drop or impute them before fitting or evaluating")
     discrete = support in ("binary", "count", "categorical")
-    if discrete and x.is_floating_point() and not torch.equal(x, torch.round(x)):
+    if discrete and x.is_floating_point() and not binary and not torch.equal(x, torch.round(x)):
         raise ValueError(f"{name} must hold whole numbers for a {support} likelihood but has "
                          "fractional values; binarize or round it (see probgen.data.transforms)")
-    if support == "binary" and not ((x == 0) | (x == 1)).all():
+    if support == "binary" and not binary and not ((x == 0) | (x == 1)).all():
         raise ValueError(f"{name} must be binary (0/1) for a Bernoulli likelihood but has values "
                          f"in [{float(x.min()):g}, {float(x.max()):g}]; binarize it first "
                          "(probgen.data.transforms.binarize)")

@@ -70,9 +70,11 @@ def load_dataset(name: str) -> Dataset:
 
 def train_test_split(n: int, test_fraction: float = 0.2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of a seeded random split: (train_index, test_index)."""
-    from probgen.core.validate import check_finite, check_size
+    from probgen.core.validate import check_finite, check_num_samples, check_size
 
     n = check_size("n (the number of examples)", n, minimum=2)
+    check_num_samples("n (the number of examples)", n, element_bytes=8,  # the permutation
+                      fix="a data set of at most {largest} examples fits")
     seed = check_size("seed", seed, minimum=0)
     if seed > 2**63 - 1:
         raise ValueError(f"seed must be an integer in 0 .. 2**63 - 1, got {seed}")

@@ -10,6 +10,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from probgen.core.paths import cache_dir, data_dirs
@@ -130,13 +131,23 @@ def load_jsb_chorales(
                        resolution=resolution, path=path)
 
 
+def _is_pitch(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) or (
+        isinstance(value, float) and value.is_integer())
+
+
 def piano_rolls(chorales: list[list[list[int]]], *, dtype: torch.dtype = torch.float64) -> PaddedSequences:
     """Lists of sounding MIDI pitches per step -> padded ``(n, time, 88)`` 0/1 rolls."""
     rolls = []
     for i, chorale in enumerate(chorales):
         roll = torch.zeros(len(chorale), NUM_KEYS, dtype=dtype)
         steps = [t for t, notes in enumerate(chorale) for _ in notes]
-        keys = [int(p) - LOWEST_PITCH for notes in chorale for p in notes]
+        try:
+            keys = [int(p) - LOWEST_PITCH for notes in chorale for p in notes]
+        except (TypeError, ValueError):
+            bad = next((p for notes in chorale for p in notes if not _is_pitch(p)), None)
+            raise ValueError(f"chorale {i} has a pitch {bad!r}, not a MIDI note number; each "
+                             "step lists the sounding pitches as integers") from None
         if keys and (min(keys) < 0 or max(keys) >= NUM_KEYS):
             raise ValueError(f"chorale {i} has a pitch outside MIDI {LOWEST_PITCH}..{LOWEST_PITCH + 87}")
         roll[steps, keys] = 1.0

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from probgen.core import paths
+from probgen.core.validate import check_regular_file, check_seed
 
 __all__ = [
     "MNIST",
@@ -72,7 +73,10 @@ def default_cache_dir() -> Path:
 
 def read_idx(source: str | Path | bytes) -> np.ndarray:
     """Parse an IDX file (LeCun's format, gzip-compressed or not) into a numpy array."""
-    raw = Path(source).read_bytes() if isinstance(source, (str, Path)) else bytes(source)
+    if isinstance(source, (str, Path)):
+        raw = check_regular_file("IDX file", source, what="an MNIST IDX file").read_bytes()
+    else:
+        raw = bytes(source)
     raw = _decompress(raw)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise ValueError("not an IDX file: the first two bytes must be zero")
@@ -80,6 +84,9 @@ def read_idx(source: str | Path | bytes) -> np.ndarray:
     if raw[2] not in dtypes:
         raise ValueError(f"unknown IDX element type 0x{raw[2]:02x}")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise ValueError(f"IDX file holds {len(raw)} bytes, fewer than its header of {ndim} "
+                         "dimensions needs; the file is truncated or corrupt, delete it and retry")
     shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
     dtype = np.dtype(dtypes[raw[2]])
     expected = 4 + 4 * ndim + int(np.prod(shape)) * dtype.itemsize
@@ -290,7 +297,10 @@ class DynamicBinarizer:
     """
 
     def __init__(self, seed: int = 0) -> None:
-        self.seed = int(seed)
+        checked = check_seed(seed)
+        if checked is None:
+            raise ValueError("seed must be an integer in 0 .. 2**32 - 1, got None")
+        self.seed = checked
         self._generators: dict[torch.device, torch.Generator] = {}
 
     def __call__(self, intensities: torch.Tensor) -> torch.Tensor:

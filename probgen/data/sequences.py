@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from probgen.core.validate import validate_data
+from probgen.core.validate import check_num_samples, check_size, validate_data
 
 __all__ = ["PaddedSequences", "pad_sequences", "unpad_sequences", "lengths_to_mask",
            "validate_sequences"]
@@ -66,8 +66,20 @@ class PaddedSequences:
 def lengths_to_mask(lengths: torch.Tensor, max_length: int | None = None) -> torch.Tensor:
     """``mask[b, t] = t < lengths[b]``, shape ``(batch, max_length)``."""
     lengths = torch.as_tensor(lengths)
+    if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+        raise ValueError(f"lengths must be integers (steps per sequence), got dtype {lengths.dtype}; "
+                         "pass e.g. torch.tensor([5, 3])")
+    if lengths.dim() != 1:
+        raise ValueError(f"lengths must have shape (batch,), got {tuple(lengths.shape)}")
+    if lengths.numel() and int(lengths.min()) < 0:
+        raise ValueError(f"lengths must be >= 0, got {int(lengths.min())} (sequence "
+                         f"{int(torch.argmin(lengths))})")
     if max_length is None:
         max_length = int(lengths.max()) if lengths.numel() else 0
+    max_length = check_size("max_length", max_length, minimum=0)
+    if max_length and lengths.numel():
+        check_num_samples("max_length", max_length, per_sample=lengths.numel(), element_bytes=1,
+                          fix="pass max_length=None (the longest length) or at most {largest}")
     steps = torch.arange(max_length, device=lengths.device)
     return steps < lengths[:, None]  # (batch, time)
 
@@ -106,12 +118,14 @@ def pad_sequences(
     if max_length is None:
         max_length = longest
     else:
-        from probgen.core.validate import check_size
-
         max_length = check_size("max_length", max_length)
     if max_length < longest:
         raise ValueError(f"max_length={max_length} is shorter than the longest sequence ({longest})")
     dtype = dtype or tensors[0].dtype
+    check_num_samples("max_length", max_length, per_sample=len(tensors) * max(
+        int(torch.Size(feature_shape).numel()), 1), element_bytes=torch.empty((), dtype=dtype
+                                                                            ).element_size(),
+                      fix="pad to the longest sequence (max_length=None) or at most {largest}")
     _check_padding_value(padding_value, dtype)
     values = torch.full((len(tensors), max_length, *feature_shape), padding_value, dtype=dtype)
     for i, tensor in enumerate(tensors):  # a copy per sequence, once, at load time

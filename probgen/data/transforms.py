@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,7 +23,7 @@ from torch.distributions import Transform, constraints
 
 from probgen.core.chunks import eval_mode
 from probgen.core.result import LogLikelihood, data_fingerprint
-from probgen.core.validate import validate_data
+from probgen.core.validate import check_finite, check_size, validate_data
 from probgen.distributions.flow import Flow
 
 __all__ = [
@@ -49,6 +50,7 @@ def binarize(x: Tensor, *, threshold: float = 0.5, dynamic: bool = False,
         >>> binarize(torch.tensor([[0.2, 0.7]]))
         tensor([[0., 1.]])
     """
+    threshold = check_finite("threshold", threshold)
     x = validate_data(x, name="x", support="unit_interval")
     x = x.to(torch.get_default_dtype()) if not x.is_floating_point() else x
     if dynamic:
@@ -57,9 +59,11 @@ def binarize(x: Tensor, *, threshold: float = 0.5, dynamic: bool = False,
 
 
 def _check_levels(x: Tensor, num_levels: int) -> Tensor:
-    if int(num_levels) < 2:
+    if isinstance(num_levels, (int, np.integer)) and not isinstance(num_levels, (bool, np.bool_)) \
+            and num_levels < 2:
         raise ValueError(f"num_levels must be >= 2 (e.g. 256 for 8-bit data), got {num_levels}")
-    x = validate_data(x, name="x", support="categorical", num_categories=int(num_levels))
+    num_levels = check_size("num_levels", num_levels, minimum=2)
+    x = validate_data(x, name="x", support="categorical", num_categories=num_levels)
     return x if x.is_floating_point() else x.to(torch.get_default_dtype())
 
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
 
 from probgen.core.validate import validate_data
 
-__all__ = ["as_features", "check_pair", "check_count"]
+__all__ = ["as_features", "check_pair", "check_count", "check_pairwise_cost",
+           "MAX_PAIRWISE_WORK"]
+
+MAX_PAIRWISE_WORK = 1e14  # n·m·d multiply-adds: hours on a CPU past this (env PROBGEN_MAX_PAIRWISE_WORK)
 
 
 def as_features(samples: Any, *, name: str = "samples") -> torch.Tensor:
@@ -45,6 +49,23 @@ def check_pair(real: torch.Tensor, generated: torch.Tensor) -> None:
     if real.device != generated.device:
         raise ValueError(f"real is on {real.device} but generated is on {generated.device}; "
                          f"move one of them (e.g. generated.to('{real.device}'))")
+
+
+def check_pairwise_cost(num_rows: int, num_columns: int, num_features: int, *, what: str
+                        ) -> None:
+    """Refuse pairwise work of ``num_rows · num_columns · num_features`` past the limit before
+    starting it, with the numbers and the fix (subsample), instead of running for hours."""
+    try:
+        limit = float(os.environ.get("PROBGEN_MAX_PAIRWISE_WORK", MAX_PAIRWISE_WORK))
+    except ValueError:
+        limit = MAX_PAIRWISE_WORK
+    work = float(num_rows) * float(num_columns) * max(int(num_features), 1)
+    if work > limit:
+        scale = (limit / work) ** 0.5
+        raise ValueError(f"{what} over {num_rows:,} × {num_columns:,} samples of "
+                         f"{num_features:,} features is {work:.2g} multiply-adds, over the "
+                         f"{limit:.2g} limit (hours of work); subsample to about {scale:.1%} of the "
+                         "samples, or raise the limit with PROBGEN_MAX_PAIRWISE_WORK")
 
 
 def check_count(features: torch.Tensor, minimum: int, *, name: str, why: str) -> None:

@@ -15,9 +15,22 @@ _SYMMETRY_TOLERANCE = 1e-6  # relative to the largest |entry|
 _PSD_TOLERANCE = 1e-8  # a negative eigenvalue beyond this fraction of the largest is an error
 
 
+def _real_tensor(value: Any, name: str, device: torch.device | None = None) -> torch.Tensor:
+    if isinstance(value, (str, bytes)) or value is None:
+        raise TypeError(f"{name} must be a tensor or array of numbers, got "
+                        f"{type(value).__name__}")
+    try:
+        tensor = torch.as_tensor(value, device=device)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise TypeError(f"{name} must be a tensor or array of numbers ({error})") from None
+    if tensor.is_complex():
+        raise TypeError(f"{name} is complex ({tensor.dtype}); Gaussian moments are real")
+    return tensor.to(torch.float64)
+
+
 def _as_moments(mean: Any, covariance: Any, which: str) -> tuple[torch.Tensor, torch.Tensor]:
-    mean = torch.as_tensor(mean, dtype=torch.float64)
-    covariance = torch.as_tensor(covariance, dtype=torch.float64, device=mean.device)
+    mean = _real_tensor(mean, f"mu{which}")
+    covariance = _real_tensor(covariance, f"cov{which}", device=mean.device)
     if mean.dim() != 1 or mean.numel() == 0 or covariance.shape != (mean.numel(), mean.numel()):
         raise ValueError(f"mu{which} must have shape (d,) and cov{which} shape (d, d), got "
                          f"{tuple(mean.shape)} and {tuple(covariance.shape)}")

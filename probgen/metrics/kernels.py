@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import torch
 
 from probgen.core.validate import check_finite, check_size
+from probgen.metrics.features import as_features
 from probgen.metrics.pairwise import squared_distances
 
 __all__ = ["Kernel", "RBF", "Polynomial", "Cosine", "median_bandwidth"]
@@ -59,6 +60,8 @@ def median_bandwidth(samples: torch.Tensor, *, max_samples: int = MEDIAN_SAMPLES
         >>> median_bandwidth(torch.tensor([[0.0], [1.0], [3.0]]))
         2.0
     """
+    samples = _as_samples(samples)
+    max_samples = check_size("max_samples", max_samples, minimum=2)
     if len(samples) > max_samples:
         generator = torch.Generator().manual_seed(seed)
         samples = samples[torch.randperm(len(samples), generator=generator)[:max_samples]
@@ -70,6 +73,14 @@ def median_bandwidth(samples: torch.Tensor, *, max_samples: int = MEDIAN_SAMPLES
         return median
     nonzero = distances[distances > 0]
     return float(nonzero.quantile(0.5)) if nonzero.numel() else 1.0
+
+
+def _as_samples(samples: Any) -> torch.Tensor:
+    return samples if isinstance(samples, torch.Tensor) and samples.dim() == 2 else as_features(
+        samples, name="samples")
+
+
+MAX_DEGREE = 64  # (γ x·y + c)^p overflows float64 for any |γ x·y + c| > 2**16 past this
 
 
 @dataclass(frozen=True)
@@ -132,7 +143,9 @@ class Polynomial(Kernel):
     name: ClassVar[str] = "polynomial"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "degree", check_size("Polynomial degree", self.degree))
+        object.__setattr__(self, "degree", check_size(
+            "Polynomial degree", self.degree, maximum=MAX_DEGREE,
+            fix="KID uses degree 3; a higher power overflows float64 on typical features"))
         if self.gamma is not None:
             object.__setattr__(self, "gamma",
                                check_finite("Polynomial gamma", self.gamma, positive=True))

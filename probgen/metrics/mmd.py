@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from probgen.metrics.features import as_features, check_count, check_pair
+from probgen.metrics.features import as_features, check_count, check_pair, check_pairwise_cost
 from probgen.metrics.kernels import RBF, Kernel
 from probgen.metrics.pairwise import matrix_row_sums
 from probgen.metrics.result import MetricResult
@@ -69,6 +69,8 @@ def mmd2(real: Any, generated: Any, *, kernel: Kernel | None = None) -> MetricRe
     why = "MMD² with its jackknife stderr"
     check_count(real, 3, name="real", why=why)
     check_count(generated, 3, name="generated", why=why)
+    total = len(real) + len(generated)
+    check_pairwise_cost(total, total, real.shape[1], what="MMD²")
     kernel = kernel.fitted(real=real, generated=generated)
 
     n, m = len(real), len(generated)
@@ -81,6 +83,10 @@ def mmd2(real: Any, generated: Any, *, kernel: Kernel | None = None) -> MetricRe
     within_generated = generated_total / (m * (m - 1))
     cross = cross_total / (n * m)
     value = float(within_real + within_generated - 2 * cross)
+    if not math.isfinite(value):
+        raise ValueError(f"MMD² is {value}: the {type(kernel).__name__} kernel overflowed on "
+                         "these features; rescale them (e.g. standardize) or use a kernel that "
+                         "stays bounded (RBF())")
 
     # T with one real (generated) sample deleted: a pair sum loses that sample's row twice.
     without_real = ((real_total - 2 * real_rows) / ((n - 1) * (n - 2)) + within_generated

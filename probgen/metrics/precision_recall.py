@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from probgen.core.validate import check_size
-from probgen.metrics.features import as_features, check_count, check_pair
+from probgen.metrics.features import as_features, check_count, check_pair, check_pairwise_cost
 from probgen.metrics.pairwise import inside_any_ball, kth_neighbour_squared_radii
 from probgen.metrics.result import MetricResult
 
@@ -27,6 +27,8 @@ def _prepared(real: Any, generated: Any, k: int) -> tuple[torch.Tensor, torch.Te
     why = f"a k-NN manifold with k={k} (k + 1 points)"
     check_count(real, k + 1, name="real", why=why)
     check_count(generated, k + 1, name="generated", why=why)
+    total = len(real) + len(generated)
+    check_pairwise_cost(total, total, real.shape[1], what="the k-NN manifolds")
     return real, generated, k
 
 

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from probgen.core.validate import is_number
+
 __all__ = ["MetricResult"]
 
 
@@ -38,11 +40,14 @@ class MetricResult:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"a metric needs a non-empty name, got {self.name!r}")
-        if isinstance(self.value, bool) or not isinstance(self.value, (int, float)):
+        if not is_number(self.value):
             raise TypeError(f"metric {self.name!r} has a value of type {type(self.value).__name__}; "
                             "pass a number (float(tensor) for a tensor)")
         object.__setattr__(self, "value", float(self.value))
         if self.stderr is not None:
+            if not is_number(self.stderr):
+                raise TypeError(f"metric {self.name!r} has a stderr of type "
+                                f"{type(self.stderr).__name__}; pass a number or None")
             stderr = float(self.stderr)
             if not (math.isfinite(stderr) and stderr >= 0):
                 raise ValueError(f"metric {self.name!r} has stderr {stderr}; it must be finite "

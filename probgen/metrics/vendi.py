@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from probgen.core.validate import check_finite
-from probgen.metrics.features import as_features
+from probgen.core.validate import check_finite, check_num_samples
+from probgen.metrics.features import as_features, check_pairwise_cost
 from probgen.metrics.kernels import Cosine, Kernel
 from probgen.metrics.result import MetricResult
 
@@ -61,6 +61,13 @@ def vendi(samples: Any, *, kernel: Kernel | None = None, q: float = 1.0) -> Metr
     else:
         order = check_finite("q", q, positive=True)
     samples = as_features(samples, name="samples")
+    n, d = samples.shape
+    if not kernel.has_feature_map or d >= n:  # an n × n Gram matrix and its eigenvalues
+        check_num_samples("samples (rows)", n, per_sample=n, element_bytes=8,
+                          fix=f"the {type(kernel).__name__} Gram matrix is n × n: subsample to at "
+                              "most {largest} rows" + ("" if kernel.has_feature_map else
+                                                       ", or use Cosine() (a d × d spectrum)"))
+        check_pairwise_cost(n, n, max(d, n), what="the Vendi score's eigendecomposition")
     kernel = kernel.fitted(samples=samples)
     eigenvalues = _gram_eigenvalues(kernel, samples)
     eigenvalues = eigenvalues / eigenvalues.sum()  # exact for a unit diagonal, up to rounding
