@@ -22,3 +22,18 @@ def test_readme_script_runs_verbatim(capsys):
     ll = namespace["ll"]
     assert ll.kind == "exact" and ll.num_examples == 200
     assert "exact" in capsys.readouterr().out
+
+
+def test_readme_is_short_and_its_links_and_picture_exist():
+    """A newcomer reads it in two minutes: at most 120 lines; every relative link resolves."""
+    assert len(README.splitlines()) <= 120
+    root = Path(__file__).resolve().parents[1]
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", README)
+    local = [t for t in targets if not t.startswith(("http://", "https://"))]
+    assert "docs/img/demo_iris_comparison.png" in local
+    missing = [t for t in local if not (root / t).exists()]
+    assert not missing, f"README links to missing files: {missing}"
+
+
+def test_readme_says_how_to_get_the_cpu_build_of_torch():
+    assert "download.pytorch.org/whl/cpu" in README
