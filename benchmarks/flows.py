@@ -15,6 +15,12 @@ isolates the Python-side overhead of each layer.
     peer: independent per-pixel categorical (exact discrete log-likelihood).
   - MiniBooNE (partial: the MAF paper's val/test splits only): trained on 90% of val (10% for
     early stopping), tested on test; peer: a full-covariance Gaussian.
+Each data set also gets (``--part``: ``digits``/``miniboone`` run them with the flows, or
+``--kinds fm,zuko:cnf`` alone) two continuous flows: probgen's FlowMatching (conditional flow
+matching, trained and scored through ``probgen.fit``/``probgen.evaluate``: the ODE
+log-likelihood, Hutchinson's divergence at D = 43/64, so an ``estimate``) and zuko's CNF trained
+by maximum likelihood (FFJORD; Hutchinson's trace while training and for early stopping, the
+exact trace for the test scores), each on a CPU budget of steps (``FM_STEPS``, ``CNF_STEPS``).
 The published MAF rows (MNIST 1.89 bits/dim; MiniBooNE -11.75 nats, full training set) are
 reference rows from Papamakarios et al. (2017), not comparable runs.
 
@@ -43,11 +49,18 @@ from benchmarks._common import print_table, write_results  # noqa: E402
 from probgen.core.paths import data_dirs, find_data  # noqa: E402
 from probgen.core.result import LogLikelihood  # noqa: E402
 from probgen.data.bundled import load_dataset, train_test_split  # noqa: E402
-from probgen.data.transforms import dequantized_log_likelihood, uniform_dequantize  # noqa: E402
+from probgen.data.transforms import (  # noqa: E402
+    dequantized_log_likelihood,
+    logit_transform,
+    uniform_dequantize,
+)
 from probgen.distributions.flow import Flow  # noqa: E402
 from probgen.models.flow import FlowModel  # noqa: E402
+from probgen.models.flow_matching import FlowMatching  # noqa: E402
 
 LN2 = math.log(2.0)
+FM_STEPS, CNF_STEPS = 3000, 450  # fixed budgets (steps of batch 128): seconds vs minutes a run
+ODE_TOL = 1e-4  # atol = rtol of the test-time ODE solves (recorded with each row)
 CLOCK = {"fn": time.perf_counter, "name": "wall (perf_counter)"}
 
 
@@ -198,6 +211,10 @@ def digits_rows(kinds, device: str, smoke: bool) -> list[dict]:
     peer = per_pixel_categorical(train_x.cpu(), test_x.cpu(), levels)
     rows.append(row("digits", "per-pixel categorical (peer)", peer, levels=levels))
     for backend, kind in kinds:
+        if (backend, kind) in CONTINUOUS:
+            rows += CONTINUOUS[backend, kind](train_x[144:], train_x[:144], test_x, levels=levels,
+                                             device=device, smoke=smoke)
+            continue
         torch.manual_seed(0)
         model = FlowModel(64, backend=backend, kind=kind, transforms=5, hidden=(128, 128),
                           domain="unit_interval", logit_alpha=0.05).to(device)
@@ -237,6 +254,10 @@ def miniboone_rows(kinds, device: str, smoke: bool, data_dir: Path) -> list[dict
         gaussian.log_prob(test.double()), kind="exact", estimator="exact", num_dims=43,
         data_space="continuous")))
     for backend, kind in kinds:
+        if (backend, kind) in CONTINUOUS:
+            rows += CONTINUOUS[backend, kind](fit_x, stop_x, test, levels=None, device=device,
+                                             smoke=smoke)
+            continue
         torch.manual_seed(0)
         model = FlowModel(43, backend=backend, kind=kind, transforms=5,
                           hidden=(128, 128)).to(device)
@@ -259,6 +280,94 @@ def miniboone_rows(kinds, device: str, smoke: bool, data_dir: Path) -> list[dict
     return rows
 
 
+# --- continuous flows: flow matching (probgen.fit/evaluate) and zuko's maximum-likelihood CNF ---
+def _dataset(levels: int | None) -> str:
+    return "digits" if levels else "miniboone"
+
+
+def _standardization(fit_x: torch.Tensor, levels: int | None) -> tuple[list, list]:
+    """Per-feature mean and std of the data (digits: of logit(0.05 + 0.9 y), y dequantized)."""
+    y = logit_transform((fit_x + torch.rand_like(fit_x)) / levels, 0.05)[0] if levels else fit_x
+    return y.mean(0).tolist(), y.std(0).clamp_min(1e-3).tolist()
+
+
+def flow_matching_rows(fit_x, stop_x, test_x, *, levels, device, smoke) -> list[dict]:
+    """FlowMatching through probgen.fit (the CFM loss) and probgen.evaluate (the ODE)."""
+    import pyro
+
+    import probgen
+
+    torch.manual_seed(0)
+    features = fit_x.shape[1]
+    shift, scale = _standardization(fit_x, levels)
+    domain = {"domain": "unit_interval", "logit_alpha": 0.05} if levels else {}
+    model = FlowMatching(features, hidden_features=(256, 256, 256), time_features=32,
+                         shift=shift, scale=scale, dequantized=bool(levels), **domain).to(device)
+    steps = 60 if smoke else FM_STEPS
+    # digits: fit sees x / K in [0, 1] and adds fresh noise u / K to every batch
+    dequantize = (lambda y: y + torch.rand_like(y) / levels) if levels else None
+    start = CLOCK["fn"]()
+    probgen.fit(model, fit_x / levels if levels else fit_x, num_steps=steps, batch_size=128, seed=0, progress=False,
+                transform=dequantize, optim=pyro.optim.ClippedAdam(
+                    {"lr": 1e-3, "clip_norm": 10.0, "lrd": 0.05 ** (1 / steps)}))
+    seconds = CLOCK["fn"]() - start
+    start = CLOCK["fn"]()
+    test = test_x[:64] if smoke else test_x
+    options = {"num_levels": levels} if levels else {}
+    ll = probgen.evaluate(model, test, atol=ODE_TOL, rtol=ODE_TOL, seed=0, **options)
+    info = {"train_seconds": seconds, "steps": steps, "eval_seconds": CLOCK["fn"]() - start,
+            "settings_ll": ll.settings, "early_stopping": "none (fixed budget)",
+            "network": "MLPVelocity (256, 256, 256), Adam 1e-3 decayed x0.05"}
+    return [row(_dataset(levels), "probgen FlowMatching (CFM)", ll, levels=levels, **info)]
+
+
+def cnf_rows(fit_x, stop_x, test_x, *, levels, device, smoke) -> list[dict]:
+    """zuko's CNF (FFJORD) by maximum likelihood: Hutchinson while training, exact to test."""
+    torch.manual_seed(0)
+    features = fit_x.shape[1]
+    loc, scale = (None, None) if levels else _standardization(fit_x, levels)  # digits: logit
+    domain = "unit_interval" if levels else "real"
+    options = dict(kind="cnf", hidden=(128, 128), domain=domain, loc=loc, scale=scale)
+    if levels:
+        options["logit_alpha"] = 0.05
+    model = FlowModel(features, exact=False, atol=ODE_TOL, rtol=ODE_TOL, **options).to(device)
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    def batch():
+        index = torch.randint(0, len(fit_x), (128,), device=device)
+        return uniform_dequantize(fit_x[index], levels, generator=generator) if levels \
+            else fit_x[index]
+
+    def validate():  # Hutchinson's trace, as in training: the MAF rows' early stopping
+        if levels:
+            return dequantized_log_likelihood(model.log_prob, stop_x, num_levels=levels,
+                                              generator=generator).mean
+        return model.log_prob(stop_x).mean()
+
+    steps = 10 if smoke else CNF_STEPS
+    info = train(model, batch, validate, steps=steps, lr=1e-3, patience=4)
+    scorer = FlowModel(features, exact=True, atol=ODE_TOL, rtol=ODE_TOL, **options).to(device)
+    scorer.load_state_dict(model.state_dict())
+    scorer.eval()
+    test = test_x[:64] if smoke else test_x
+    start = CLOCK["fn"]()
+    if levels:
+        ll = dequantized_log_likelihood(scorer.log_prob, test, num_levels=levels,
+                                        generator=generator)
+    else:
+        with torch.no_grad():
+            ll = LogLikelihood(scorer.log_prob(test), kind="exact", estimator="exact",
+                               num_dims=features, data_space="continuous",
+                               settings={"atol": ODE_TOL, "rtol": ODE_TOL})
+    info.update(eval_seconds=CLOCK["fn"]() - start,
+                early_stopping="every 100 steps on the held-out slice (patience 4)",
+                network="zuko CNF, hidden (128, 128), Adam 1e-3")
+    return [row(_dataset(levels), "zuko CNF (max. likelihood)", ll, levels=levels, **info)]
+
+
+CONTINUOUS = {("probgen", "fm"): flow_matching_rows, ("zuko", "cnf"): cnf_rows}
+
+
 def row(dataset: str, model: str, ll: LogLikelihood, levels: int | None = None, **extra) -> dict:
     out = {"part": "density", "dataset": dataset, "model": model, "kind": ll.kind,
            "estimator": ll.estimator, "data_space": ll.data_space, "mean_ll": ll.mean,
@@ -278,7 +387,8 @@ def main() -> None:
                         default="all", help="run one part; rows of the others are kept")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--kinds", default=None,
-                        help="comma-separated backend:kind list, e.g. zuko:maf,nflows:nsf")
+                        help="comma-separated backend:kind list, e.g. zuko:maf,nflows:nsf; "
+                             "fm is probgen's FlowMatching, zuko:cnf zuko's CNF")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -287,8 +397,10 @@ def main() -> None:
              ("nflows", "nsf")]
     if args.smoke:
         kinds = [("zuko", "maf"), ("nflows", "maf")]
+    kinds += [("probgen", "fm"), ("zuko", "cnf")]
     if args.kinds:
-        kinds = [tuple(item.split(":")) for item in args.kinds.split(",")]
+        kinds = [("probgen", "fm") if item == "fm" else tuple(item.split(":"))
+                 for item in args.kinds.split(",")]
     rows: list[dict] = []
     if args.part in ("all", "overhead"):
         rows += overhead(args.device, args.smoke)
@@ -307,7 +419,7 @@ def main() -> None:
     if any(r["part"] == "density" for r in rows):
         print_table([r for r in rows if r["part"] == "density"],
                     ["dataset", "model", "kind", "data_space", "k", "mean_ll", "stderr",
-                     "bits_per_dim", "steps", "train_seconds"])
+                     "bits_per_dim", "steps", "train_seconds", "eval_seconds"])
     if args.smoke:  # keep the full run's results/flows.json
         print("smoke run: results/flows.json left unchanged")
         return
@@ -329,7 +441,11 @@ def main() -> None:
                   overhead_setup="D=8, 5 transforms, hidden (128, 128), batch 512, Adam",
                   density_setup="5 transforms, hidden (128, 128), batch 128, Adam 1e-3, "
                                 "early stopping every 100 steps (patience 4), max 800 steps "
-                                "(a CPU budget on 2 shared cores, not convergence)")
+                                "(a CPU budget on 2 shared cores, not convergence)",
+                  continuous_setup=f"FlowMatching: {FM_STEPS} steps through probgen.fit, "
+                                   f"evaluate(atol=rtol={ODE_TOL}); zuko CNF: {CNF_STEPS} steps "
+                                   f"of maximum likelihood (best of every 100 on the held-out "
+                                   f"slice), exact trace at test (atol=rtol={ODE_TOL})")
 
 
 if __name__ == "__main__":

@@ -191,6 +191,209 @@ ACCEPTED = [
 ]
 
 
+# --- issue 30: fit's hyper-parameters, resume, evaluate's posterior, files, ranges ----------------
+_LR = r"learning rate must be a finite positive number, got "
+_CKPT: dict[str, str] = {}
+
+
+def _checkpoint(name: str = "program") -> str:
+    """A copy of a finished 4-step fit checkpoint (seed 0, batch_size 5) of ``program`` (or a
+    GaussianMixture(2, 3) for ``name='gmm'``), made once."""
+    if name not in _CKPT:
+        path = _tmp(f"{name}.pt")
+        model = program if name == "program" else _gmm()
+        probgen.fit(model, GOOD, num_steps=4, seed=0, progress=False, checkpoint=path,
+                    **({"batch_size": 5} if name == "program" else {}))
+        _CKPT[name] = path
+    copy = _tmp(f"{name}.pt")
+    shutil.copy(_CKPT[name], copy)
+    return copy
+
+
+def _resume(model=None, **kw):
+    kw.setdefault("num_steps", 8)
+    kw.setdefault("batch_size", 5)
+    return probgen.fit(model or program, GOOD, checkpoint=_checkpoint(), resume=True,
+                       progress=False, **kw)
+
+
+def program_with_scale(x):
+    loc = pyro.param("loc", torch.zeros(3))
+    scale = pyro.param("scale", torch.ones(3), constraint=dist.constraints.positive)
+    with pyro.plate("data", len(x)):
+        pyro.sample("x", dist.Normal(loc, scale).to_event(1), obs=x)
+
+
+def latent_program(x):
+    with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+        pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+
+def global_program(x):
+    W = pyro.sample("W", dist.Normal(torch.zeros(5, 3), 1.0).to_event(2))
+    loc = pyro.param("loc", torch.zeros(3))
+    with pyro.plate("data", len(x)):
+        pyro.sample("x", dist.Normal(W.sum(0) + loc, 1.0).to_event(1), obs=x)
+
+
+def _saved_program_fit(GOOD, ) -> str:
+    """probgen.save of an AutoNormal fit of ``latent_program``, made once."""
+    if "saved" not in _CKPT:
+        path = _tmp("program.pt")
+        probgen.save(probgen.fit(latent_program, GOOD, num_steps=2, progress=False), path)
+        _CKPT["saved"] = path
+    return _CKPT["saved"]
+
+
+def _crafted(edit) -> str:
+    """A copy of the saved program fit with ``edit(state)`` applied."""
+    state = torch.load(_saved_program_fit(GOOD, ), weights_only=True)
+    edit(state)
+    path = _tmp("crafted.pt")
+    torch.save(state, path)
+    return path
+
+
+def _load_crafted(edit):
+    pyro.clear_param_store()
+    return probgen.load(_crafted(edit), model=latent_program)
+
+
+def _first_constraint(spec):
+    def edit(state):
+        name = next(iter(state["param_store"]["constraints"]))
+        state["param_store"]["constraints"][name] = spec
+        state["param_store"]["params"]["not_in_the_program"] = torch.zeros(2)
+        state["param_store"]["constraints"]["not_in_the_program"] = spec
+    return edit
+
+
+def _locked_by(content: str):
+    """fit with a checkpoint whose lock file holds ``content`` (a pid, and a start time)."""
+    path = _tmp("run.pt")
+    with open(path + ".lock", "w") as f:
+        f.write(content)
+    return _fit(GOOD, checkpoint=path)
+
+
+def _vae():
+    return _cls("probgen.models.vae", "VAE")((6,), latent_dim=2, hidden_features=(8,))
+
+
+class _ClosedFormNaN(probgen.infer.method.TrainingMethod):
+    """A closed-form method (no learning rate) whose loss is NaN, as EM's is when a component
+    collapses onto constant data (BernoulliMixture on a constant column in float32)."""
+
+    uses_optim = False
+
+    def step(self, batch, scale):
+        return float("nan")
+
+    def tensors(self):
+        return []
+
+
+def _closed_form_diverges():
+    return probgen.fit(program, GOOD, method=_ClosedFormNaN, num_steps=3, progress=False)
+
+
+def _log_likelihood(values):
+    return probgen.LogLikelihood(torch.tensor(values, dtype=torch.float64), kind="exact",
+                                 estimator="exact", num_dims=1, data_space="continuous")
+
+
+_RBM_DATA = torch.bernoulli(torch.full((5, 6), 0.5))
+_DIVERGED = probgen.TrainingDiverged
+_CHECKPOINT = probgen.core.checkpoint.CheckpointError
+_HUGE = GOOD.double().clone()
+_HUGE[3, 1] = 1e39
+
+CASES += [
+    # 1-3: learning rates and annealing hyper-parameters, refused by name before training
+    Case("probgen.fit", "optim=inf", lambda: _fit(GOOD, optim=float("inf")), ValueError, _LR + r"inf \(optim\); pass e.g. optim=1e-3"),
+    Case("probgen.fit", "optim={'lr': inf}", lambda: _fit(GOOD, optim={"lr": float("inf")}), ValueError, _LR + r"inf \(optim\['lr'\]\)"),
+    Case("probgen.fit", "optim={'lr': nan}", lambda: _fit(GOOD, optim={"lr": float("nan")}), ValueError, _LR + r"nan \(optim\['lr'\]\)"),
+    Case("probgen.fit", "optim=np.float32(-1)", lambda: _fit(GOOD, optim=np.float32(-1.0)), ValueError, _LR + r"-1.0 \(optim\)"),
+    Case("probgen.fit", "final_lr=inf", lambda: _fit(GOOD, lr_schedule="cosine", final_lr=float("inf")), ValueError, "final_lr must be a finite number, got inf"),
+    Case("probgen.fit", "final_lr=-1", lambda: _fit(GOOD, lr_schedule="cosine", final_lr=-1.0), ValueError, "final_lr must be >= 0, got -1.0"),
+    Case("probgen.fit", "free_bits=inf", lambda: _fit(GOOD, free_bits=float("inf")), ValueError, "free_bits must be a finite number, got inf"),
+    Case("probgen.fit", "free_bits=-1", lambda: _fit(GOOD, free_bits=-1.0), ValueError, "free_bits must be >= 0, got -1.0"),
+    Case("probgen.fit", "kl_warmup_epochs=nan", lambda: _fit(GOOD, kl_warmup_epochs=float("nan")), ValueError, "kl_warmup_epochs must be a finite number, got nan"),
+    Case("probgen.fit", "ema_decay=1", lambda: _fit(GOOD, ema_decay=1.0), ValueError, r"ema_decay must be a number in \(0, 1\), got 1.0; e.g. ema_decay=0.999"),
+    Case("probgen.fit", "ema_decay=inf", lambda: _fit(GOOD, ema_decay=float("inf")), ValueError, r"ema_decay must be a number in \(0, 1\), got inf"),
+    # 5-6: sizes with an up-front limit
+    Case("probgen.fit", "num_particles=10**9", lambda: _fit(GOOD, num_particles=10**9), ValueError, r"num_particles=1,000,000,000 would fill .*GiB.*each particle copies the batch: use at most [\d,]+ particles or a smaller batch_size"),
+    Case("probgen.fit", "VAE iwae with num_particles=10**9", lambda: probgen.fit(_vae(), torch.ones(4, 6), loss="iwae", num_particles=10**9, num_steps=1, progress=False), ValueError, r"num_particles=1,000,000,000 would fill"),
+    Case("probgen.fit", "num_steps=10**15", lambda: _fit(GOOD, num_steps=10**15), ValueError, r"num_steps=1,000,000,000,000,000 is over the limit of 1,000,000,000.*e\.g\. num_steps=10_000"),
+    Case("probgen.fit", "epochs=10**12", lambda: _fit(GOOD, num_steps=None, epochs=10**12), ValueError, r"epochs=1,000,000,000,000 is over the limit"),
+    # 7: options and flags
+    Case("probgen.fit", "validation_estimator='bogus'", lambda: _fit(GOOD, validation=GOOD, validation_estimator="bogus"), ValueError, r"validation_estimator must be one of \('auto', 'exact', 'elbo', 'iwae', 'predictive'.*got 'bogus'"),
+    Case("probgen.fit", "shuffle='yes'", lambda: _fit(GOOD, shuffle="yes"), ValueError, "shuffle must be True or False, got 'yes'"),
+    Case("probgen.fit", "progress='x'", lambda: probgen.fit(program, GOOD, num_steps=2, progress="x"), ValueError, r"progress must be True, False or None \(a bar only on a terminal\), got 'x'"),
+    Case("probgen.fit", "restore_best='no'", lambda: _fit(GOOD, restore_best="no"), ValueError, "restore_best must be True or False, got 'no'"),
+    Case("probgen.fit", "warm_start=3", lambda: _fit(GOOD, warm_start=3), ValueError, "warm_start must be True or False, got 3"),
+    # 8: resume refuses another program, model size, objective or seed
+    Case("probgen.fit", "resume with another program", lambda: _resume(program_with_scale), _CHECKPOINT, r"written by another program: its parameters are \['loc'\], this program's \['loc', 'scale'\] \(not in the checkpoint: \['scale'\].*resume with the program"),
+    Case("probgen.fit", "resume a model of another size", lambda: probgen.fit(_cls("probgen.models.mixture", "GaussianMixture")(3, 3), GOOD, num_steps=8, checkpoint=_checkpoint("gmm"), resume=True, progress=False), _CHECKPOINT, r"written by a GaussianMixture of another configuration \(num_components=2 in the checkpoint, 3 now\); resume with the model it was written by"),
+    Case("probgen.fit", "resume with another loss", lambda: _resume(loss="mean_field"), _CHECKPOINT, r"written with loss=None but this run has loss='mean_field'; resume with the same objective \(loss, num_particles\)"),
+    Case("probgen.fit", "resume with other num_particles", lambda: _resume(num_particles=2), _CHECKPOINT, "written with num_particles=1 but this run has num_particles=2; resume with the same objective"),
+    Case("probgen.fit", "resume with another seed", lambda: _resume(seed=3), _CHECKPOINT, r"written with seed=0 but this run passes seed=3; resume with the same seed \(or leave seed unset"),
+    Case("probgen.fit", "resume with another batch_size", lambda: _resume(batch_size=4), _CHECKPOINT, "written with batch_size=5 but this run has batch_size=4; resume with the same batch_size"),
+    # 9: the divergence message fits the method
+    Case("probgen.fit", "a closed-form method (EM-like) diverging", _closed_form_diverges, _DIVERGED, r"Likely causes: a component \(or state\) collapsed onto constant data.*use float64 \(model.double\(\)\), or add reg_covar/smoothing"),
+    # 11-13: evaluate's particles and posterior draws
+    Case("probgen.evaluate", "IWAE k=10**12 on a program", lambda: probgen.evaluate(latent_program, GOOD, guide=pyro.infer.autoguide.AutoNormal(latent_program), estimator="iwae", k=10**12), ValueError, r"k=1,000,000,000,000 would fill .*TiB.*use at most [\d,]+ particles \(IWAE-5000 is the usual ceiling\)"),
+    Case("probgen.evaluate", "VAE iwae k=10**10", lambda: probgen.evaluate(_vae(), torch.ones(4, 6), estimator="iwae", k=10**10), ValueError, r"k=10,000,000,000 would fill"),
+    Case("probgen.evaluate", "posterior draws of the wrong shape", lambda: probgen.evaluate(global_program, GOOD, posterior={"W": torch.randn(10, 4, 3)}), ValueError, r"posterior\['W'\] has draws of shape \(10, 4, 3\); site 'W' has shape \(5, 3\): pass \(10, 5, 3\)"),
+    Case("probgen.evaluate", "posterior with a misspelt site", lambda: probgen.evaluate(global_program, GOOD, posterior={"W": torch.randn(10, 5, 3), "zz": torch.randn(10)}), ValueError, r"posterior has no site 'zz'; the program's latent sites are \['W'\]"),
+    Case("probgen.evaluate", "posterior draws of a pyro.param", lambda: probgen.evaluate(global_program, GOOD, posterior={"W": torch.randn(10, 5, 3), "loc": torch.randn(10, 3)}), ValueError, r"'loc' is a pyro.param, not a latent site.*drop 'loc'"),
+    Case("probgen.evaluate", "posterior draws of the observed site", lambda: probgen.evaluate(global_program, GOOD, posterior={"W": torch.randn(10, 5, 3), "x": torch.randn(10, 20, 3)}), ValueError, r"posterior has no latent site 'x' \(it is observed\)"),
+    Case("probgen.evaluate", "num_draws=10**12", lambda: probgen.evaluate(global_program, GOOD, posterior={"W": torch.randn(10, 5, 3)}, num_draws=10**12), ValueError, r"num_draws=1,000,000,000,000 would fill .*use at most [\d,]+ draws"),
+    Case("probgen.evaluate", "num_draws=2.5", lambda: probgen.evaluate(global_program, GOOD, posterior={"W": torch.randn(10, 5, 3)}, num_draws=2.5), ValueError, "num_draws must be a positive integer, got 2.5"),
+    # 14-15: files: pipes, devices, NUL bytes, files as folders, stale locks
+    Case("probgen.load", "a FIFO", lambda: probgen.load(_fifo()), _CHECKPOINT, r"checkpoint .*pipe\d+\.pt is a pipe \(FIFO\), not a regular file"),
+    Case("probgen.load", "/dev/zero", lambda: probgen.load("/dev/zero"), _CHECKPOINT, "checkpoint /dev/zero is a device, not a regular file"),
+    Case("probgen.fit", "resume from a FIFO checkpoint", lambda: _fit(GOOD, checkpoint=_fifo(), resume=True), _CHECKPOINT, r"is a pipe \(FIFO\), not a regular file"),
+    Case("probgen.save", "a NUL byte in the path", lambda: probgen.save(_gmm(), "a\x00b.pt"), ValueError, "probgen.save path 'a\\\\x00b.pt' contains a NUL byte.*pass a path without it"),
+    Case("probgen.save", "a path inside an existing file", lambda: probgen.save(_gmm(), __file__ + "/x.pt"), ValueError, r"test_bad_inputs_sweep3.py is a file, not a folder, so nothing can be written inside it"),
+    Case("probgen.fit", "checkpoint inside an existing file", lambda: _fit(GOOD, checkpoint=__file__ + "/run.pt"), ValueError, r"checkpoint .* is a file, not a folder"),
+    Case("probgen.fit", "a lock naming a live, unrelated pid", lambda: _locked_by(str(os.getppid())), _CHECKPOINT, r"holds the lock file .*run.pt.lock .*if no fit is writing it .*delete the lock: rm '.*run.pt.lock'"),
+    # 16: crafted or foreign model files, read through allow-lists
+    Case("probgen.load", "an unknown autoguide name", lambda: _load_crafted(lambda s: s.__setitem__("autoguide", "os")), _CHECKPOINT, r"names the autoguide 'os', which is not one of Pyro's autoguides \(AutoCallable.*damaged or crafted"),
+    Case("probgen.load", "an autoguide module attribute", lambda: _load_crafted(lambda s: s.__setitem__("autoguide", "init_to_mean")), _CHECKPOINT, "names the autoguide 'init_to_mean', which is not one of Pyro's autoguides"),
+    Case("probgen.load", "an unknown constraint name", lambda: _load_crafted(_first_constraint("__class__")), _CHECKPOINT, r"parameter '.*': unknown constraint '__class__'.*damaged or crafted"),
+    Case("probgen.load", "a malformed constraint spec", lambda: _load_crafted(_first_constraint({"interval": ["a"]})), _CHECKPOINT, r"malformed constraint spec interval: \['a'\]; it takes 2 number"),
+    Case("probgen.load", "an unknown constraint spec", lambda: _load_crafted(_first_constraint({"eval": 1})), _CHECKPOINT, "unknown constraint spec {'eval': 1}"),
+    Case("probgen.load", "no param_store", lambda: _load_crafted(lambda s: s.pop("param_store")), _CHECKPOINT, "damaged or crafted probgen-program file: it has no 'param_store'"),
+    Case("probgen.load", "a bundled model's fit checkpoint with model=program", lambda: probgen.load(_checkpoint("gmm"), model=program), TypeError, r"is a fit checkpoint of the bundled model GaussianMixture\(num_components=2, num_features=3.*not of a Pyro program: resume it with probgen.fit\(GaussianMixture\(...\)"),
+    # 17: AIS and PCD chains
+    Case("RBM (evaluate)", "AIS num_chains=10**12", lambda: probgen.evaluate(_cls("probgen.models.ebm", "RBM")(6, 4), _RBM_DATA, estimator="ais", num_chains=10**12), ValueError, r"num_chains=1,000,000,000,000 would fill .*TiB.*use at most [\d,]+ chains"),
+    Case("RBM (evaluate)", "RAISE num_chains=10**12", lambda: probgen.evaluate(_cls("probgen.models.ebm", "RBM")(6, 4), _RBM_DATA, estimator="raise", num_chains=10**12), ValueError, r"num_chains=1,000,000,000,000 would fill"),
+    Case("RBM (fit)", "PCD num_chains=10**12", lambda: probgen.fit(_cls("probgen.models.ebm", "RBM")(6, 4), _RBM_DATA, method="pcd", num_chains=10**12, num_steps=1, progress=False), ValueError, r"num_chains=1,000,000,000,000 would fill"),
+    # 18-19: values beyond a dtype's range, log-likelihoods that overflow
+    Case("GaussianMixture.log_prob", "float64 1e39 to a float32 model", lambda: _gmm().log_prob(_HUGE), ValueError, r"data has values up to 1e\+39, beyond float32's range \(3.4e\+38\); rescale it or use a float64 model \(model.double\(\)\)"),
+    Case("probgen.fit", "float64 1e39 to a float32 model", lambda: probgen.fit(_gmm(), _HUGE, num_steps=1, progress=False), ValueError, r"data has values up to 1e\+39, beyond float32's range"),
+    Case("probgen.evaluate", "a float64 NumPy array up to 1e39", lambda: probgen.evaluate(_gmm(), _HUGE.numpy()), ValueError, r"data has values up to 1e\+39, beyond float32's range.*pass it as a float64 tensor \(torch.from_numpy\(x\)\) to a float64 model"),
+    Case("probgen.fit", "a float64 NumPy array up to 1e39 (a program)", lambda: _fit(_HUGE.numpy()), ValueError, r"data has values up to 1e\+39, beyond float32's range"),
+    Case("LogLikelihood", "per-example values of 1e308", lambda: _log_likelihood([1e308, -1e308]), ValueError, r"per-example log-likelihood 1e\+308 \(row 0\) is beyond ±1e\+300 nats"),
+]
+
+ACCEPTED += [
+    ("probgen.fit", "optim=np.float32(0.01) and optim={'lr': np.float32}", lambda: _fit(GOOD, optim=np.float32(0.01)).num_steps == 2 and _fit(GOOD, optim={"lr": np.float32(0.01)}).num_steps == 2),
+    ("probgen.fit", "NumPy integers for every count", lambda: _fit(GOOD, num_steps=np.int64(3), num_particles=np.int64(2), checkpoint_every=np.int64(1), seed=np.int64(1), batch_size=np.int64(5), patience=np.int64(2), validation=GOOD, validate_every=np.int64(1)).num_steps == 3),
+    ("probgen.fit", "NumPy epochs", lambda: _fit(GOOD, num_steps=None, epochs=np.int64(2), batch_size=10).num_steps == 4),
+    ("probgen.fit", "a checkpoint written with NumPy integers resumes", lambda: (lambda path: _fit(GOOD, num_steps=np.int64(2), seed=np.int64(0), batch_size=np.int64(5), checkpoint=path) and _fit(GOOD, num_steps=4, batch_size=5, checkpoint=path, resume=True).num_steps == 4)(_tmp("np.pt"))),
+    ("probgen.fit", "resume with a new learning rate (and the same seed)", lambda: _resume(optim=1e-3, seed=0).num_steps == 8),
+    ("probgen.fit", "a lock of a process that has ended, or of a reused pid", lambda: _locked_by("999999999").num_steps == 2 and _locked_by(f"{os.getppid()} 1").num_steps == 2),
+    ("probgen.fit", "progress=np.bool_(False)", lambda: probgen.fit(program, GOOD, num_steps=1, progress=np.bool_(False)).num_steps == 1),
+    ("probgen.evaluate", "k=np.int64(3) and batch_size=np.int64(2)", lambda: probgen.evaluate(latent_program, GOOD, guide=probgen.fit(latent_program, GOOD, num_steps=1, progress=False).guide, estimator="iwae", k=np.int64(3), batch_size=np.int64(2)).settings["k"] == 3),
+    ("probgen.evaluate", "bundled model with batch_size=np.int64(2)", lambda: probgen.evaluate(_gmm(), GOOD, batch_size=np.int64(2)).num_examples == 20),
+    ("probgen.evaluate", "posterior draws of the right shape", lambda: probgen.evaluate(global_program, GOOD, posterior={"W": torch.randn(10, 5, 3)}, num_draws=np.int64(4)).settings["num_draws"] == 4),
+    ("LogLikelihood", "-inf (an impossible example) and 1e300", lambda: _log_likelihood([float("-inf"), -1e300]).num_examples == 2),
+]
+
+
 _SAVED: dict[str, str] = {}
 FIT_IRIS = ["fit", "gmm", "--data", "iris", "--set", "num_components=2", "--quiet"]
 

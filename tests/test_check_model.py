@@ -25,6 +25,8 @@ FAMILIES = {
     "bernoulli_mixture": (lambda: MODEL_REGISTRY["bernoulli_mixture"](2, 6), _binary),
     "hmm": (lambda: MODEL_REGISTRY["hmm"](2, num_features=2), _real.reshape(6, 4, 2)),
     "vae": (lambda: MODEL_REGISTRY["vae"]((6,), latent_dim=2, hidden_features=(8,)), _binary),
+    "vqvae": (lambda: MODEL_REGISTRY["vqvae"]((6,), num_codes=3, num_positions=2,
+                                              hidden_features=(8,)), _binary),
     "hierarchical_vae": (lambda: MODEL_REGISTRY["hierarchical_vae"](
         (6,), latent_dims=(3, 2), hidden_features=((8,), (8,))), _binary),
     "flow_vae": (lambda: MODEL_REGISTRY["flow_vae"]((6,), latent_dim=2, hidden_features=(8,),
@@ -37,6 +39,7 @@ FAMILIES = {
     "gaussian_rbm": (lambda: MODEL_REGISTRY["gaussian_rbm"](2, 3), _real),
     "ebm": (lambda: MODEL_REGISTRY["ebm"](2, hidden_sizes=(8,)), _real),
     "diffusion": (lambda: MODEL_REGISTRY["diffusion"](2, hidden_features=(16,), num_steps=20), _real),
+    "flow_matching": (lambda: MODEL_REGISTRY["flow_matching"](2, hidden_features=(8,)), _real),
     "latent_diffusion": (lambda: MODEL_REGISTRY["latent_diffusion"](
         6, latent_features=2, hidden_features=(8,), denoiser_features=(8,), num_steps=20), _binary),
 }

@@ -29,6 +29,8 @@ TINY = {
                   lambda: continuous(16, 2)),
     "ebm": (lambda cls: cls(2, hidden_sizes=(8,)), lambda: continuous(16, 2)),
     "flow": (lambda cls: cls(2, transforms=1, hidden=(8,)), lambda: continuous(16, 2)),
+    "flow_matching": (lambda cls: cls(2, hidden_features=(8,), time_features=4),
+                      lambda: continuous(16, 2)),
     "flow_vae": (lambda cls: cls((4,), flow_transforms=1, flow_hidden=(8,)),
                  lambda: binary(16, 4)),
     "gaussian_rbm": (lambda cls: cls(2, 3), lambda: continuous(16, 2)),
@@ -44,6 +46,8 @@ TINY = {
                  lambda: binary(8, 9).reshape(8, 1, 3, 3)),
     "rbm": (lambda cls: cls(4, 3), lambda: binary(16, 4)),
     "vae": (lambda cls: cls((4,), latent_dim=2, hidden_features=(8,)), lambda: binary(16, 4)),
+    "vqvae": (lambda cls: cls((4,), num_codes=3, num_positions=2, hidden_features=(8,)),
+              lambda: binary(16, 4)),
 }
 
 

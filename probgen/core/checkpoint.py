@@ -15,9 +15,12 @@ import pyro
 import torch
 from torch.distributions import constraints
 
+from probgen.core.validate import check_regular_file
+
 __all__ = [
     "atomic_save", "atomic_write_text", "load_checkpoint", "param_store_state",
     "restore_param_store", "rng_state", "set_rng_state", "CheckpointError", "FORMAT_VERSION",
+    "check_output_path",
 ]
 
 FORMAT_VERSION = 2
@@ -44,8 +47,32 @@ def _umask() -> int:
     return mask
 
 
+def check_output_path(name: str, path: Any) -> Path:
+    """``path`` as a Path a file can be written to: a str or PathLike, no NUL byte, and no
+    existing file standing where one of its folders must be (checked before anything runs)."""
+    if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)) or isinstance(
+            path, bytes):
+        raise TypeError(f"{name} must be a file path (str or pathlib.Path), got "
+                        f"{type(path).__name__}")
+    text = os.fspath(path)
+    if not str(text).strip():
+        raise ValueError(f"{name} is empty; pass a file name such as 'model.pt'")
+    if "\x00" in str(text):
+        raise ValueError(f"{name} {str(text)!r} contains a NUL byte, which no file name can hold; "
+                         "pass a path without it")
+    folder = Path(text).parent
+    for parent in (folder, *folder.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{name} {text}: {parent} is a file, not a folder, so nothing "
+                                 f"can be written inside it; pass a path in a folder (e.g. "
+                                 f"{parent.with_suffix('')}_run/{Path(text).name})")
+            break
+    return Path(text)
+
+
 def _atomic_write(path: str | os.PathLike, write) -> Path:
-    path = Path(path)
+    path = check_output_path("path", path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; files follow the umask like others
@@ -74,9 +101,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load with ``torch.load(weights_only=True)``: tensors and plain containers only."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:  # stat only: a FIFO would block the read forever, /dev/zero never end
+        path = check_regular_file("checkpoint", path, what="a checkpoint written by probgen.save "
+                                  "or probgen.fit")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no checkpoint at {path}") from None
+    except ValueError as error:
+        raise CheckpointError(str(error)) from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -140,24 +171,38 @@ def _encode_constraint(constraint: Any) -> Any:
     return None  # unknown: the program must create the parameter before it is restored
 
 
+_BOUNDED = {"interval": 2, "half_open_interval": 2, "greater_than": 1, "greater_than_eq": 1,
+            "less_than": 1}  # constraint specs with bounds, and how many numbers each takes
+
+
 def _decode_constraint(spec: Any) -> Any:
+    """A constraint from its spec, read through an allow-list: a name of a constraint object
+    in torch's or Pyro's ``constraints``, ``{"independent": spec, "ndims": int}``, or one of
+    ``_BOUNDED`` with finite numbers; anything else is a CheckpointError."""
     if spec is None:
         return None
     if isinstance(spec, str):
-        return _named_constraints()[spec]
-    if "independent" in spec:
-        return constraints.independent(_decode_constraint(spec["independent"]), spec["ndims"])
-    if "interval" in spec:
-        return constraints.interval(*spec["interval"])
-    if "half_open_interval" in spec:
-        return constraints.half_open_interval(*spec["half_open_interval"])
-    if "greater_than" in spec:
-        return constraints.greater_than(spec["greater_than"])
-    if "greater_than_eq" in spec:
-        return constraints.greater_than_eq(spec["greater_than_eq"])
-    if "less_than" in spec:
-        return constraints.less_than(spec["less_than"])
-    raise CheckpointError(f"unknown constraint spec {spec!r}")
+        named = _named_constraints()
+        if spec not in named:
+            raise CheckpointError(f"unknown constraint {spec[:60]!r}; a probgen file names one "
+                                  "of torch's or Pyro's constraints")
+        return named[spec]
+    if isinstance(spec, dict) and set(spec) == {"independent", "ndims"}:
+        ndims = spec["ndims"]
+        if isinstance(ndims, bool) or not isinstance(ndims, int) or not 0 <= ndims <= 64:
+            raise CheckpointError(f"malformed constraint spec: ndims {ndims!r} is not a small "
+                                  "non-negative integer")
+        return constraints.independent(_decode_constraint(spec["independent"]), ndims)
+    if isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in _BOUNDED:
+        kind, bounds = next(iter(spec.items()))
+        bounds = bounds if isinstance(bounds, (list, tuple)) else [bounds]
+        if len(bounds) != _BOUNDED[kind] or not all(
+                isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds):
+            raise CheckpointError(f"malformed constraint spec {kind}: {bounds!r}; it takes "
+                                  f"{_BOUNDED[kind]} number(s)")
+        return getattr(constraints, kind)(*(float(b) for b in bounds))
+    raise CheckpointError(f"unknown constraint spec {str(spec)[:100]}; a probgen file holds a "
+                          "constraint name, an independent or a bounded spec")
 
 
 def param_store_state(exclude_prefix: str | None = None) -> dict[str, Any]:
@@ -175,8 +220,15 @@ def param_store_state(exclude_prefix: str | None = None) -> dict[str, Any]:
 def restore_param_store(state: dict[str, Any]) -> None:
     """Copy saved values into existing parameters in place (modules keep their references);
     create missing ones from their constraint spec."""
+    if not isinstance(state, dict) or not isinstance(state.get("params"), dict) \
+            or not isinstance(state.get("constraints", {}), dict):
+        raise CheckpointError("the saved parameters are not {'params': {name: tensor}, "
+                              "'constraints': {name: spec}}; the file is damaged or crafted")
     store = pyro.get_param_store()
     for name, value in state["params"].items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"saved parameter {str(name)[:60]!r} is not a named tensor; "
+                                  "the file is damaged or crafted")
         if name in store._params:
             target = store._params[name]
             if target.shape != value.shape:
@@ -186,7 +238,11 @@ def restore_param_store(state: dict[str, Any]) -> None:
             with torch.no_grad():
                 target.copy_(value.to(target.device, target.dtype))
             continue
-        constraint = _decode_constraint(state["constraints"].get(name))
+        try:
+            constraint = _decode_constraint(state.get("constraints", {}).get(name))
+        except CheckpointError as error:
+            raise CheckpointError(f"parameter '{name}': {error}; the file is damaged or "
+                                  "crafted") from None
         if constraint is None:
             raise CheckpointError(f"parameter '{name}' has a constraint probgen cannot rebuild; "
                                   "run the program once before restoring")

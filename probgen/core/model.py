@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import pyro
 import torch
 from torch import nn
@@ -16,7 +17,7 @@ from torch import nn
 from probgen.core.arguments import BLOCK_COUNT_LIMIT
 from probgen.core.validate import check_num_samples, validate_data
 
-__all__ = ["GenerativeModel", "Estimator"]
+__all__ = ["GenerativeModel", "Estimator", "check_numpy_range"]
 
 _instance_counter = itertools.count()
 
@@ -174,7 +175,9 @@ class GenerativeModel(nn.Module):
                           num_categories=self.config.get("num_categories"))
         if x.is_floating_point() or self.support not in ("count", "categorical"):
             # integers given to a real or binary likelihood become the model's float dtype
-            x = x.to(self.dtype or (x.dtype if x.is_floating_point() else torch.get_default_dtype()))
+            dtype = self.dtype or (x.dtype if x.is_floating_point() else torch.get_default_dtype())
+            _check_range(x, dtype, name)
+            x = x.to(dtype)
         return x
 
     @property
@@ -206,6 +209,34 @@ class GenerativeModel(nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config.items())
+
+
+def _check_range(x: torch.Tensor, dtype: torch.dtype, name: str, fix: str = "") -> None:
+    """Refuse finite values that a cast to ``dtype`` would turn into Inf (1e39 in float32)."""
+    if not dtype.is_floating_point or x.dtype == dtype or not x.numel() or not (
+            x.is_floating_point() and torch.finfo(x.dtype).max > torch.finfo(dtype).max):
+        return
+    magnitudes = x.detach().abs()
+    largest = float(magnitudes[torch.isfinite(magnitudes)].max()) if bool(
+        torch.isfinite(magnitudes).any()) else 0.0
+    limit = torch.finfo(dtype).max
+    if largest > limit:
+        kind = str(dtype).replace("torch.", "")
+        raise ValueError(f"{name} has values up to {largest:.3g}, beyond {kind}'s range "
+                         f"({limit:.3g}); rescale it or "
+                         f"{fix or 'use a float64 model (model.double())'}")
+
+
+def check_numpy_range(data: Any, name: str = "data") -> None:
+    """Floating NumPy arrays (alone or in a tuple) become tensors of torch's default dtype at
+    the boundary: refuse values that would become Inf there, naming the fix."""
+    parts = data if isinstance(data, (tuple, list)) else (data,)
+    for part in parts:
+        if isinstance(part, np.ndarray) and part.dtype.kind == "f" and part.size:
+            _check_range(torch.from_numpy(np.ascontiguousarray(part)),
+                         torch.get_default_dtype(), name,
+                         fix="pass it as a float64 tensor (torch.from_numpy(x)) to a float64 "
+                             "model (model.double())")
 
 
 def _checked_sample(sample: Callable[..., Any]) -> Callable[..., Any]:

@@ -15,12 +15,13 @@ import torch
 
 from probgen.core.checkpoint import atomic_write_text
 
-__all__ = ["KINDS", "DATA_SPACES", "LogLikelihood", "data_fingerprint"]
+__all__ = ["KINDS", "DATA_SPACES", "MAX_MAGNITUDE", "LogLikelihood", "data_fingerprint"]
 
 Kind = Literal["exact", "lower_bound", "estimate"]
 DataSpace = Literal["discrete", "continuous", "dequantized"]
 KINDS: tuple[str, ...] = ("exact", "lower_bound", "estimate")
 DATA_SPACES: tuple[str, ...] = ("discrete", "continuous", "dequantized")
+MAX_MAGNITUDE = 1e300  # nats; beyond it the mean and stderr of float64 values overflow
 
 
 _MAX_JSON_BYTES = 2**30  # 1 GiB: ~50 million per-example values
@@ -116,6 +117,13 @@ class LogLikelihood:
         object.__setattr__(self, "estimator_stderr", float(stderr))
         if torch.isnan(values).any():
             raise ValueError("per-example log-likelihoods contain NaN; the estimator failed")
+        huge = torch.isfinite(values) & (values.abs() > MAX_MAGNITUDE)
+        if huge.any():
+            row = int(torch.nonzero(huge)[0])
+            raise ValueError(f"per-example log-likelihood {float(values[row]):.3g} (row {row}) is "
+                             f"beyond ±{MAX_MAGNITUDE:g} nats, where the mean and stderr overflow; "
+                             "the estimator or model is broken (a scale near 0 or Inf?), or the "
+                             "values are not in nats")
         if (values == float("inf")).any():
             row = int(torch.nonzero(values == float("inf"))[0])
             raise ValueError(f"per-example log-likelihood is +inf (first: row {row}): a degenerate "

@@ -317,10 +317,11 @@ def validate_data(
         raise ValueError(f"{name} has examples of shape {tuple(x.shape[1:])} but the model expects "
                          f"{tuple(event_shape)}; pass data with the features the model was fitted on")
     # Fast passes over the common case (fit checks every transformed mini-batch): binary data
-    # equal to their rounding clamped to [0, 1] are finite, whole and 0/1 at once; a finite
-    # sum means no NaN or Inf (a sum that overflows takes the exact check).
+    # equal to their rounding clamped to [0, 1] (Σ|difference| = 0: no NaN, no Inf, a sum of
+    # non-negative terms) are finite, whole and 0/1 at once; a finite sum means no NaN or Inf
+    # (a sum that overflows takes the exact check).
     binary = (support == "binary" and x.is_floating_point()
-              and torch.equal(x, x.round().clamp_(0, 1)))
+              and bool(x.round().clamp_(0, 1).sub_(x).abs_().sum() == 0))
     if x.is_floating_point() and finite and not binary and not bool(torch.isfinite(x.sum())):
         bad = ~torch.isfinite(x)
         if bad.any():

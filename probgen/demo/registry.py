@@ -21,8 +21,10 @@ FAMILY_MODULES: tuple[str, ...] = (
     "probgen.demo.vae",
     "probgen.demo.ebm",
     "probgen.demo.diffusion",
+    "probgen.demo.flow_matching",
     "probgen.demo.latent_diffusion",
     "probgen.demo.hierarchical",
+    "probgen.demo.vqvae",
 )
 
 

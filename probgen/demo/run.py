@@ -90,5 +90,9 @@ def run_demo(out_dir: str = "runs/demo", *, smoke: bool = False, only: str | Non
                         title=f"{data.name}: held-out log-likelihood")
     with open(os.path.join(out_dir, "demo.json"), "w") as f:
         json.dump(summary, f, indent=1)
-    print(f"\nwrote {out_dir}/demo.json and comparison plots")
+    print(f"\nwrote {out_dir}/demo.json (every table, per-example values included)")
+    for dataset in summary:
+        print(f"picture: {os.path.join(out_dir, dataset + '_comparison.png')}: each family's "
+              f"held-out log-likelihood on {dataset} and its paired difference to the best")
+    print("more pictures of every family: docs/gallery.md")
     return summary

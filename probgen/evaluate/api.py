@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import pyro
 import torch
 from tqdm.auto import tqdm
@@ -14,12 +15,12 @@ from tqdm.auto import tqdm
 from probgen.core.devices import check_device
 from probgen.core.dtypes import cast_floats, floats_to_default_dtype, program_dtype
 from probgen.core.loaders import as_tuple, batch_iterable
-from probgen.core.model import Estimator, GenerativeModel
+from probgen.core.model import Estimator, GenerativeModel, check_numpy_range
 from probgen.core.params import scratch_param_store
 from probgen.core.program import ForceSubsample, inspect_program
 from probgen.core.result import LogLikelihood, data_fingerprint
 from probgen.core.support import check_observed_support
-from probgen.core.validate import as_batch, check_seed
+from probgen.core.validate import as_batch, check_num_samples, check_seed, is_number
 from probgen.data.transforms import evaluate_dequantized
 from probgen.evaluate.exact import exact_log_prob
 from probgen.evaluate.importance import importance_bound
@@ -32,7 +33,7 @@ from probgen.evaluate.predictive import (
 )
 from probgen.evaluate.refit import RefitSettings, holds_training_examples, refit_local_guide
 
-__all__ = ["evaluate", "GENERIC_ESTIMATORS"]
+__all__ = ["evaluate", "estimator_names", "GENERIC_ESTIMATORS"]
 
 _GENERIC = ("exact", "elbo", "iwae")
 _PASSED = ("k", "batch_size", "seed")  # evaluate's own arguments, passed on when declared
@@ -48,6 +49,28 @@ def _declared(model: Any) -> dict[str, Estimator]:
     """Estimators for ``model``: the generic ones, then the family's (which take precedence)."""
     family = model.estimators() if isinstance(model, GenerativeModel) else {}
     return {**GENERIC_ESTIMATORS, **family}
+
+
+def estimator_names(model: Any) -> tuple[str, ...]:
+    """The ``estimator=`` names :func:`evaluate` takes for ``model``."""
+    return ("auto",) + _GENERIC + ("predictive",) + tuple(
+        e for e in _declared(model) if e not in _GENERIC)
+
+
+def _count(name: str, value: Any) -> int | None:
+    """``value`` as a positive Python int (NumPy integers accepted); None passes."""
+    if value is None:
+        return None
+    if isinstance(value, (float, np.floating)) or not is_number(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _check_particles(k: int, batch: tuple[torch.Tensor, ...]) -> None:
+    """Each example's k particles copy it: refuse a k whose particles for one example cannot
+    fit in memory (evaluation chunks examples and particles, but would never finish)."""
+    check_num_samples("k", k, per_sample=max(int(batch[0][0].numel()), 1),
+                      fix="use at most {largest} particles (IWAE-5000 is the usual ceiling)")
 
 
 def _run_declared(declared: Estimator, model, batch, k, batch_size, seed, options) -> LogLikelihood:
@@ -152,12 +175,11 @@ def evaluate(
                         f"{type(guide).__name__}")
     device = check_device(device)
     seed = check_seed(seed)
-    if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k <= 0):
+    if k is not None and (isinstance(k, (float, np.floating)) or not is_number(k) or k <= 0):
         raise ValueError(f"k must be a positive integer number of particles, got {k!r}")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size <= 0):
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    known = ("auto",) + _GENERIC + ("predictive",) + tuple(
-        e for e in _declared(model) if e not in _GENERIC)
+    k = None if k is None else int(k)  # NumPy integers accepted, stored as Python ints
+    batch_size, num_draws = _count("batch_size", batch_size), _count("num_draws", num_draws)
+    known = estimator_names(model)
     if estimator not in known:
         raise ValueError(f"unknown estimator {estimator!r}; choose one of {known}")
     batches = batch_iterable(data, batch_size)
@@ -169,6 +191,7 @@ def evaluate(
             refit_steps=refit_steps, allow_masked_latents=allow_masked_latents, **options)
             for part in batches])
     bundled = isinstance(model, GenerativeModel)
+    check_numpy_range(data)
     batch = as_batch(floats_to_default_dtype(data),
                      model_device=model.device if bundled and device is None else None,
                      finite=not (bundled and model.checks_padding))
@@ -183,6 +206,11 @@ def evaluate(
     if seed is not None:
         pyro.set_rng_seed(seed)
     n = int(batch[0].shape[0])
+    if k is not None:
+        _check_particles(k, batch)
+    if num_draws is not None:  # one log-likelihood per draw and example
+        check_num_samples("num_draws", num_draws, per_sample=n, element_bytes=8,
+                          fix="use at most {largest} draws (a few hundred is the usual)")
     if num_dims is None and bundled:
         num_dims = model.num_dims(*batch)
     was_training = model.training if bundled else False
@@ -357,7 +385,7 @@ def _predictive(program, guide, batch, info, estimator, posterior, num_draws, k,
     if seed is not None:
         pyro.set_rng_seed(seed)  # the guide's draws: the seed's first ones
     draws, described, point_mass = posterior_draws(posterior, guide, batch, info.global_latents,
-                                                   num_draws)
+                                                   num_draws, program)
     summed = locals_sum_out(info, tuple(draws))
     exact = point_mass and summed and not info.bound_sites
     bound = point_mass and not summed and not info.bound_sites  # IWAE-k on log p(x | θ̂)

@@ -27,12 +27,13 @@ from pyro.infer.autoguide import AutoCallable, AutoDelta, AutoGuideList
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
+from probgen.core.params import scratch_param_store
 from probgen.core.program import ProgramInfo
 from probgen.evaluate.exact import exact_log_prob
 from probgen.evaluate.importance import iwae_with_stderr
 from probgen.evaluate.refit import RefitSettings, holds_training_examples, refit_local_guide
 
-__all__ = ["FixSites", "PosteriorDraw", "posterior_draws", "local_program_info", "locals_sum_out",
+__all__ = ["FixSites", "PosteriorDraw", "posterior_draws", "check_posterior_sites", "local_program_info", "locals_sum_out",
            "draw_log_likelihoods", "held_out_log_likelihoods", "lppd", "bootstrap_stderr"]
 
 DEFAULT_DRAWS = 100  # draws from a guide that is not a point mass
@@ -79,10 +80,44 @@ def _from_inference_data(posterior: Any) -> dict[str, torch.Tensor]:
     return draws
 
 
+def check_posterior_sites(program: Callable, batch: tuple[torch.Tensor, ...],
+                          draws: dict[str, torch.Tensor], global_latents: tuple[str, ...]) -> None:
+    """Each key of ``draws`` names a latent site of ``program`` (not a ``pyro.param``, not an
+    observed site), and each global site's draws have its shape after the draw dimension:
+    checked on one trace of the program, before any draw is scored."""
+    try:
+        with scratch_param_store(), poutine.block(), torch.no_grad():
+            trace = poutine.trace(program).get_trace(*batch)
+    except Exception:  # noqa: BLE001 - scoring the draws reports it in the user's terms
+        return
+    latent = [name for name, site in trace.nodes.items() if site["type"] == "sample"
+              and not site["is_observed"] and not site_is_subsample(site)]
+    for name, value in draws.items():
+        site = trace.nodes.get(name)
+        if site is not None and site["type"] == "param":
+            raise ValueError(f"posterior[{name!r}]: '{name}' is a pyro.param, not a latent site; "
+                             "posterior draws are for sites sampled with pyro.sample (the "
+                             f"program's latent sites are {latent}); drop '{name}'")
+        if name not in latent:
+            observed = site is not None and site["type"] == "sample"
+            raise ValueError(f"posterior has no {'latent ' if observed else ''}site {name!r}"
+                             f"{' (it is observed)' if observed else ''}; the program's latent "
+                             f"sites are {latent}")
+        if name in global_latents:
+            shape = tuple(site["value"].shape)
+            if tuple(value.shape[1:]) != shape:
+                count = int(value.shape[0])
+                raise ValueError(f"posterior[{name!r}] has draws of shape {tuple(value.shape)}; "
+                                 f"site {name!r} has shape {shape}: pass {(count, *shape)} (the "
+                                 "draw dimension first)")
+
+
 def posterior_draws(posterior: Any, guide: Callable | None, batch: tuple[torch.Tensor, ...],
-                    global_latents: tuple[str, ...], num_draws: int | None
+                    global_latents: tuple[str, ...], num_draws: int | None,
+                    program: Callable | None = None
                     ) -> tuple[dict[str, torch.Tensor], str, bool]:
-    """(draws as {site: (S, *shape)}, a description, whether the posterior is a point mass)."""
+    """(draws as {site: (S, *shape)}, a description, whether the posterior is a point mass);
+    given ``program``, the draws' sites and shapes are checked against one trace of it."""
     if posterior is not None:
         if hasattr(posterior, "posterior"):  # arviz InferenceData from run_mcmc
             posterior = _from_inference_data(posterior)
@@ -106,6 +141,8 @@ def posterior_draws(posterior: Any, guide: Callable | None, batch: tuple[torch.T
                 what = "NaN" if torch.isnan(value).any() else "Inf"
                 raise ValueError(f"posterior[{name!r}] has {what} draws; drop the non-finite "
                                  "draws (a diverged chain?) before evaluating")
+        if program is not None:
+            check_posterior_sites(program, batch, draws, global_latents)
         sizes = {int(value.shape[0]) for value in draws.values()}
         if len(sizes) != 1:
             raise ValueError(f"posterior draws disagree on their number: {sorted(sizes)} per site")

@@ -3,18 +3,21 @@ callbacks around a training method (SVI by default; a family's EM, Baum-Welch, C
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyro
 import torch
 
+from probgen.core.checkpoint import check_output_path
 from probgen.core.devices import check_device
 from probgen.core.dtypes import cast_floats, floats_to_default_dtype, program_dtype
-from probgen.core.model import GenerativeModel
+from probgen.core.model import GenerativeModel, check_numpy_range
 from probgen.core.params import (
     drop_parameter,
     example_rows,
@@ -24,7 +27,16 @@ from probgen.core.params import (
 )
 from probgen.core.result import data_fingerprint
 from probgen.core.support import check_observed_support
-from probgen.core.validate import as_batch
+from probgen.core.validate import (
+    as_batch,
+    check_finite,
+    check_num_samples,
+    check_option,
+    check_seed,
+    check_size,
+    is_number,
+)
+from probgen.evaluate.api import estimator_names
 from probgen.infer.averaging import ParameterAverage
 from probgen.infer.batches import Batches, positive_int
 from probgen.infer.loop import ROLLBACK_EVERY, Loop, Run
@@ -33,9 +45,11 @@ from probgen.infer.result import FitResult, FitState, TrainingDiverged
 from probgen.infer.schedules import LRSchedule
 from probgen.infer.svi import SVI
 
-__all__ = ["fit", "FitResult", "FitState", "TrainingDiverged", "GENERIC_METHODS", "ROLLBACK_EVERY"]
+__all__ = ["fit", "FitResult", "FitState", "TrainingDiverged", "GENERIC_METHODS", "ROLLBACK_EVERY",
+           "MAX_STEPS"]
 
 GENERIC_METHODS: dict[str, type[TrainingMethod]] = {"svi": SVI}
+MAX_STEPS = 10**9  # more steps than any run finishes: a larger count is a typo
 
 
 def _choose_method(model: Any, method: str | type[TrainingMethod] | None) -> tuple[str, type]:
@@ -58,6 +72,7 @@ def _prepare_data(bundled: GenerativeModel | None, program: Callable, device: An
     found: dict[str, torch.dtype | None] = {}
 
     def prepare(batch: Any) -> tuple:
+        check_numpy_range(batch)
         batch = as_batch(floats_to_default_dtype(batch),
                          finite=bundled is None or not bundled.checks_padding)
         if device is not None:
@@ -73,7 +88,7 @@ def _prepare_data(bundled: GenerativeModel | None, program: Callable, device: An
 
 
 def _fresh_parameters(program: Callable, guide: Callable | None, example: tuple, *,
-                      keep_values: bool) -> None:
+                      keep_values: bool) -> list[str] | None:
     """Make this run's parameters its own, so one seed gives one result.
 
     A trace of ``program`` (and ``guide``) on a scratch store, which leaves nothing behind,
@@ -82,22 +97,27 @@ def _fresh_parameters(program: Callable, guide: Callable | None, example: tuple,
     ``pyro.module`` registers a new network with (the new network is what trains). Module
     parameters the store already holds are the model's and stay. With ``keep_values``
     (``warm_start``, ``resume``), values stay, and a new network takes the stored ones.
+
+    Returns the parameter names of the program (and guide), which a resume compares with the
+    checkpoint's (None when the trace failed).
     """
     try:
         trace = param_trace(program, guide, example)
     except Exception:  # noqa: BLE001 - the first real trace reports it in the user's terms
-        return
+        return None
+    names = sorted(str(name) for name in trace.nodes)
     for name, parameter in stale_module_parameters(trace).items():
         if keep_values:
             load_into_module(name, parameter)
         else:
             drop_parameter(name)
     if keep_values:
-        return
+        return names
     store = pyro.get_param_store()
     for name in trace.nodes:
         if name in store.keys() and not isinstance(store._params[name], torch.nn.Parameter):
             drop_parameter(name)
+    return names
 
 
 def fit(
@@ -152,8 +172,10 @@ def fit(
             ``DataLoader``/iterable of batches (then ``num_examples`` = N if it has no dataset).
         method: the training method: ``"svi"`` or one the family declares (default: the
             family's ``default_method``).
-        num_steps, epochs: how long (default 1000 steps); ``batch_size``: examples per step.
-        optim: learning rate, Adam options dict, or a ``pyro.optim`` optimizer or LR scheduler
+        num_steps, epochs: how long (default 1000 steps, at most ``MAX_STEPS`` = 10**9);
+            ``batch_size``: examples per step. Counts may be NumPy integers.
+        optim: learning rate (a finite positive number, NumPy scalars too), Adam options dict,
+            or a ``pyro.optim`` optimizer or LR scheduler
             (``pyro.optim.ExponentialLR(...)``, stepped once per epoch, or per step with
             ``scheduler_every="step"``; ``ReduceLROnPlateau`` gets the validation loss).
         lr_schedule, final_lr: ``"cosine"``, ``"linear"`` or ``"exponential"`` from ``optim``'s
@@ -181,7 +203,9 @@ def fit(
             network registered with ``pyro.module`` under a name an earlier run used trains as
             built (with ``warm_start=True`` it starts from the earlier run's values).
         checkpoint: file written atomically every ``checkpoint_every`` steps and at the end;
-            ``resume=True`` continues from it (a new ``optim`` learning rate applies).
+            ``resume=True`` continues from it (a new ``optim`` learning rate applies; another
+            program, model configuration, method, objective, batch size or explicit ``seed`` is
+            refused, naming what differs).
         callbacks: called with a :class:`FitState` after every step; return True to stop.
         distributed: data-parallel over the processes of a torchrun launch.
         options: the method's own options (e.g. ``tol`` for EM, ``k`` for CD).
@@ -203,7 +227,31 @@ def fit(
     started = time.perf_counter()
     bundled, program = _unpack_model(model)
     _check_callables(guide, transform, callbacks)
-    positive_int("checkpoint_every", checkpoint_every)
+    # Python ints before anything is stored: a NumPy integer in a checkpoint's settings makes
+    # it unloadable with weights_only=True.
+    num_steps = _steps("num_steps", num_steps)
+    epochs = _steps("epochs", epochs)
+    batch_size = positive_int("batch_size", batch_size, numpy=True)
+    checkpoint_every = positive_int("checkpoint_every", checkpoint_every, numpy=True)
+    patience = positive_int("patience", patience, numpy=True)
+    validate_every = positive_int("validate_every", validate_every, numpy=True)
+    num_particles = positive_int("num_particles", num_particles, allow_none=False, numpy=True)
+    seed = check_seed(seed)
+    optim = _checked_optim(optim)
+    final_lr = None if final_lr is None else check_finite("final_lr", final_lr, nonnegative=True)
+    free_bits = check_finite("free_bits", free_bits, nonnegative=True)
+    kl_warmup_epochs = (None if kl_warmup_epochs is None else
+                        check_finite("kl_warmup_epochs", kl_warmup_epochs, nonnegative=True))
+    ema_decay = _ema_decay(ema_decay)
+    shuffle, restore_best, warm_start = (_flag(flag, value) for flag, value in (
+        ("shuffle", shuffle), ("restore_best", restore_best), ("warm_start", warm_start)))
+    if progress is not None:
+        progress = _flag("progress", progress, none="None (a bar only on a terminal)")
+    if validation_estimator is not None:
+        validation_estimator = check_option("validation_estimator", validation_estimator,
+                                            estimator_names(model))
+    if checkpoint is not None:
+        check_output_path("checkpoint", checkpoint)
     if checkpoint is not None and Path(checkpoint).is_dir():
         raise ValueError(f"checkpoint={str(checkpoint)!r} is a folder; pass a file path inside "
                          "it, e.g. checkpoint='run/fit.pt'")
@@ -217,27 +265,32 @@ def fit(
     batches = Batches(data, batch_size, num_examples, shuffle, prepare if transform is None else
                       _prepare_data(bundled, program, device, model_checks=False))
     total_steps = _total_steps(num_steps, epochs, batches.steps_per_epoch, method_class, batch_size)
-    _check_options(method_class, options, scheduler_every, patience, validate_every, num_particles)
+    _check_options(method_class, options, scheduler_every)
+    _check_particles(num_particles, batches)
     schedule = LRSchedule(lr_schedule, final_lr, total_steps) if lr_schedule is not None else None
     if lr_schedule is None and final_lr is not None:
         raise ValueError("final_lr= needs lr_schedule= ('cosine', 'linear' or 'exponential')")
     warmup_steps = _warmup_steps(kl_warmup_epochs, batches.steps_per_epoch)
-    if isinstance(free_bits, bool) or not isinstance(free_bits, (int, float)) \
-            or not free_bits >= 0:
-        raise ValueError(f"free_bits must be a number of nats >= 0, got {free_bits!r}")
     average = _average(ema_decay, method_class)
     held_out = prepare(as_batch(validation, name="validation")) if validation is not None else None
+    seed_given = seed is not None
     seed = _seed(seed, parallel)
     if bundled is not None:
         bundled.train()
+    parameter_names = None
     if bundled is None:  # a bundled model owns its modules
-        _fresh_parameters(program, guide, batches.first, keep_values=bool(warm_start or resume))
+        parameter_names = _fresh_parameters(program, guide, batches.first,
+                                            keep_values=bool(warm_start or resume))
     setup = TrainingSetup(model, program, guide, batches.first, batches.size, batches.batch_size,
                           optim, loss, num_particles, data_plate, dict(options), parallel,
                           batches.tensors if batches.loader is None else None, schedule,
                           warmup_steps, float(free_bits))
     run = _start_run(method_class(setup), name, batches, seed, check_support=transform is None,
                      fingerprint=checkpoint is not None)
+    run.settings["loss"] = _describe_loss(loss)
+    if parameter_names is not None:
+        run.settings["parameters"] = parameter_names
+    run.seed_given = seed_given
     run.average = average
     run.settings["ema_decay"] = ema_decay
     pyro.set_rng_seed(seed)  # training's stream starts at the seed, whatever setup drew
@@ -297,25 +350,84 @@ def _total_steps(num_steps: int | None, epochs: int | None, steps_per_epoch: int
                  method_class: type[TrainingMethod], batch_size: int | None) -> int:
     if num_steps is not None and epochs is not None:
         raise ValueError("pass num_steps or epochs, not both")
-    positive_int("num_steps", num_steps)
-    positive_int("epochs", epochs)
     if method_class.full_batch and batch_size is not None:
         raise ValueError(f"method {method_class.__name__} takes all the data at every step; "
                          "leave batch_size=None")
-    return num_steps if num_steps is not None else (epochs or 0) * steps_per_epoch or 1000
+    total = num_steps if num_steps is not None else (epochs or 0) * steps_per_epoch or 1000
+    if total > MAX_STEPS:
+        raise ValueError(f"epochs={epochs:,} make {total:,} steps ({steps_per_epoch:,} per epoch), "
+                         f"over the limit of {MAX_STEPS:,}; pass fewer epochs")
+    return total
 
 
-def _check_options(method_class: type[TrainingMethod], options: dict, scheduler_every: str,
-                   patience: int | None, validate_every: int | None, num_particles: int) -> None:
+def _steps(name: str, value: Any) -> int | None:
+    """``num_steps``/``epochs`` as a Python int (NumPy integers too), at most ``MAX_STEPS``."""
+    if value is None:
+        return None
+    positive_int(name, value, numpy=True)
+    return check_size(name, value, maximum=MAX_STEPS,
+                      fix=f"pass the number you mean, e.g. {name}=10_000")
+
+
+def _learning_rate(name: str, value: Any, example: str) -> float:
+    if not is_number(value) or not math.isfinite(float(value)) or not float(value) > 0:
+        raise ValueError(f"learning rate must be a finite positive number, got "
+                         f"{float(value) if is_number(value) else repr(value)} ({name}); pass "
+                         f"e.g. {example}")
+    return float(value)
+
+
+def _checked_optim(optim: Any) -> Any:
+    """A learning rate (Python or NumPy number) as a finite positive float, a dict of Adam
+    options with its ``lr`` checked the same way; anything else is the method's to check."""
+    if is_number(optim):
+        return _learning_rate("optim", optim, "optim=1e-3")
+    if isinstance(optim, dict) and "lr" in optim:
+        return {**optim, "lr": _learning_rate("optim['lr']", optim["lr"], "optim={'lr': 1e-3}")}
+    return optim
+
+
+def _ema_decay(ema_decay: Any) -> float | None:
+    """``ema_decay`` as a float in (0, 1) (NumPy scalars too); NaN, Inf, booleans refused."""
+    if ema_decay is None:
+        return None
+    if not is_number(ema_decay) or not 0 < float(ema_decay) < 1:
+        raise ValueError(f"ema_decay must be a number in (0, 1), got {ema_decay!r}; e.g. "
+                         "ema_decay=0.999 (an average over about the last 1000 steps)")
+    return float(ema_decay)
+
+
+def _flag(name: str, value: Any, *, none: str = "") -> bool:
+    """``value`` as a bool: True/False (NumPy booleans too); a string or a number is refused."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    choices = f"True, False or {none}" if none else "True or False"
+    raise ValueError(f"{name} must be {choices}, got {value!r}")
+
+
+def _describe_loss(loss: Any) -> str | None:
+    """The objective as plain data for the run's settings: what a resume must match."""
+    if loss is None or isinstance(loss, str):
+        return loss
+    return type(loss).__name__
+
+
+def _check_particles(num_particles: int, batches: Batches) -> None:
+    """Each particle copies the batch: ``num_particles × batch × values`` must fit in memory."""
+    per_particle = batches.batch_size * max(int(batches.tensors[0][0].numel()), 1)
+    check_num_samples("num_particles", num_particles, per_sample=per_particle,
+                      fix="each particle copies the batch: use at most {largest} particles or a "
+                          "smaller batch_size")
+
+
+def _check_options(method_class: type[TrainingMethod], options: dict, scheduler_every: str
+                   ) -> None:
     unknown = sorted(set(options) - set(method_class.options))
     if unknown:
         raise TypeError(f"unexpected options {unknown} for method {method_class.__name__}; it "
                         f"takes {list(method_class.options) or 'none'}")
     if scheduler_every not in ("epoch", "step"):
         raise ValueError(f"scheduler_every must be 'epoch' or 'step', got {scheduler_every!r}")
-    positive_int("patience", patience)
-    positive_int("validate_every", validate_every)
-    positive_int("num_particles", num_particles, allow_none=False)
 
 
 def _start_run(method: TrainingMethod, name: str, batches: Batches, seed: int, *,
@@ -349,12 +461,9 @@ def _average(ema_decay: float | None,
 
 
 def _warmup_steps(kl_warmup_epochs: float | None, steps_per_epoch: int) -> int:
+    """``kl_warmup_epochs`` (checked finite and >= 0 by fit) in steps."""
     if kl_warmup_epochs is None:
         return 0
-    if isinstance(kl_warmup_epochs, bool) or not isinstance(kl_warmup_epochs, (int, float)) \
-            or not kl_warmup_epochs >= 0 or kl_warmup_epochs == float("inf"):
-        raise ValueError(f"kl_warmup_epochs must be a finite number of epochs >= 0, got "
-                         f"{kl_warmup_epochs!r}")
     return max(1, round(kl_warmup_epochs * steps_per_epoch)) if kl_warmup_epochs > 0 else 0
 
 
@@ -362,10 +471,9 @@ def _show_progress(progress: bool | None) -> bool:
     """``progress=None``: a bar only when stderr (tqdm's stream) is a terminal, not in logs."""
     return sys.stderr.isatty() if progress is None else bool(progress)
 
+
 def _seed(seed: int | None, parallel: Any) -> int:
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)
-                             or not 0 <= seed < 2**32):
-        raise ValueError(f"seed must be an integer in 0 .. 2**32 - 1, got {seed!r}")
+    """The run's seed (checked by fit), or one drawn at random."""
     base = int(seed) if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
     if parallel is not None:
         base = parallel.broadcast_seed(base)
@@ -376,9 +484,9 @@ def _seed(seed: int | None, parallel: Any) -> int:
 def _resuming(resume: bool | str, checkpoint: str | Path | None) -> bool:
     """``resume=True``: the checkpoint must exist; ``resume="if_exists"``: continue when it does,
     start fresh when it does not (a job that restarts itself)."""
-    if not resume:
+    if resume is False or isinstance(resume, np.bool_) and not resume:
         return False
-    if resume not in (True, "if_exists"):
+    if not (resume is True or isinstance(resume, np.bool_) or resume == "if_exists"):
         raise ValueError(f"resume must be True, False or 'if_exists', got {resume!r}")
     if checkpoint is None:
         raise ValueError("resume=True needs checkpoint=PATH")

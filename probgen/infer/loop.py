@@ -74,6 +74,7 @@ class Run:
     # The last step's parameters once the model holds others (the best, or the averages):
     # what a resume continues from, kept apart from the parameters fit returns.
     training_state: dict[str, Any] | None = None
+    seed_given: bool = False  # fit(seed=...) was passed: a resume must match it
 
     def checkpoint_state(self, step: int) -> dict[str, Any]:
         return {
@@ -99,17 +100,7 @@ class Run:
             raise CheckpointError(f"{path} was written by a fit of {saved_model}, not of "
                                   f"{self.settings['model']}; resume with the same model, or "
                                   "start a new run without resume=True")
-        for key in ("size", "batch_size", "method", "data_id"):
-            if key == "data_id" and key not in state["run"]:
-                continue  # written before data fingerprints were kept
-            if state["run"].get(key) != self.settings[key]:
-                if key == "data_id":
-                    raise CheckpointError(f"{path} was written on other data (a different "
-                                          "fingerprint, same size); resume with the data it was "
-                                          "trained on, or start a new run without resume=True")
-                raise CheckpointError(f"checkpoint was written with {key}={state['run'].get(key)!r} "
-                                      f"but this run has {key}={self.settings[key]!r}; resume with "
-                                      "the same data and settings")
+        self._check_same_run(path, state)
         self.settings["seed"] = int(state["run"]["seed"])
         # Training goes on from the last step's parameters; the top level holds what the fit
         # returned (the best, or the averages), and is both in files written before the split.
@@ -127,10 +118,67 @@ class Run:
             self.average.load_state_dict(state["average"])
         return int(state["step"])
 
+    def _check_same_run(self, path: Path, state: dict[str, Any]) -> None:
+        """Refuse a resume that would continue another run: other data or batches, another
+        method or objective (loss, particles), program (parameter names), model configuration,
+        or an explicitly different seed. A new learning rate is allowed."""
+        saved = state["run"]
+        config = state.get("model_config")
+        if self.bundled is not None and isinstance(config, dict):
+            ours, theirs = _plain(dict(self.bundled.config)), _plain(config)
+            changed = sorted(key for key in set(ours) | set(theirs)
+                             if ours.get(key) != theirs.get(key))
+            if changed:
+                differences = ", ".join(f"{key}={theirs.get(key)!r} in the checkpoint, "
+                                        f"{ours.get(key)!r} now" for key in changed)
+                raise CheckpointError(
+                    f"{path} was written by a {self.settings['model']} of another configuration "
+                    f"({differences}); resume with the model it was written by, or start a "
+                    "new run without resume=True")
+        theirs_names, ours_names = saved.get("parameters"), self.settings.get("parameters")
+        if theirs_names is not None and ours_names is not None \
+                and sorted(theirs_names) != sorted(ours_names):
+            missing = sorted(set(ours_names) - set(theirs_names))
+            extra = sorted(set(theirs_names) - set(ours_names))
+            raise CheckpointError(
+                f"{path} was written by another program: its parameters are "
+                f"{sorted(theirs_names)}, this program's {sorted(ours_names)} (not in the "
+                f"checkpoint: {missing}; not in this program: {extra}); resume with the program "
+                "(and guide) it was written by, or start a new run without resume=True")
+        fixes = {"size": "the same data", "batch_size": "the same batch_size",
+                 "method": "the same method", "num_particles": "the same objective (loss, "
+                 "num_particles)", "loss": "the same objective (loss, num_particles)"}
+        for key, fix in fixes.items():
+            if key == "loss" and key not in saved:
+                continue  # written before the objective was recorded
+            if saved.get(key) != self.settings.get(key):
+                raise CheckpointError(f"checkpoint {path} was written with {key}="
+                                      f"{saved.get(key)!r} but this run has {key}="
+                                      f"{self.settings.get(key)!r}; resume with {fix} (a new "
+                                      "learning rate is allowed), or start a new run without "
+                                      "resume=True")
+        if "data_id" in saved and saved.get("data_id") != self.settings["data_id"]:
+            raise CheckpointError(f"{path} was written on other data (a different fingerprint, "
+                                  "same size); resume with the data it was trained on, or start "
+                                  "a new run without resume=True")
+        if self.seed_given and int(saved["seed"]) != int(self.settings["seed"]):
+            raise CheckpointError(f"checkpoint {path} was written with seed={int(saved['seed'])} "
+                                  f"but this run passes seed={self.settings['seed']}; resume with "
+                                  "the same seed (or leave seed unset to take the checkpoint's)")
+
     def averaged(self) -> Any:
         """A block in which the parameters are their averages (nothing changes without one)."""
         return (self.average.applied(self.method.tensors()) if self.average is not None
                 else contextlib.nullcontext())
+
+
+def _plain(value: Any) -> Any:
+    """A config as plain data for comparison: tuples as lists, dicts and lists recursively."""
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
 
 
 # --- validation --------------------------------------------------------------------------------
@@ -162,13 +210,12 @@ def _after_validation(run: Run, step: int, value: float, patience: int | None) -
     return patience is not None and run.stale >= patience
 
 
-def _diverged(loss: float, step: int, last_good: int, checkpoint: Any) -> str:
+def _diverged(loss: float, step: int, last_good: int, checkpoint: Any,
+              method: TrainingMethod) -> str:
     return (f"loss became {loss} at step {step}; parameters were rolled back to step {last_good} "
             f"(snapshots are kept every {ROLLBACK_EVERY} steps, at a finite loss)"
-            f"{f' (saved to {checkpoint})' if checkpoint else ''}. Likely causes: a learning rate "
-            "too high (resume with optim=1e-3: the moments are kept, the new rate applies), a "
-            "scale parameter without a positive constraint, unnormalized data, or a guide "
-            "proposing values outside the model's support")
+            f"{f' (saved to {checkpoint})' if checkpoint else ''}. Likely causes: "
+            f"{type(method).divergence_causes()}")
 
 
 class _Rollback:
@@ -202,8 +249,9 @@ class _Rollback:
 
 
 class WriterLock:
-    """One writer per checkpoint: ``<checkpoint>.lock`` holds the writing process's pid. A lock
-    left by a process that no longer runs is taken over, with the temp files its killed writes
+    """One writer per checkpoint: ``<checkpoint>.lock`` holds the writing process's pid and its
+    start time. A lock left by a process that no longer runs, or whose pid a later, unrelated
+    process now has (another start time), is taken over, with the temp files its killed writes
     left behind."""
 
     def __init__(self, checkpoint: str | Path | None) -> None:
@@ -222,26 +270,32 @@ class WriterLock:
             try:
                 descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                owner = self._owner()
-                if owner is not None and owner != os.getpid() and _running(owner):
+                owner, started = self._owner()
+                if owner is not None and owner != os.getpid() and _running(owner, started):
                     raise CheckpointError(
-                        f"another process (pid {owner}) is writing {self.checkpoint}; wait for it "
-                        "to finish or write this run to another checkpoint path") from None
+                        f"another process (pid {owner}) holds the lock file {self.path} of "
+                        f"{self.checkpoint}: wait for it to finish, or write this run to another "
+                        "checkpoint path; if no fit is writing it (the pid now belongs to an "
+                        f"unrelated process), delete the lock: rm '{self.path}'") from None
                 self.path.unlink(missing_ok=True)  # a dead writer's lock
                 continue
             with os.fdopen(descriptor, "w") as handle:
-                handle.write(str(os.getpid()))
+                started = _start_time(os.getpid())
+                handle.write(f"{os.getpid()}{f' {started}' if started is not None else ''}")
             self.held = True
             for orphan in self.checkpoint.parent.glob(f".{self.checkpoint.name}.*.tmp"):
                 orphan.unlink(missing_ok=True)  # only the lock holder writes temp files
             return
         raise CheckpointError(f"could not lock {self.checkpoint} ({self.path} keeps changing)")
 
-    def _owner(self) -> int | None:
+    def _owner(self) -> tuple[int | None, int | None]:
+        """The pid in the lock file and, when recorded, that process's start time."""
         try:
-            return int(self.path.read_text().strip() or 0) or None
+            fields = self.path.read_text().split()
+            pid = int(fields[0]) if fields else None
+            return pid or None, int(fields[1]) if len(fields) > 1 else None
         except (OSError, ValueError):
-            return None
+            return None, None
 
     def release(self) -> None:
         if self.held:
@@ -249,13 +303,28 @@ class WriterLock:
             self.held = False
 
 
-def _running(pid: int) -> bool:
+def _start_time(pid: int) -> int | None:
+    """The start time of process ``pid`` in clock ticks since boot (Linux's /proc), else None:
+    with the pid, it names one process even after the pid is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat[stat.rindex(")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _running(pid: int, started: int | None = None) -> bool:
+    """Whether the process that wrote a lock still runs: ``pid`` is alive and, when the lock
+    recorded a start time, it is the same process (not a later one given the same pid)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
+    if started is not None:
+        now = _start_time(pid)
+        return now is None or now == started
     return True
 
 
@@ -310,7 +379,8 @@ class Loop:
         if not math.isfinite(loss):
             self.rollback.restore()
             self.save(self.rollback.step)
-            raise TrainingDiverged(_diverged(loss, step, self.rollback.step, self.checkpoint),
+            raise TrainingDiverged(_diverged(loss, step, self.rollback.step, self.checkpoint,
+                                             self.run.method),
                                    step, self.result(self.run.method.setup.model,
                                                      self.run.settings["method"], None, False))
         self.rollback.finite()

@@ -8,7 +8,18 @@ from typing import Any, ClassVar
 
 import torch
 
-__all__ = ["TrainingMethod", "TrainingSetup", "same_data"]
+__all__ = ["TrainingMethod", "TrainingSetup", "same_data", "GRADIENT_DIVERGENCE_HINT",
+           "CLOSED_FORM_DIVERGENCE_HINT"]
+
+# The likely causes a TrainingDiverged names, by kind of method (a family may declare its own).
+GRADIENT_DIVERGENCE_HINT = (
+    "a learning rate too high (resume with optim=1e-3: the moments are kept, the new rate "
+    "applies), a scale parameter without a positive constraint, unnormalized data, or a guide "
+    "proposing values outside the model's support")
+CLOSED_FORM_DIVERGENCE_HINT = (
+    "a component (or state) collapsed onto constant data, so a variance or probability reached "
+    "0 or 1: use float64 (model.double()), or add reg_covar/smoothing; unnormalized data, or "
+    "more components than distinct rows, do the same")
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,9 @@ class TrainingMethod:
         title: the method's name in error messages (default: the class name).
         annealing: the method takes fit's ``lr_schedule=``, ``kl_warmup_epochs=`` and
             ``free_bits=`` (an ELBO optimised by a gradient method); others refuse them.
+        divergence_hint: the likely causes ``TrainingDiverged`` names when the loss becomes
+            non-finite (default: a learning rate too high for a method that ``uses_optim``, a
+            collapsed component for closed-form updates); a family declares its own.
     """
 
     full_batch: ClassVar[bool] = False
@@ -76,6 +90,14 @@ class TrainingMethod:
     options: ClassVar[tuple[str, ...]] = ()
     title: ClassVar[str] = ""
     annealing: ClassVar[bool] = False
+    divergence_hint: ClassVar[str | None] = None
+
+    @classmethod
+    def divergence_causes(cls) -> str:
+        """The likely causes of a non-finite loss under this method, for ``TrainingDiverged``."""
+        if cls.divergence_hint:
+            return cls.divergence_hint
+        return GRADIENT_DIVERGENCE_HINT if cls.uses_optim else CLOSED_FORM_DIVERGENCE_HINT
 
     def __init__(self, setup: TrainingSetup) -> None:
         title = self.title or type(self).__name__

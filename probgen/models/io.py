@@ -19,6 +19,7 @@ from probgen.core.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
     atomic_save,
+    check_output_path,
     load_checkpoint,
     param_store_state,
     restore_param_store,
@@ -54,8 +55,7 @@ def save(obj: Any, path: str | os.PathLike) -> Path:
     run's settings; reload it with ``probgen.load(path, model=program)``.
     """
     _check_path_type(path, "probgen.save")
-    if not os.fspath(path):
-        raise ValueError("probgen.save path is empty; pass a file name such as 'model.pt'")
+    check_output_path("probgen.save path", path)
     if Path(path).is_dir():
         raise ValueError(f"probgen.save path {os.fspath(path)!r} is a folder; pass a file inside "
                          "it, such as 'folder/model.pt'")
@@ -106,23 +106,41 @@ def _program_state(result: FitResult) -> dict[str, Any]:
 def _load_program(state: dict[str, Any], path: Any, model: Callable | None,
                   guide: Callable | None, map_location: Any = None) -> FitResult:
     """A program's fit (a ``probgen-program`` file or a fit checkpoint) back into the store."""
+    run = state.get("run") if isinstance(state.get("run"), dict) else {}
+    if state["format"] == "probgen-fit" and state.get("model_config") is not None:
+        family = run.get("model", "a bundled model")
+        config = state["model_config"]
+        described = (f"{family}({_config_text(config)})" if isinstance(config, dict)
+                     else str(family))
+        raise TypeError(f"{path} is a fit checkpoint of the bundled model {described}, not of a "
+                        f"Pyro program: resume it with probgen.fit({family}(...), data, "
+                        "checkpoint=path, resume=True), or probgen.load the model.pt that run "
+                        "saved")
     if model is None or isinstance(model, GenerativeModel) and state["format"] == "probgen-program":
         raise TypeError(f"{path} holds the parameters of your own Pyro program; pass it: "
                         "probgen.load(path, model=program, guide=guide)")
+    if "param_store" not in state:
+        raise CheckpointError(f"{path} is a damaged or crafted {state['format']} file: it has no "
+                              "'param_store'; save the fit again")
+    settings = state.get("settings") or state.get("run") or {}
+    if not isinstance(settings, dict):
+        raise CheckpointError(f"{path}: its settings are {type(settings).__name__}, not a dict; "
+                              "the file is damaged or crafted")
+    name = state.get("autoguide")
+    if guide is None and name:
+        autoguide_class = _autoguide_class(name, path)
     restore_param_store(state["param_store"])
     if isinstance(model, nn.Module) and state.get("model_state") is not None:
         model.load_state_dict(state["model_state"])
-    name = state.get("autoguide")
     if guide is None and name:
-        hidden = set(state.get("settings", {}).get("discrete_latents", ()))
-        guide = getattr(autoguides, name)(
-            poutine.block(model, hide_fn=lambda msg: msg["name"] in hidden))
+        hidden = set(settings.get("discrete_latents") or ())
+        guide = autoguide_class(poutine.block(model, hide_fn=lambda msg: msg["name"] in hidden))
     if guide is None:
         guide = _empty_guide
     if isinstance(guide, nn.Module) and not isinstance(guide, AutoGuide) and state.get(
             "guide_state") is not None:
         guide.load_state_dict(state["guide_state"])
-    settings = dict(state.get("settings") or state.get("run") or {})
+    settings = dict(settings)
     example = example_from_rows(settings.get("example"))
     with torch.random.fork_rng():  # the traces below draw; the caller's stream stays as it was
         _load_into_modules(model, guide, example, state["param_store"], path, map_location)
@@ -198,6 +216,19 @@ def _set_up_autoguide(guide: Callable, example: tuple | None, rows: int) -> None
             guide(*(t[index] for t in example))
     except Exception:  # noqa: BLE001 - the guide then builds itself on first use, as before
         guide.prototype_trace = None
+
+
+def _autoguide_class(name: Any, path: Any) -> type[AutoGuide]:
+    """The autoguide class a file names, read through an allow-list: a class in
+    ``pyro.infer.autoguide.__all__`` deriving from ``AutoGuide`` (never any other attribute)."""
+    allowed = {key for key in autoguides.__all__ if isinstance(getattr(autoguides, key, None), type)
+               and issubclass(getattr(autoguides, key), AutoGuide)
+               and key not in ("AutoGuide", "AutoGuideList")}
+    if not isinstance(name, str) or name not in allowed:
+        raise CheckpointError(f"{path} names the autoguide {str(name)[:60]!r}, which is not one of "
+                              f"Pyro's autoguides ({', '.join(sorted(allowed))}); the file is "
+                              "damaged or crafted")
+    return getattr(autoguides, name)
 
 
 def _empty_guide(*args: Any, **kwargs: Any) -> None:
@@ -305,9 +336,16 @@ def load(path: str | os.PathLike, *, model: Callable | None = None, guide: Calla
         raise CheckpointError(f"{path}: saved parameters do not match {cls.__name__}: missing "
                               f"{missing}, unexpected {unexpected}")
     if state.get("autoguide"):
+        autoguide_class = _autoguide_class(state["autoguide"], path)
+        example = state.get("autoguide_example") or ()
+        if not isinstance(state.get("guide_params"), dict) or not isinstance(
+                example, (list, tuple)) or not all(isinstance(t, torch.Tensor) for t in example):
+            raise CheckpointError(f"{path} names the autoguide {state['autoguide']} but its "
+                                  "'guide_params' or 'autoguide_example' are missing or not "
+                                  "tensors; the file is damaged or crafted")
         restore_param_store(state["guide_params"])
-        model.autoguide = getattr(autoguides, state["autoguide"])(model.model)
-        example = tuple(state["autoguide_example"] or ())
+        model.autoguide = autoguide_class(model.model)
+        example = tuple(example)
         model.autoguide_example = example
         if example:
             with torch.no_grad():  # builds the guide's shapes; values come from the store

@@ -12,7 +12,7 @@ __all__ = ["MODEL_REGISTRY", "register_model", "get_model_class", "import_famili
 MODEL_REGISTRY: dict[str, type[GenerativeModel]] = {}
 
 FAMILIES = ("mixture", "hmm", "vae", "flow", "ebm", "diffusion", "latent_diffusion",
-            "hierarchical", "flow_vae", "autoregressive")
+            "hierarchical", "flow_vae", "autoregressive", "flow_matching", "vqvae")
 
 
 def register_model(name: str):

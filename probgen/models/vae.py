@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -11,6 +12,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from torch import nn
 
 from probgen.core.model import GenerativeModel
@@ -22,10 +24,13 @@ from probgen.distributions.likelihoods import (
     check_bins,
     observation_distribution,
 )
+from probgen.infer.objectives import IWAE
+from probgen.models import vae_loss
+from probgen.models.lean_svi import LeanSVI, Objective, keeps_program, plain_options
 from probgen.models.registry import register_model
 from probgen.nn import MLP, ConvDecoder, ConvEncoder, activation
 
-__all__ = ["VAE", "LIKELIHOODS"]
+__all__ = ["VAE", "VAESVI", "LIKELIHOODS"]
 
 LIKELIHOODS = ("bernoulli", "gaussian", "discretized_logistic")
 
@@ -159,8 +164,14 @@ class VAE(ObservationCapabilities, GenerativeModel):
         r"""The amortized posterior q(z | x [, y]): a diagonal Normal with event shape ``(latent_dim,)``.
 
         The hook for richer posteriors: override or replace this method (e.g. an amortized flow)
-        and the guide uses it unchanged.
+        and the guide uses it unchanged (training then takes Pyro's generic path).
         """
+        loc, log_scale = self.posterior_parameters(x, y)
+        return dist.Normal(loc, log_scale.exp(), validate_args=False).to_event(1)
+
+    def posterior_parameters(self, x: torch.Tensor, y: torch.Tensor | None = None
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder's (μ, log σ) of q(z | x [, y]), each ``(*batch, latent_dim)``."""
         x = self._encoder_input(x)
         batch_shape = x.shape[: x.dim() - len(self.data_shape)]
         labels = self._labels(y, batch_shape)
@@ -175,7 +186,7 @@ class VAE(ObservationCapabilities, GenerativeModel):
                 features = torch.cat([features, labels], -1)
             out = self.encoder_head(features)
         loc, log_scale = out.split(self.latent_dim, -1)  # (*batch, latent_dim) each
-        return dist.Normal(loc, log_scale.exp(), validate_args=False).to_event(1)
+        return loc, log_scale
 
     def prior(self, batch_shape: torch.Size | tuple[int, ...]) -> dist.Distribution:
         """p(z) = N(0, I), event shape ``(latent_dim,)``."""
@@ -198,6 +209,26 @@ class VAE(ObservationCapabilities, GenerativeModel):
             observation_scale=self.observation_scale,
             log_observation_scale=getattr(self, "log_observation_scale", None),
             num_bins=self.num_bins)
+
+    def decoder_log_prob(self, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor | None = None,
+                         *, summed: bool = False) -> torch.Tensor:
+        """log p(x | z [, y]) summed over the data dimensions: shape ``z.shape[:-1]``, e.g.
+        ``(particles, batch)`` for z ``(particles, batch, latent_dim)`` and x ``(batch, ...)``;
+        ``summed``: the total over particles and examples too (one fused reduction)."""
+        if self.likelihood != "bernoulli":
+            log_prob = self.decode(z, y).log_prob(x)
+            return log_prob.sum() if summed else log_prob
+        batch_shape = z.shape[:-1]
+        labels = self._labels(y, batch_shape)
+        logits = self.decoder_body(z if labels is None else torch.cat([z, labels], -1))
+        logits = logits.reshape(*batch_shape, -1)  # (*batch, prod(data_shape))
+        x = x.reshape(*x.shape[: x.dim() - len(self.data_shape)], -1)
+        if x.shape != logits.shape:
+            x = x.expand_as(logits)
+        # Bernoulli(logits).log_prob(x), fused: what torch.distributions computes, one kernel
+        if summed:
+            return -nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+        return -nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
 
     def _kl_scale(self):
         """poutine.scale(beta) around z in training; no handler at all when beta is 1."""
@@ -289,6 +320,45 @@ class VAE(ObservationCapabilities, GenerativeModel):
         if y is not None:
             y = y.expand(num_steps, *y.shape)
         return self._mean(self.decode(z, y))
+
+
+@VAE.training_method("svi")
+class VAESVI(LeanSVI):
+    r"""SVI for the VAE family, in plain torch where Pyro's trace is pure overhead.
+
+    When the ELBO is one the family writes in closed form (the default ``TraceMeanField_ELBO``,
+    ``loss="mean_field"``, ``"trace"`` or ``"iwae"``, particles vectorized) on the model's own
+    Gaussian posterior, with no user guide, KL warm-up, free bits or data parallelism, a step
+    evaluates :mod:`probgen.models.vae_loss` (one encoder and one decoder pass, no trace) and
+    takes the same Adam step on the same parameters as :class:`~probgen.infer.svi.SVI`: the
+    same values, gradients and random draws, so results, checkpoints and resumes are
+    interchangeable. Anything else (a subclass's posterior, a ``pyro.infer.ELBO`` object)
+    takes the generic path.
+    """
+
+    def lean_objective(self) -> Objective | None:
+        model, loss = self.setup.model, self.elbo
+        if not plain_options(self.setup) or not keeps_program(model, VAE, (
+                "model", "guide", "posterior", "posterior_parameters", "prior", "decode",
+                "decoder_log_prob", "_kl_scale", "default_loss")):
+            return None
+        num_particles = loss.num_particles
+        if type(loss) not in (TraceMeanField_ELBO, Trace_ELBO, IWAE) or (
+                num_particles > 1 and not loss.vectorize_particles):
+            return None
+        iwae, analytic_kl = type(loss) is IWAE, type(loss) is TraceMeanField_ELBO
+
+        def objective(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+            beta = model.beta if model.training else 1.0
+            loc, log_scale = model.posterior_parameters(x, y)
+            log_likelihood = (model.decoder_log_prob if y is None
+                              else functools.partial(model.decoder_log_prob, y=y))
+            if iwae:
+                return vae_loss.iwae_bound(loc, log_scale, x, log_likelihood,
+                                           num_particles=num_particles, beta=beta).sum()
+            return vae_loss.elbo(loc, log_scale, x, log_likelihood, num_particles=num_particles,
+                                 analytic_kl=analytic_kl, beta=beta)
+        return objective
 
 
 _act = activation

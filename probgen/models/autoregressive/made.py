@@ -17,9 +17,10 @@ from probgen.core.model import GenerativeModel
 from probgen.core.result import LogLikelihood, data_fingerprint
 from probgen.core.validate import check_seed, check_size
 from probgen.models.autoregressive.masked import MaskedMLP
+from probgen.models.lean_svi import LeanSVI, Objective, keeps_program, plain_options
 from probgen.models.registry import register_model
 
-__all__ = ["MADE", "OrderingMixture"]
+__all__ = ["MADE", "MADESVI", "OrderingMixture"]
 
 
 @register_model("made")
@@ -253,6 +254,23 @@ class OrderingMixture(dist.TorchDistribution):
         if shape.numel() == 0:
             return torch.zeros(*shape, self.made.features)
         return self.made.sample(shape.numel()).reshape(*shape, self.made.features)
+
+
+@MADE.training_method("svi")
+class MADESVI(LeanSVI):
+    r"""SVI for MADE without Pyro's trace: the model has no latent, so every bound ``fit``
+    builds from a named loss (``None``, ``"trace"``, ``"mean_field"``, ``"iwae"``) is the exact
+    −Σ_n log p(x_n), here computed from :meth:`MADE.distribution` directly: the same value,
+    gradient, mask draw and Adam step as :class:`~probgen.infer.svi.SVI`, which a user guide,
+    a ``pyro.infer.ELBO`` object, KL annealing, data parallelism or an overridden program take.
+    """
+
+    def lean_objective(self) -> Objective | None:
+        model = self.setup.model
+        if not plain_options(self.setup) or not keeps_program(
+                model, MADE, ("model", "distribution", "logits", "_conditionals")):
+            return None
+        return lambda x: model.distribution(x).log_prob(x).sum()
 
 
 def _chunked(function, x: Tensor, batch_size: int | None) -> Tensor:

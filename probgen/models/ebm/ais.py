@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from probgen.core.result import LogLikelihood, data_fingerprint
-from probgen.core.validate import check_size
+from probgen.core.validate import check_num_samples, check_size
 from probgen.models.ebm.model import NeuralEBM, RBMBase
 from probgen.models.ebm.partition import binary_states, exact_log_partition
 from probgen.models.ebm.samplers import mala_step
@@ -161,6 +161,13 @@ def _partition_estimate(log_weights: torch.Tensor, log_z_base: float, settings: 
                              log_z_base=log_z_base, settings=settings)
 
 
+def check_chains(num_chains: Any, per_chain: int, element_bytes: int = 4) -> int:
+    """``num_chains`` as a positive int whose chain states fit in memory (checked up front)."""
+    return check_num_samples("num_chains", num_chains, per_sample=per_chain,
+                             element_bytes=element_bytes,
+                             fix="use at most {largest} chains (AIS usually runs 100 to 1,000)")
+
+
 def ais_log_partition(rbm, *, num_chains: int = 100, num_betas: int = 10000,
                       base_data: torch.Tensor | None = None, seed: int | None = None
                       ) -> PartitionEstimate:
@@ -176,8 +183,8 @@ def ais_log_partition(rbm, *, num_chains: int = 100, num_betas: int = 10000,
     fires when ``ess`` is below :func:`ais_ess_threshold` (30% of the chains, at least 30, at
     most half); the stderr is unreliable (too small) there.
     """
-    if num_chains < 1:
-        raise ValueError(f"num_chains must be >= 1, got {num_chains}")
+    num_chains = check_chains(num_chains, rbm.num_visible + rbm.num_hidden,
+                              rbm.weight.element_size())
     weight = rbm.weight
     base_bias = (rbm.base_rate_bias(base_data.to(weight)) if base_data is not None
                  else rbm.base_bias).detach()
@@ -211,6 +218,8 @@ def ais_log_partition_energy(energy, base_loc: torch.Tensor, base_scale: torch.T
     Metropolis-adjusted Langevin steps, which leave f_β invariant (Neal, 2001).
     """
 
+    # MALA keeps a state, a proposal and their gradients per chain
+    num_chains = check_chains(num_chains, 4 * base_loc.numel(), base_loc.element_size())
     base = torch.distributions.Independent(torch.distributions.Normal(base_loc, base_scale), 1)
     step = step_size if step_size is not None else 0.1 * float(base_scale.mean())
     betas = beta_schedule(num_betas, dtype=base_loc.dtype, device=base_loc.device)

@@ -14,7 +14,7 @@ from torch import nn
 from torch.distributions import constraints
 
 from probgen.core.model import GenerativeModel
-from probgen.core.validate import check_finite, check_memory, check_size
+from probgen.core.validate import check_finite, check_memory, check_num_samples, check_size
 from probgen.models.ebm.partition import exact_log_partition, exact_partition_layer
 from probgen.models.ebm.samplers import mala_sample
 from probgen.models.registry import register_model
@@ -147,7 +147,13 @@ class RBMBase(GenerativeModel):
         return v
 
     def init_chains(self, num_chains: int) -> torch.Tensor:
-        """Independent draws from the base-rate model, shape ``(num_chains, V)``."""
+        """Independent draws from the base-rate model, shape ``(num_chains, V)``; a number of
+        chains whose states (visible and hidden) cannot fit in memory is refused first."""
+        num_chains = check_num_samples("num_chains", num_chains,
+                                       per_sample=self.num_visible + self.num_hidden,
+                                       element_bytes=self.weight.element_size(),
+                                       fix="use at most {largest} chains (a few hundred to a few "
+                                           "thousand is usual)")
         return self.sample_base(self.base_bias, num_chains)
 
     def sample(self, num_samples: int, *, num_steps: int = 1000) -> torch.Tensor:

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from probgen.core.result import LogLikelihood, data_fingerprint
-from probgen.models.ebm.ais import _seeded, beta_schedule, weight_diagnostics
+from probgen.models.ebm.ais import _seeded, beta_schedule, check_chains, weight_diagnostics
 from probgen.models.ebm.model import RBMBase
 
 __all__ = ["raise_log_weights", "evaluate_raise"]
@@ -58,8 +58,9 @@ def raise_log_weights(rbm: RBMBase, x: torch.Tensor, *, num_chains: int = 100,
     Chains run in parallel over examples × chains; the loop is over the β schedule only.
     ``batch_size`` examples are processed at a time (default: ~4M chain-units per chunk).
     """
-    if num_chains < 1:
-        raise ValueError(f"num_chains must be >= 1, got {num_chains}")
+    # every example's chains are held at once within a chunk: at least one example's
+    num_chains = check_chains(num_chains, rbm.num_visible + rbm.num_hidden,
+                              rbm.weight.element_size())
     weight = rbm.weight
     base_bias = (rbm.base_bias if base_bias is None else base_bias).detach().to(weight)
     betas = beta_schedule(num_betas, dtype=weight.dtype, device=weight.device)

@@ -11,24 +11,19 @@ import torch
 
 from probgen.data.sequences import lengths_to_mask
 from probgen.infer.method import TrainingMethod, TrainingSetup, same_data
-from probgen.models.hmm.forward_backward import forward_backward, single_thread_if_small
+from probgen.models.hmm.forward_backward import single_thread_if_small, state_major_forward_backward
 from probgen.models.hmm.model import HMM
+from probgen.models.hmm.state_major import Workspace
 
 __all__ = ["BaumWelch", "initialize_from_data"]
 
 
-def _sufficient_statistics(model: HMM, sequences: torch.Tensor, mask: torch.Tensor):
-    log_emission = model.emission_log_prob(sequences)
-    log_likelihood, posteriors, transition_counts = forward_backward(
-        model.log_initial, model.log_transition, log_emission, mask)
-    observed = posteriors[mask]  # (num_steps, S)
-    return log_likelihood.sum(), posteriors[:, 0], transition_counts, observed, sequences[mask]
-
-
 @torch.no_grad()
-def _m_step(model: HMM, initial_counts, transition_counts, posteriors, values, *,
+def _m_step(model: HMM, initial_counts, transition_counts, posteriors, features, *,
             pseudocount: float, variance_prior: float, probability_floor: float) -> None:
-    state_totals = posteriors.sum(0)  # (S,)
+    """Closed-form M-step from expected counts: ``posteriors`` (S, N) over the N = T B steps in
+    time-major order (zero at padded steps), ``features`` their :meth:`HMM.step_statistics`."""
+    state_totals = posteriors.sum(1)  # (S,)
     initial = initial_counts + pseudocount
     transition = transition_counts + pseudocount
     updates: dict[str, torch.Tensor] = {
@@ -36,27 +31,30 @@ def _m_step(model: HMM, initial_counts, transition_counts, posteriors, values, *
         "transition_probs": transition / transition.sum(-1, keepdim=True).clamp_min(1e-300),
     }
     if model.emission == "categorical":
-        one_hot = torch.nn.functional.one_hot(values, model.config["num_categories"])
-        counts = posteriors.T @ one_hot.to(posteriors.dtype) + pseudocount  # (S, C)
+        counts = posteriors.new_zeros(model.num_states, model.config["num_categories"])
+        counts = counts.index_add_(1, features, posteriors) + pseudocount  # (S, C)
         updates["emission_probs"] = counts / counts.sum(-1, keepdim=True)
     elif model.emission == "bernoulli":
-        on = posteriors.T @ values + pseudocount  # (S, D)
+        on = posteriors @ features + pseudocount  # (S, D)
         probs = on / (state_totals[:, None] + 2 * pseudocount).clamp_min(1e-300)
         updates["emission_probs"] = probs.clamp(probability_floor, 1 - probability_floor)
-    else:
+    elif model.config["covariance"] == "diag":
         totals = state_totals[:, None].clamp_min(1e-300)
-        sums = posteriors.T @ values  # (S, D)
+        moments = posteriors @ features  # (S, 2D): [Σ γ x², Σ γ x]
+        squares, sums = moments.chunk(2, -1)
         means = sums / totals
         updates["means"] = means
-        if model.config["covariance"] == "diag":
-            # Σ γ (x - μ)² written with moments, as hmmlearn's M-step (covars_weight=1)
-            squares = posteriors.T @ values**2 - 2 * means * sums + means**2 * totals
-            updates["variances"] = (variance_prior + squares) / totals
-        else:
-            centred = values[:, None, :] - means  # (N, S, D)
-            scatter = torch.einsum("ns,nsd,nse->sde", posteriors, centred, centred)
-            eye = torch.eye(values.shape[-1], dtype=values.dtype, device=values.device)
-            updates["covariances"] = (scatter + variance_prior * eye) / totals[..., None]
+        # Σ γ (x - μ)² written with moments, as hmmlearn's M-step (covars_weight=1)
+        updates["variances"] = (variance_prior + squares - 2 * means * sums
+                                + means**2 * totals) / totals
+    else:
+        totals = state_totals[:, None].clamp_min(1e-300)
+        means = posteriors @ features / totals  # (S, D)
+        updates["means"] = means
+        centred = features[:, None, :] - means  # (N, S, D)
+        scatter = torch.einsum("sn,nsd,nse->sde", posteriors, centred, centred)
+        eye = torch.eye(features.shape[-1], dtype=features.dtype, device=features.device)
+        updates["covariances"] = (scatter + variance_prior * eye) / totals[..., None]
     model.set_parameters(**updates)
 
 
@@ -121,23 +119,34 @@ class BaumWelch(TrainingMethod):
     def _use_data(self, batch: tuple[torch.Tensor, ...]) -> None:
         sequences, lengths = self.model.validate_batch(*batch)
         self.source = batch[0]
-        self.sequences, self.mask = sequences, lengths_to_mask(lengths, sequences.shape[1])
+        self.mask = lengths_to_mask(lengths, sequences.shape[1])  # (B, T)
+        self.device, self.time = sequences.device, sequences.shape[1]
+        self.workspace = Workspace()  # the (S, T, B) buffers every E-step reuses
+        self.sequences = self.model.fill_padding(sequences, self.mask)
+        self.features = self.model.step_statistics(self.sequences)  # (T B, ...), once
         self.num_observed = int(lengths.sum())
         self.work = sequences.shape[0] * sequences.shape[1] * self.model.num_states
         self._e_step()
 
     def _e_step(self) -> None:
-        with torch.no_grad(), single_thread_if_small(self.work, self.sequences.device):
-            total, *self.statistics = _sufficient_statistics(self.model, self.sequences, self.mask)
-        self.log_likelihood = float(total)
+        """One state-major forward-backward pass at the model's parameters: the expected counts
+        (initial (S,), transition (S, S), per-step posteriors (S, T B)) and log p(data)."""
+        model = self.model
+        with torch.no_grad(), single_thread_if_small(self.work, self.device):
+            log_likelihood, posteriors, transition_counts = state_major_forward_backward(
+                model.log_initial, model.log_transition, model.state_emission_blocks(self.sequences),
+                self.mask, time=self.time, workspace=self.workspace)
+            self.statistics = (posteriors[:, 0].sum(-1), transition_counts,
+                               posteriors.reshape(model.num_states, -1))
+            self.log_likelihood = float(log_likelihood.sum())
 
     def step(self, batch: tuple[torch.Tensor, ...], scale: float) -> float:
         if not same_data(batch[0], self.source):  # a transform made new data: E-step on it
             self._use_data(batch)
         previous = self.log_likelihood
-        initial_counts, transition_counts, posteriors, values = self.statistics
-        with torch.no_grad(), single_thread_if_small(self.work, self.sequences.device):
-            _m_step(self.model, initial_counts.sum(0), transition_counts, posteriors, values,
+        initial_counts, transition_counts, posteriors = self.statistics
+        with torch.no_grad(), single_thread_if_small(self.work, self.device):
+            _m_step(self.model, initial_counts, transition_counts, posteriors, self.features,
                     **self.m_step_options)
         self._e_step()
         if not math.isfinite(self.log_likelihood):

@@ -2,16 +2,26 @@ r"""Exact HMM inference on batched sequences: forward, forward-backward, Viterbi
 
 Inputs are log_initial (S,), log_transition (S, S) and log_emission (B, T, S), with an optional
 mask (B, T) for ragged sequences; every kernel is vectorized over the batch and the states.
+Without autograd on a CPU the scaled passes run state-major, on ``(S, T, B)`` emissions
+(:mod:`probgen.models.hmm.state_major`); :func:`state_major_forward` and
+:func:`state_major_forward_backward` add the log-space redo of sequences that underflowed.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 
-__all__ = ["forward_log_likelihood", "forward_backward", "viterbi", "single_thread_if_small"]
+from probgen.models.hmm.state_major import (
+    EmissionBlocks,
+    Workspace,
+    as_blocks,
+    scaled_forward,
+    scaled_forward_backward,
+    single_thread_if_small,
+)
+
+__all__ = ["forward_log_likelihood", "forward_backward", "viterbi", "single_thread_if_small",
+           "state_major_forward", "state_major_forward_backward"]
 
 
 # --- kernels on (log_initial (S,), log_transition (S, S), log_emission (B, T, S)) ---------------
@@ -20,24 +30,6 @@ def _masked(log_emission: torch.Tensor, mask: torch.Tensor | None) -> torch.Tens
     if mask is None or bool(mask.all()):
         return log_emission
     return log_emission.masked_fill(~mask[..., None], 0.0)  # (B, T, S)
-
-
-@contextlib.contextmanager
-def single_thread_if_small(size: int, device: torch.device, limit: int = 2**22) -> Iterator[None]:
-    """One CPU thread for work on at most ``limit`` elements (a no-op on GPUs).
-
-    The per-step products of an HMM are tiny: intra-op threads there only add synchronization
-    (20x slower on a loaded 2-core machine). Restores the thread count afterwards.
-    """
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1 or size > limit:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _small_step_threads(tensor: torch.Tensor):
@@ -91,42 +83,70 @@ def _forward_parallel(log_initial, log_transition, log_emission):
     return torch.logsumexp(start[:, :, None] + matrices[:, 0], dim=(-2, -1))
 
 
-def _scaling_schedule(dtype: torch.dtype) -> tuple[int, float]:
-    """Normalize every k steps; a scale below the threshold means precision may be lost."""
-    finfo = torch.finfo(dtype)
-    return (8 if finfo.bits >= 64 else 2), finfo.tiny / finfo.eps
+def state_major_forward(
+    log_initial: torch.Tensor,
+    log_transition: torch.Tensor,
+    state_log_emission: torch.Tensor | EmissionBlocks,
+    mask: torch.Tensor | None = None,
+    *,
+    time: int | None = None,
+) -> torch.Tensor:
+    r"""log p(x_{1:T}) per sequence from state-major emissions: the scaled forward pass
+    (:func:`~probgen.models.hmm.state_major.scaled_forward`), no autograd.
 
+    Arguments:
+        state_log_emission: ``(S, T, B)`` log p(x_t | z_t = s), states first, or emission
+            blocks ``(start, stop) -> (S, stop - start, B)`` with ``time`` (never all held).
+        mask: ``(B, T)`` bool, False at unobserved (padded) steps.
 
-def _scaled_alphas(initial: torch.Tensor, transition: torch.Tensor, emission: torch.Tensor,
-                   alphas: torch.Tensor | None = None) -> torch.Tensor:
-    """In-place scaled forward recursion on ``emission`` (T, B, S) in [0, 1] (no autograd).
-
-    Normalizes every few steps (and at the last) and returns the scales ``(T, B, 1)`` (1 where
-    it did not normalize), filling ``alphas`` (T, B, S) when given: Π_t scales_t = p(x) / Π_t
-    max_s p(x_t | s).
+    Returns:
+        ``(B,)`` log-likelihoods; a sequence whose scaled pass underflowed is redone in log space.
     """
-    time, batch, num_states = emission.shape
-    every, _ = _scaling_schedule(emission.dtype)
-    scales = torch.ones(time, batch, 1, dtype=emission.dtype, device=emission.device)
-    buffer = torch.empty(batch, num_states, dtype=emission.dtype, device=emission.device)
-    alpha = alphas[0] if alphas is not None else torch.empty_like(buffer)
-    torch.mul(initial, emission[0], out=alpha)
-    with _small_step_threads(emission.transpose(0, 1)):
-        for t in range(time):
-            if t > 0:
-                torch.mm(alpha, transition, out=buffer)
-                alpha = alphas[t] if alphas is not None else alpha
-                torch.mul(buffer, emission[t], out=alpha)
-            if t % every == 0 or t == time - 1:
-                torch.sum(alpha, -1, keepdim=True, out=scales[t])
-                alpha.div_(scales[t])
-    return scales
+    with torch.no_grad():
+        result, bad = scaled_forward(log_initial, log_transition, state_log_emission, mask,
+                                     time=time)
+        if bad.any():
+            log_emission = _masked(_whole(state_log_emission, time).permute(2, 1, 0), mask)
+            redo = _forward_log(log_initial, log_transition, log_emission[bad])
+            result = result.masked_scatter(bad, redo)
+        return result
 
 
-def _underflowed(scales: torch.Tensor) -> torch.Tensor:
-    """``(B,)`` True where a scaled pass lost precision (and must be redone in log space)."""
-    _, threshold = _scaling_schedule(scales.dtype)
-    return ~(scales.amin((0, 2)) >= threshold)  # also catches NaN
+def state_major_forward_backward(
+    log_initial: torch.Tensor,
+    log_transition: torch.Tensor,
+    state_log_emission: torch.Tensor | EmissionBlocks,
+    mask: torch.Tensor | None = None,
+    *,
+    time: int | None = None,
+    workspace: Workspace | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""Posterior marginals γ_t(s) = p(z_t = s | x) and expected transition counts Σ_t ξ_t from
+    state-major emissions (as :func:`state_major_forward`), no autograd.
+
+    Returns:
+        ``log_likelihood`` (B,), ``posteriors`` (S, T, B) (zero at masked steps; a buffer of
+        ``workspace`` when given) and ``transition_counts`` (S, S): Σ_{b, t observed}
+        p(z_{t-1} = i, z_t = j | x_b). Sequences whose scaled pass underflowed are redone in
+        log space.
+    """
+    with torch.no_grad():
+        log_likelihood, posteriors, counts, bad = scaled_forward_backward(
+            log_initial, log_transition, state_log_emission, mask, time=time, workspace=workspace)
+        if bad.any():
+            log_emission = _masked(_whole(state_log_emission, time).permute(2, 1, 0), mask)
+            redo = _forward_backward_log(log_initial, log_transition, log_emission[bad],
+                                         None if mask is None else mask[bad])
+            log_likelihood = log_likelihood.masked_scatter(bad, redo[0])
+            posteriors[..., bad] = redo[1].permute(2, 1, 0)
+            counts = counts + redo[2]
+        return log_likelihood, posteriors, counts
+
+
+def _whole(state_log_emission: torch.Tensor | EmissionBlocks, time: int | None) -> torch.Tensor:
+    """All ``(S, T, B)`` log-emissions (the log-space redo reads them whole)."""
+    blocks, time = as_blocks(state_log_emission, time)
+    return blocks(0, time)
 
 
 def forward_log_likelihood(
@@ -148,24 +168,21 @@ def forward_log_likelihood(
 
     Returns:
         ``(B,)`` per-sequence log-likelihoods. The sequential form rescales as it goes and
-        redoes in log space any sequence whose scaled pass underflowed.
+        redoes in log space any sequence whose scaled pass underflowed; without autograd it is
+        :func:`state_major_forward`.
     """
-    log_emission = _masked(log_emission, mask)
     if parallel is None:
         parallel = log_emission.is_cuda
-    if parallel:
-        return _forward_parallel(log_initial, log_transition, log_emission)
     needs_grad = torch.is_grad_enabled() and any(
         t.requires_grad for t in (log_initial, log_transition, log_emission))
-    if needs_grad:
-        result = _forward_scaled(log_initial, log_transition, log_emission)
-        bad = ~torch.isfinite(result)
-    else:
-        shift = log_emission.amax(-1, keepdim=True).clamp(min=torch.finfo(log_emission.dtype).min)
-        emission = (log_emission - shift).exp().transpose(0, 1)  # (T, B, S) view
-        scales = _scaled_alphas(log_initial.exp(), log_transition.exp(), emission)
-        result = scales.log().sum((0, 2)) + shift.sum((-2, -1))
-        bad = _underflowed(scales)
+    if not parallel and not needs_grad:
+        return state_major_forward(log_initial, log_transition, log_emission.permute(2, 1, 0),
+                                   mask)
+    log_emission = _masked(log_emission, mask)
+    if parallel:
+        return _forward_parallel(log_initial, log_transition, log_emission)
+    result = _forward_scaled(log_initial, log_transition, log_emission)
+    bad = ~torch.isfinite(result)
     if bad.any():
         redo = _forward_log(log_initial, log_transition, log_emission[bad])
         result = result.masked_scatter(bad, redo)
@@ -183,49 +200,11 @@ def forward_backward(
     Returns:
         ``log_likelihood`` (B,), ``posteriors`` (B, T, S) (zero at masked steps) and
         ``transition_counts`` (S, S): Σ_{b, t observed} p(z_{t-1} = i, z_t = j | x_b).
+        :func:`state_major_forward_backward` on the transposed emissions.
     """
-    with torch.no_grad():
-        log_emission = _masked(log_emission, mask)
-        batch, time, num_states = log_emission.shape
-        shift = log_emission.amax(-1, keepdim=True).clamp(min=torch.finfo(log_emission.dtype).min)
-        emission = (log_emission - shift).exp().transpose(0, 1).contiguous()  # (T, B, S)
-        transition = log_transition.exp()
-        alphas = torch.empty_like(emission)
-        scales = _scaled_alphas(log_initial.exp(), transition, emission, alphas)
-        log_likelihood = scales.log().sum((0, 2)) + shift.sum((-2, -1))
-        # weights_t = p(x_t | z_t) β_t / c_t, so ξ_t(i, j) = α_{t-1}(i) A_ij weights_t(j)
-        weights = torch.empty_like(emission)
-        beta = torch.ones(batch, num_states, dtype=emission.dtype, device=emission.device)
-        transition_t = transition.T.contiguous()
-        every, _ = _scaling_schedule(emission.dtype)
-        with _small_step_threads(log_emission):
-            for t in range(time - 1, -1, -1):
-                torch.mul(emission[t], beta, out=weights[t])
-                if t % every == 0 or t == time - 1:
-                    weights[t].div_(scales[t])
-                if t > 0:
-                    torch.mm(weights[t], transition_t, out=beta)
-        betas = torch.empty_like(emission)
-        betas[-1] = 1.0
-        torch.matmul(weights[1:], transition_t, out=betas[:-1])
-        posteriors = (alphas * betas).transpose(0, 1)  # (B, T, S)
-        transition_weights = weights[1:]
-        if mask is not None:
-            posteriors = posteriors * mask[..., None]
-            transition_weights = transition_weights * mask.T[1:, :, None]
-        bad = _underflowed(scales)
-        if bad.any():  # redo those sequences in log space; drop their scaled contributions
-            transition_weights = transition_weights.masked_fill(bad[:, None], 0.0)
-            alphas = alphas.masked_fill(bad[:, None], 0.0)
-        counts = alphas[:-1].reshape(-1, num_states).T @ transition_weights.reshape(-1, num_states)
-        counts = counts * transition
-        if bad.any():
-            redo = _forward_backward_log(log_initial, log_transition, log_emission[bad],
-                                         None if mask is None else mask[bad])
-            log_likelihood = log_likelihood.masked_scatter(bad, redo[0])
-            posteriors = posteriors.masked_scatter(bad[:, None, None], redo[1])
-            counts = counts + redo[2]
-        return log_likelihood, posteriors, counts
+    log_likelihood, posteriors, counts = state_major_forward_backward(
+        log_initial, log_transition, log_emission.detach().permute(2, 1, 0), mask)
+    return log_likelihood, posteriors.permute(2, 1, 0).contiguous(), counts
 
 
 def _forward_backward_log(log_initial, log_transition, log_emission, mask):

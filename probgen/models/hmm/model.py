@@ -20,8 +20,11 @@ from probgen.models.hmm.forward_backward import (
     forward_backward,
     forward_log_likelihood,
     single_thread_if_small,
+    state_major_forward,
+    state_major_forward_backward,
     viterbi,
 )
+from probgen.models.hmm.state_major import EmissionBlocks
 from probgen.models.registry import register_model
 
 __all__ = ["HMM", "EMISSIONS", "forward_log_likelihood", "forward_backward", "viterbi",
@@ -166,6 +169,71 @@ class HMM(GenerativeModel):
             return torch.cat([sequences**2, sequences], -1) @ weight + bias  # (B, T, S)
         return self.emission_distribution().log_prob(sequences[:, :, None])
 
+    def fill_padding(self, sequences: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``sequences`` with padded steps (``mask`` False) set to 0, a value in every support."""
+        if bool(mask.all()):
+            return sequences
+        return sequences.masked_fill(~(mask if self.emission == "categorical" else mask[..., None]), 0)
+
+    def state_emission_blocks(self, sequences: torch.Tensor) -> EmissionBlocks:
+        """log p(x_t | z_t = s) of a padded batch ``(B, T, ...)`` (valid values in the padding, see
+        :meth:`fill_padding`) by blocks of time steps, ``(start, stop) -> (S, stop - start, B)``:
+        states first, for the state-major passes, which then never hold all of them. The
+        parameters are read once, here; a block is one or two products over its steps."""
+        num_states, batch = self.num_states, sequences.shape[0]
+
+        def columns(start: int, stop: int) -> torch.Tensor:  # (D, n B), column t B + b
+            return sequences[:, start:stop].permute(2, 1, 0).reshape(sequences.shape[-1], -1)
+
+        if self.emission == "categorical":
+            log_probs = torch.log_softmax(self.emission_logits, -1)  # (S, C)
+
+            def block(start: int, stop: int) -> torch.Tensor:
+                categories = sequences[:, start:stop].T.reshape(-1).long()  # (n B,)
+                return log_probs.index_select(1, categories).view(num_states, -1, batch)
+        elif self.emission == "bernoulli":
+            log_on = nn.functional.logsigmoid(self.emission_logits)  # (S, D)
+            log_off = nn.functional.logsigmoid(-self.emission_logits)
+
+            def block(start: int, stop: int) -> torch.Tensor:
+                steps = columns(start, stop)
+                return (log_on @ steps).addmm_(log_off, 1 - steps).view(num_states, -1, batch)
+        elif self.config["covariance"] == "diag" and sequences.dtype == torch.float64:
+            # Σ_d (x - μ)²/σ² expanded into two products; cancellation is harmless in float64
+            precision = torch.exp(-2 * self.log_scales)  # (S, D)
+            linear, quadratic = self.means * precision, -0.5 * precision
+            bias = (-0.5 * (self.means**2 * precision).sum(-1) - self.log_scales.sum(-1)
+                    - 0.5 * self.means.shape[-1] * math.log(2 * math.pi))[:, None]  # (S, 1)
+
+            def block(start: int, stop: int) -> torch.Tensor:
+                steps = columns(start, stop)
+                flat = (linear @ steps).addmm_(quadratic, steps * steps).add_(bias)  # (S, n B)
+                return flat.view(num_states, -1, batch)
+        else:
+            distribution = self.emission_distribution()
+
+            def block(start: int, stop: int) -> torch.Tensor:
+                steps = sequences[:, start:stop].transpose(0, 1)[:, :, None]  # (n, B, 1, D)
+                return distribution.log_prob(steps).permute(2, 0, 1)  # (S, n, B)
+
+        return block
+
+    def step_statistics(self, sequences: torch.Tensor) -> torch.Tensor:
+        """What Baum-Welch's M-step averages, per step of a padded batch ``(B, T, ...)`` (valid
+        padding), as rows ``t B + b`` (the order of the state-major posteriors): categorical, the
+        category ``(T B,)``; Bernoulli and full Gaussian, ``x`` ``(T B, D)``; diagonal Gaussian,
+        ``[x², x]`` ``(T B, 2D)``."""
+        steps = sequences.transpose(0, 1)  # (T, B, ...) view
+        if self.emission == "categorical":
+            return steps.reshape(-1).long()
+        if self.emission == "bernoulli" or self.config["covariance"] == "full":
+            return steps.reshape(-1, steps.shape[-1])
+        num_features = steps.shape[-1]
+        statistics = steps.new_empty(*steps.shape[:2], 2 * num_features)  # (T, B, 2D)
+        torch.mul(steps, steps, out=statistics[..., :num_features])  # in place: no cat copies
+        statistics[..., num_features:] = steps
+        return statistics.view(-1, 2 * num_features)
+
     @torch.no_grad()
     def set_parameters(self, *, initial_probs: torch.Tensor | None = None,
                        transition_probs: torch.Tensor | None = None,
@@ -222,10 +290,20 @@ class HMM(GenerativeModel):
     # --- exact fast paths --------------------------------------------------------------------------
     def log_prob(self, sequences: torch.Tensor, lengths: torch.Tensor | None = None, *,
                  parallel: bool | None = None) -> torch.Tensor:
-        """Exact ``(B,)`` log p(x_b) by the forward algorithm (differentiable)."""
+        """Exact ``(B,)`` log p(x_b) by the forward algorithm: differentiable under autograd,
+        else the blocked state-major scaled pass (:mod:`probgen.models.hmm.state_major`)."""
         sequences, lengths = self.validate_batch(sequences, lengths)
         mask = lengths_to_mask(lengths, sequences.shape[1])
+        if parallel is None:
+            parallel = sequences.is_cuda
         with single_thread_if_small(mask.numel() * self.num_states, mask.device):
+            if not parallel and not torch.is_grad_enabled():  # the state-major scaled pass
+                if bool((lengths == sequences.shape[1]).all()):  # nothing padded: no mask work
+                    blocks, mask = self.state_emission_blocks(sequences), None
+                else:
+                    blocks = self.state_emission_blocks(self.fill_padding(sequences, mask))
+                return state_major_forward(self.log_initial, self.log_transition, blocks, mask,
+                                           time=sequences.shape[1])
             return forward_log_likelihood(self.log_initial, self.log_transition,
                                           self.emission_log_prob(sequences), mask, parallel=parallel)
 
@@ -233,9 +311,11 @@ class HMM(GenerativeModel):
         """``(B, T, S)`` p(z_t = s | x) by forward-backward (zero at padded steps)."""
         sequences, lengths = self.validate_batch(sequences, lengths)
         mask = lengths_to_mask(lengths, sequences.shape[1])
-        with single_thread_if_small(mask.numel() * self.num_states, mask.device):
-            return forward_backward(self.log_initial, self.log_transition,
-                                    self.emission_log_prob(sequences), mask)[1]
+        with torch.no_grad(), single_thread_if_small(mask.numel() * self.num_states, mask.device):
+            blocks = self.state_emission_blocks(self.fill_padding(sequences, mask))
+            posteriors = state_major_forward_backward(
+                self.log_initial, self.log_transition, blocks, mask, time=sequences.shape[1])[1]
+        return posteriors.permute(2, 1, 0).contiguous()  # (B, T, S)
 
     @torch.no_grad()
     def viterbi(self, sequences: torch.Tensor,
