@@ -8,7 +8,9 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-__all__ = ["eval_mode", "map_chunks"]
+from probgen.core.program import ForceSubsample
+
+__all__ = ["eval_mode", "map_chunks", "data_plate_pieces"]
 
 
 @contextmanager
@@ -29,3 +31,23 @@ def map_chunks(fn: Callable[[Tensor], Tensor], x: Tensor, batch_size: int | None
     """``torch.cat([fn(x[i:i+b]) for each chunk])``: per-example values in bounded memory
     (``batch_size=None``: one chunk)."""
     return torch.cat([fn(chunk) for chunk in torch.split(x, batch_size or max(len(x), 1))])
+
+
+def _unchanged(fn: Callable) -> Callable:
+    return fn
+
+
+def data_plate_pieces(batch: tuple[Tensor, ...], subsample_size: int | None, data_plate: str | None,
+                      chunk: int) -> Iterator[tuple[tuple[Tensor, ...], Callable, int]]:
+    """(rows to pass, a handler for the program and guide, how many results to keep), chunk by
+    chunk. A program whose data plate subsamples itself gets all rows, with the plate made to
+    draw each chunk of indices in turn (the last chunk padded by wrapping around), so every
+    row is scored once, in order."""
+    n = int(batch[0].shape[0])
+    if subsample_size is None:
+        for start in range(0, n, chunk):
+            yield tuple(t[start:start + chunk] for t in batch), _unchanged, chunk
+        return
+    for start in range(0, n, subsample_size):
+        indices = torch.arange(start, start + subsample_size, device=batch[0].device) % n
+        yield batch, ForceSubsample(data_plate, indices), min(subsample_size, n - start)

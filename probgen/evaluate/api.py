@@ -12,12 +12,13 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
+from probgen.core.chunks import data_plate_pieces
 from probgen.core.devices import check_device
 from probgen.core.dtypes import cast_floats, floats_to_default_dtype, program_dtype
 from probgen.core.loaders import as_tuple, batch_iterable
 from probgen.core.model import Estimator, GenerativeModel, check_numpy_range
 from probgen.core.params import scratch_param_store
-from probgen.core.program import ForceSubsample, inspect_program
+from probgen.core.program import inspect_program
 from probgen.core.result import LogLikelihood, data_fingerprint
 from probgen.core.support import check_observed_support
 from probgen.core.validate import as_batch, check_num_samples, check_seed, is_number
@@ -347,24 +348,9 @@ def _joined(parts: list[LogLikelihood]) -> LogLikelihood:
     return replace(joined, data_id=data_id)
 
 
-def _unchanged(fn: Callable) -> Callable:
-    return fn
-
-
 def _pieces(batch: tuple[torch.Tensor, ...], info, chunk: int
             ) -> Iterator[tuple[tuple[torch.Tensor, ...], Callable, int]]:
-    """(rows to pass, a handler for the program and guide, how many results to keep), chunk by
-    chunk. A program whose data plate subsamples itself gets all rows, with the plate made to
-    draw each chunk of indices in turn (the last chunk padded by wrapping around)."""
-    n = int(batch[0].shape[0])
-    if info.subsample_size is None:
-        for start in range(0, n, chunk):
-            yield tuple(t[start:start + chunk] for t in batch), _unchanged, chunk
-        return
-    size = info.subsample_size
-    for start in range(0, n, size):
-        indices = torch.arange(start, start + size, device=batch[0].device) % n
-        yield batch, ForceSubsample(info.data_plate, indices), min(size, n - start)
+    return data_plate_pieces(batch, info.subsample_size, info.data_plate, chunk)
 
 
 def _refit_settings(refit_steps: Any, seed: int | None) -> RefitSettings:

@@ -27,6 +27,7 @@ from pyro.infer.autoguide import AutoCallable, AutoDelta, AutoGuideList
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
+from probgen.core.chunks import data_plate_pieces
 from probgen.core.params import scratch_param_store
 from probgen.core.program import ProgramInfo
 from probgen.evaluate.exact import exact_log_prob
@@ -377,9 +378,18 @@ def held_out_log_likelihoods(model: Callable, guide: Callable | None,
     local sites fitted to ``batch`` (``refit``) with θ drawn from ``draws`` at each step.
     """
     if locals_sum_out(info, tuple(draws)):
-        rows = [draw_log_likelihoods(model, None, piece, info, draws, k=k, particle_chunk=1)[0]
-                for piece in _chunks(batch, chunk)]
+        rows = [draw_log_likelihoods(wrap(model), None, piece, info, draws, k=k,
+                                     particle_chunk=1)[0][:, :keep]
+                for piece, wrap, keep in data_plate_pieces(batch, info.subsample_size,
+                                                           info.data_plate, chunk)]
         return torch.cat(rows, 1), None, {"local_latents": "exact"}  # (draws, examples)
+    if info.subsample_size is not None:
+        raise ValueError(f"the data plate {info.data_plate!r} subsamples itself "
+                         f"(subsample_size={info.subsample_size}) and the local latents "
+                         f"{list(local_program_info(info, tuple(draws)).latents)} are continuous: "
+                         "importance sampling them needs every held-out row at once; build "
+                         "the plate without subsample_size for evaluation (e.g. "
+                         "subsample_size=None when the data are small)")
     proposal, needs_refit = _local_proposal(guide, batch, info, draws)
     settings: dict[str, Any] = {"local_latents": "iwae", "k": k}
     if needs_refit:

@@ -36,12 +36,7 @@ from _load import HERE, import_program, program_names
 import probgen
 
 # name -> "issue 29 item N: <exact error>": bugs still open; strict, so a fix must remove it
-EXPECTED_FAILURES: dict[str, str] = {
-    "hmm_model_2": "issue 29 (new, found by this corpus): a program with global latents and a "
-                   "self-subsampling data plate is scored on one random subsample of the held-out "
-                   "rows: 'evaluate gave (10,) values for (23,) held-out rows' (_predictive slices "
-                   "the batch but never forces the plate's indices, as _pieces does for exact/iwae)",
-}
+EXPECTED_FAILURES: dict[str, str] = {}  # name -> the open bug, with xfail(strict=True)
 
 
 def _marked(name: str):
