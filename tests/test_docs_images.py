@@ -38,8 +38,8 @@ def test_every_referenced_image_exists_and_is_small(page):
     assert not large, f"images over {MAX_BYTES:,} bytes: {large}"
 
 
-FAMILY_PAGES = ("autoregressive", "diffusion", "ebm", "flow", "hierarchical", "hmm", "mixture",
-                "vae")
+FAMILY_PAGES = ("autoregressive", "diffusion", "ebm", "flow", "flow_matching", "hierarchical",
+                "hmm", "mixture", "vae", "vqvae")
 
 
 def test_the_docs_show_pictures():
