@@ -1,4 +1,4 @@
-"""Sample quality beside held-out likelihood: six families on binarized 8×8 digits.
+"""Sample quality beside held-out likelihood: eight families on binarized 8×8 digits.
 
 Each family is trained through ``probgen.fit`` on the bundled digits (pixels >= 8, the 80/20
 seeded split), scored on the held-out images with ``probgen.evaluate`` (its kind label:
@@ -36,9 +36,11 @@ from probgen.models.autoregressive import MADE  # noqa: E402
 from probgen.models.classifier import GenerativeClassifier  # noqa: E402
 from probgen.models.ebm import RBM  # noqa: E402
 from probgen.models.flow import FlowModel  # noqa: E402
+from probgen.models.flow_matching import FlowMatching  # noqa: E402
 from probgen.models.latent_diffusion import LatentDiffusionVAE  # noqa: E402
 from probgen.models.mixture import BernoulliMixture  # noqa: E402
 from probgen.models.vae import VAE  # noqa: E402
+from probgen.models.vqvae import VQVAE  # noqa: E402
 
 DEQUANTIZATION_COPIES = 4  # uniform noise draws per training image for the flow
 
@@ -52,6 +54,7 @@ class Family:
     fit_options: dict[str, Any]  # for probgen.fit: the same for the model and for each class
     evaluate_options: dict[str, Any] = field(default_factory=dict)
     dequantized: bool = False  # trained on (bits + u) / 2; its samples are floored back to bits
+    then: dict[str, Any] | None = None  # a second probgen.fit (a two-stage family's prior)
 
 
 def families(args) -> list[Family]:
@@ -72,6 +75,15 @@ def families(args) -> list[Family]:
             64, kind="maf", transforms=4, hidden=(128, 128), domain="unit_interval"),
             dict(epochs, epochs=max(1, args.epochs // 4), batch_size=256),
             dict(estimator="dequantized", num_levels=2, k=args.k // 4), dequantized=True),
+        Family("flow matching (dequantized)", lambda: FlowMatching(
+            64, hidden_features=(256, 256), domain="unit_interval"),
+            dict(epochs, epochs=max(1, args.epochs // 4), batch_size=256),
+            dict(num_levels=2, exact=False, num_probes=4), dequantized=True),
+        Family("VQ-VAE (8 codes of 32, MADE prior)", lambda: VQVAE(
+            (64,), num_codes=32, code_dim=16, num_positions=8, hidden_features=(256, 256),
+            prior="made", prior_options={"hidden_features": [128]}),
+            dict(epochs, epochs=max(1, args.epochs // 2)),
+            then=dict(method="prior", epochs=max(1, args.epochs // 4), batch_size=64, optim=2e-3)),
     ]
 
 
@@ -112,6 +124,8 @@ def run_family(family: Family, data: dict[str, torch.Tensor], kernel: RBF, args
     x, _ = training_data(family, data["train"].to(dtype), data["train_labels"], args.seed)
     start = time.perf_counter()
     probgen.fit(model, x, seed=args.seed, progress=False, **family.fit_options)
+    if family.then is not None:
+        probgen.fit(model, x, seed=args.seed, progress=False, **family.then)
     train_seconds = time.perf_counter() - start
     test = data["test"].to(dtype)
     ll = probgen.evaluate(model, test, seed=args.seed, **family.evaluate_options)
@@ -121,7 +135,7 @@ def run_family(family: Family, data: dict[str, torch.Tensor], kernel: RBF, args
            **sample_metrics(data["test"], samples, kernel), "train_s": round(train_seconds, 1),
            "fit_options": family.fit_options, "evaluate_options": family.evaluate_options,
            "num_parameters": sum(p.numel() for p in model.parameters())}
-    if args.classifier:
+    if args.classifier and family.then is None:  # GenerativeClassifier fits one stage
         row["classifier_accuracy"] = classifier_accuracy(family, data, dtype, args)
     shown = ("precision", "recall", "fid", "classifier_accuracy")
     log(f"{family.name}: {ll!r}; " + ", ".join(f"{k}={row[k]:.4g}" for k in shown if k in row))
