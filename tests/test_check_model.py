@@ -157,3 +157,18 @@ def test_refuses_what_is_not_a_model():
         check_model(3, _binary)
     with pytest.raises(TypeError, match="takes a probgen GenerativeModel"):
         check_model(lambda x: None, _binary)
+
+
+def test_a_deep_copy_trains_under_a_name_of_its_own():
+    """Two copies fitted in one process (an ensemble) each train their own parameters."""
+    import copy
+
+    original = MODEL_REGISTRY["vae"]((6,), latent_dim=2, hidden_features=(8,))
+    twin = copy.deepcopy(original)
+    assert twin.pyro_name != original.pyro_name
+    before = [p.detach().clone() for p in twin.parameters()]
+    probgen.fit(original, _binary, num_steps=3, progress=False, seed=0)
+    probgen.fit(twin, _binary, num_steps=3, progress=False, seed=0)  # store not cleared
+    assert all(not torch.equal(b, p) for b, p in zip(before, twin.parameters()))
+    for a, b in zip(original.parameters(), twin.parameters()):  # same start, same seed
+        torch.testing.assert_close(a, b)

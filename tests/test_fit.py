@@ -609,3 +609,24 @@ def test_fit_on_a_missing_cuda_device_says_so():
         pytest.skip("this machine has CUDA")
     with pytest.raises(ValueError, match="device='cuda': CUDA is not available on this machine"):
         probgen.fit(normal_model, torch.randn(10), device="cuda", num_steps=1, progress=False)
+
+
+def test_probgen_fit_is_the_function_and_the_module():
+    """``probgen.fit(...)`` trains; ``import probgen.infer.fit`` still reaches the module."""
+    import inspect
+
+    import probgen.infer.fit as module
+
+    assert module.TrainingDiverged is probgen.TrainingDiverged
+    assert "num_steps" in inspect.signature(probgen.fit).parameters
+    from probgen.infer.fit import fit as function
+
+    assert inspect.isfunction(function)
+
+    def model(x):
+        loc = pyro.param("loc", torch.zeros(()))
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(loc, 1.0), obs=x)
+
+    probgen.fit(model, torch.full((10,), 3.0), num_steps=200, optim=0.1, progress=False)
+    assert abs(float(pyro.param("loc")) - 3.0) < 1e-2  # the MLE, the data's mean

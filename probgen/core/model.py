@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import itertools
 import math
@@ -127,6 +128,18 @@ class GenerativeModel(nn.Module):
         super().__init__()
         self.config: dict[str, Any] = dict(config)
         self.pyro_name = f"{type(self).__name__.lower()}{next(_instance_counter)}"
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> GenerativeModel:
+        """A deep copy under a Pyro name of its own: two copies trained in one process never
+        share param-store entries (a shared name would let Pyro's store hold the other copy's
+        tensors, and the copy would not train)."""
+        cls = type(self)
+        twin = cls.__new__(cls)
+        memo[id(self)] = twin
+        for key, value in self.__dict__.items():
+            twin.__dict__[key] = copy.deepcopy(value, memo)
+        twin.__dict__["pyro_name"] = f"{cls.__name__.lower()}{next(_instance_counter)}"
+        return twin
 
     # --- the program -------------------------------------------------------------------
     def register_params(self, only: tuple[str, ...] | None = None, *,

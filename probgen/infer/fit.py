@@ -3,9 +3,11 @@ callbacks around a training method (SVI by default; a family's EM, Baum-Welch, C
 
 from __future__ import annotations
 
+import inspect
 import math
 import sys
 import time
+import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -496,3 +498,16 @@ def _resuming(resume: bool | str, checkpoint: str | Path | None) -> bool:
         raise FileNotFoundError(f"resume=True but there is no checkpoint at {checkpoint}; start "
                                 "a new run without resume=True (or pass resume='if_exists')")
     return True
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as :func:`fit`: ``probgen.fit(...)`` and ``probgen.infer.fit(...)``
+    train, while ``import probgen.infer.fit`` and ``probgen.infer.fit.TrainingDiverged`` still
+    reach the module (a function of the same name would hide it)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> FitResult:
+        return fit(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+__signature__ = inspect.signature(fit)  # what help() and inspect show for the call
