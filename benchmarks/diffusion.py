@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -234,7 +235,7 @@ def latent_mnist_rows(args):
                 extra = {"eval_s": scored["iwae_seconds"]} if "IWAE" in bound else {}
                 rows.append(row(task, f"{label}, {bound}", value, 0.0, **common, **extra,
                                 test_subset=f"torch.randperm(10000, seed=0)[:{len(subset)}]"))
-        Path(f"/tmp/diffusion_latent_mnist_{name}.json").write_text(json.dumps(rows[-1:], default=str))
+        Path(tempfile.gettempdir(), f"diffusion_latent_mnist_{name}.json").write_text(json.dumps(rows[-1:], default=str))
     return rows
 
 
@@ -308,12 +309,12 @@ def main() -> None:
         parts["latent_mnist"] = latent_mnist_rows(args)
     if args.part in ("density", "latent", "latent_mnist"):
         for name, rows in parts.items():
-            Path(f"/tmp/diffusion_{name}.json").write_text(json.dumps(rows, default=str))
+            Path(tempfile.gettempdir(), f"diffusion_{name}.json").write_text(json.dumps(rows, default=str))
         return
     if args.part == "report":  # merge the parts run separately; keep the rest as recorded
         previous = json.loads(RESULT.read_text()) if RESULT.exists() else []
         for name in ("density", "latent", "latent_mnist", "sampling"):
-            path = Path(f"/tmp/diffusion_{name}.json")
+            path = Path(tempfile.gettempdir(), f"diffusion_{name}.json")
             if path.exists():
                 parts[name] = json.loads(path.read_text())
             else:

@@ -306,7 +306,8 @@ def test_few_function_local_imports(imports):
 # --- the repository ------------------------------------------------------------------------
 # Built from pieces so this file does not match itself.
 MACHINE_PATH = re.compile("(?<![\\w.~:/-])/(?:" + "|".join(["work", "opt", "root", "home", "Users"])
-                          + ")/|\\b[A-Z]:" + re.escape("\\") + "(?=[\\w ])")
+                          + ")/|\\b[A-Z]:" + re.escape("\\") + "(?=[\\w ])"
+                          + "|[\"']/" + "tmp\\b")  # a literal temp path: use tmp_path/tempfile
 
 
 def tracked_text_files() -> list[Path]:
@@ -333,6 +334,7 @@ def test_machine_path_pattern():
     assert MACHINE_PATH.search('x = "' + "/wo" + 'rk/shared/data"')
     assert MACHINE_PATH.search("ls " + "/o" + "pt/wheels")
     assert MACHINE_PATH.search("C:" + "\\" + "Users")
+    assert MACHINE_PATH.search('Path("/' + 'tmp/x.json")')
     for fine in ("https://example.org/home/page", "~/.cache/probgen", "../shared/data",
                  "docs/work/notes", "/usr/share/data", "a/opt/b"):
         assert not MACHINE_PATH.search(fine), fine

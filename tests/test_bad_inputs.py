@@ -97,7 +97,7 @@ CASES: list[Case] = [
     Case("LogLikelihood", "unknown kind", lambda: probgen.LogLikelihood(torch.zeros(2), kind="upper", estimator="x", num_dims=1, data_space="continuous"), ValueError, "kind must be"),
     Case("LogLikelihood", "NaN values", lambda: _ll([float("nan")]), ValueError, "NaN"),
     # probgen.save / load
-    Case("probgen.save", "raw program", lambda: probgen.save(program, "/tmp/x.pt"), TypeError, "FitResult of probgen.fit"),
+    Case("probgen.save", "raw program", lambda: probgen.save(program, _tmp("x.pt")), TypeError, "FitResult of probgen.fit"),
     Case("probgen.load", "missing file", lambda: probgen.load("/nonexistent/model.pt"), FileNotFoundError, "no checkpoint"),
     # data
     Case("probgen.data.load_dataset", "unknown name", lambda: probgen.data.load_dataset("imagenet"), ValueError, "unknown data set"),
@@ -349,7 +349,7 @@ CLI_LAZY = [
     ("probgen sample", "--out ''", lambda: ["sample", _gmm_run(), "--out", ""], "--out is empty"),
     ("probgen sample", "seed 2**32", lambda: ["sample", _gmm_run(), "--seed", str(2**32)], "--seed must be in 0"),
     ("probgen compare", "duplicate --names", lambda: ["compare", _result_json(), _result_json(), "--names", "m", "m"], "duplicate result names"),
-    ("probgen compare", "the same file twice", lambda: [ "compare", "/tmp/probgen-same.json", "/tmp/probgen-same.json"] if _ll([-1.0]).to_json("/tmp/probgen-same.json") or True else [], "duplicate result names"),
+    ("probgen compare", "the same file twice", lambda: (lambda same: ["compare", same, same] if _ll([-1.0]).to_json(same) or True else [])(_tmp("probgen-same.json")), "duplicate result names"),
     ("probgen compare", "a folder as result", lambda: ["compare", _tmp()], "is a folder"),
     ("probgen compare", "non-JSON result", lambda: ["compare", _bytes_file(".json", b"\xff\xfe not json")], "not a LogLikelihood JSON"),
     ("probgen demo", "--only nosuch", lambda: ["demo", "--only", "nosuch", "--smoke", "--out", _tmp()], "--only 'nosuch' is not a demo data set"),
@@ -659,7 +659,7 @@ CASES += [
     Case("probgen.data.load_dataset", "an int", lambda: probgen.data.load_dataset(3), TypeError, "got int; bundled"),
     Case("probgen.data.load_dataset", "a list of names", lambda: probgen.data.load_dataset(["iris"]), TypeError, "got list; bundled"),
     Case("probgen.data.load_dataset", "wrong case", lambda: probgen.data.load_dataset("IRIS"), ValueError, "unknown data set 'IRIS'; bundled: digits, iris, wine"),
-    Case("probgen.data.load_dataset", "a file path", lambda: probgen.data.load_dataset("/tmp/iris.csv"), ValueError, "unknown data set '/tmp/iris.csv'"),
+    Case("probgen.data.load_dataset", "a file path", lambda: probgen.data.load_dataset("iris.csv"), ValueError, "unknown data set 'iris.csv'"),
     Case("probgen.data.train_test_split", "test_fraction 0", lambda: probgen.data.train_test_split(10, 0.0), ValueError, r"test_fraction must be in \(0, 1\), got 0.0"),
     Case("probgen.data.train_test_split", "test_fraction 1", lambda: probgen.data.train_test_split(10, 1.0), ValueError, r"test_fraction must be in \(0, 1\), got 1.0"),
     Case("probgen.data.train_test_split", "test_fraction NaN", lambda: probgen.data.train_test_split(10, float("nan")), ValueError, "test_fraction must be a finite number"),

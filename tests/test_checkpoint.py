@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import tempfile
 
 import pyro
 import pyro.distributions as dist
@@ -31,13 +32,17 @@ def test_atomic_save_leaves_no_temp_files(tmp_path):
     assert torch.equal(load_checkpoint(path)["a"], torch.zeros(3))
 
 
+# where the crafted pickle would write if it ran (never an absolute machine path)
+MARKER = os.path.join(tempfile.gettempdir(), "probgen_pwned_marker")
+
+
 class _Exploit:
     def __reduce__(self):
-        return (os.system, ("touch /tmp/probgen_pwned_marker",))
+        return (os.system, (f"touch {MARKER}",))
 
 
 def test_crafted_pickle_is_refused_and_never_runs(tmp_path):
-    marker = "/tmp/probgen_pwned_marker"
+    marker = MARKER
     if os.path.exists(marker):
         os.unlink(marker)
     path = tmp_path / "evil.pt"

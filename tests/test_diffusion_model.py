@@ -205,11 +205,11 @@ def test_fit_with_clipped_adam_and_simple_loss():
         assert samples.shape == (5, 2) and torch.isfinite(samples).all()
 
 
-def test_demo_entry_smoke():
+def test_demo_entry_smoke(tmp_path):
     from probgen.demo.diffusion import demo_entries
     from probgen.demo.run import DATASETS
 
     (entry,) = demo_entries(smoke=True)
     assert entry.dataset == "iris"
-    ll = entry.run(DATASETS["iris"](True), "/tmp")
+    ll = entry.run(DATASETS["iris"](True), str(tmp_path))
     assert ll.kind == "lower_bound" and ll.num_dims == 4 and math.isfinite(ll.mean)

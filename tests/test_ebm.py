@@ -141,7 +141,7 @@ def test_neural_ebm_energy_program_and_sampling():
         program.log_prob_sum()
 
 
-def test_demo_entry_scores_an_rbm_by_ais():
+def test_demo_entry_scores_an_rbm_by_ais(tmp_path):
     from probgen.demo.ebm import demo_entries
     from probgen.demo.registry import DemoData
 
@@ -149,7 +149,7 @@ def test_demo_entry_scores_an_rbm_by_ais():
     data = torch.bernoulli(torch.full((120, 64), 0.3), generator=generator)
     (entry,) = demo_entries(smoke=True)
     assert entry.dataset == "digits"
-    ll = entry.run(DemoData("digits", (data[:100],), (data[100:],), "random"), "/tmp")
+    ll = entry.run(DemoData("digits", (data[:100],), (data[100:],), "random"), str(tmp_path))
     assert ll.kind == "estimate" and ll.estimator == "ais" and ll.num_examples == 20
     # no model can beat log 1 per pixel; a fair coin per pixel gives 64 log 2
     assert -64 * math.log(2) - 15 < ll.mean < 0

@@ -230,12 +230,12 @@ def test_dequantized_digits_like_data(variational):
     assert continuous.data_space == "dequantized"
 
 
-def test_demo_entry_smoke():
+def test_demo_entry_smoke(tmp_path):
     from probgen.demo.flow_matching import demo_entries
     from probgen.demo.run import DATASETS
 
     (entry,) = demo_entries(smoke=True)
     assert entry.dataset == "iris"
-    ll = entry.run(DATASETS["iris"](True), "/tmp")
+    ll = entry.run(DATASETS["iris"](True), str(tmp_path))
     assert ll.kind == "exact" and ll.estimator == "ode" and ll.num_dims == 4
     assert math.isfinite(ll.mean)

@@ -338,7 +338,7 @@ def test_bad_arguments_name_the_problem(kwargs, match):
         HierarchicalVAE((8,), **options)
 
 
-def test_registered_and_demo_entry_runs():
+def test_registered_and_demo_entry_runs(tmp_path):
     from probgen.demo.hierarchical import demo_entries
     from probgen.demo.run import DATASETS
     from probgen.models.registry import get_model_class
@@ -346,7 +346,7 @@ def test_registered_and_demo_entry_runs():
     assert get_model_class("hierarchical_vae") is HierarchicalVAE
     (entry,) = demo_entries(smoke=True)
     data = DATASETS[entry.dataset](True)
-    ll = entry.run(data, "/tmp")
+    ll = entry.run(data, str(tmp_path))
     assert ll.kind == "lower_bound" and ll.estimator == "iwae"
     assert -64 * math.log(2) < ll.mean < 0
 

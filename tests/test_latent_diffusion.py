@@ -271,11 +271,11 @@ def test_gaussian_residual_prior_starts_as_the_plain_vae():
         assert (exact - plain_net.prior().log_prob(z)).mean() > 1.0  # ε̂ = 0 is far off
 
 
-def test_demo_entry_trains_in_two_stages_and_reports_a_bound():
+def test_demo_entry_trains_in_two_stages_and_reports_a_bound(tmp_path):
     from probgen.demo.latent_diffusion import demo_entries
     from probgen.demo.run import DATASETS
 
     (entry,) = demo_entries(smoke=True)
-    ll = entry.run(DATASETS[entry.dataset](True), "/tmp")
+    ll = entry.run(DATASETS[entry.dataset](True), str(tmp_path))
     assert ll.kind == "lower_bound" and ll.estimator == "diffusion_elbo"
     assert -64 * math.log(2) < ll.mean < 0

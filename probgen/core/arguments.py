@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from probgen.core.validate import check_memory
+from probgen.core.validate import check_memory, is_number
 
 __all__ = ["checked_constructor", "DEFAULT_SIZE_LIMIT", "BLOCK_COUNT_LIMIT"]
 
@@ -30,13 +30,8 @@ BLOCK_COUNT_LIMIT = 1024  # repeated blocks (flow transforms, masks, layers) bui
 _depth = threading.local()
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
-        value, (bool, np.bool_))
-
-
 def _integer(owner: str, name: str, value: Any, minimum: int, maximum: int) -> int:
-    if isinstance(value, (bool, np.bool_)) or not _is_number(value) or (
+    if isinstance(value, (bool, np.bool_)) or not is_number(value) or (
             isinstance(value, (float, np.floating)) and not (math.isfinite(value)
                                                              and float(value).is_integer())):
         raise ValueError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}; "
@@ -51,7 +46,7 @@ def _integer(owner: str, name: str, value: Any, minimum: int, maximum: int) -> i
 
 
 def _real(owner: str, name: str, value: Any) -> float:
-    if not _is_number(value) or not math.isfinite(float(value)):
+    if not is_number(value) or not math.isfinite(float(value)):
         raise ValueError(f"{owner}: {name} must be a finite number, got {value!r}")
     return float(value)
 
@@ -84,10 +79,10 @@ def _checker(owner: str, name: str, annotation: str, minimum: int, maximum: int
         "tuple[int,...]|list[int]": lambda v: _sequence(owner, name, v, integer),
         "tuple[int,...]": lambda v: _sequence(owner, name, v, integer),
         "Sequence[float]": lambda v: _sequence(owner, name, v, real),
-        "float|Sequence[float]": lambda v: real(v) if _is_number(v) else _sequence(
+        "float|Sequence[float]": lambda v: real(v) if is_number(v) else _sequence(
             owner, name, v, real),
         "Sequence[int|Sequence[int]]": lambda v: _sequence(
-            owner, name, v, lambda item: integer(item) if _is_number(item) or isinstance(
+            owner, name, v, lambda item: integer(item) if is_number(item) or isinstance(
                 item, (bool, np.bool_, str)) else _sequence(owner, name, item, integer)),
     }
     check = checks.get(text)

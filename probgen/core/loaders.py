@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["batch_iterable", "as_tuple"]
+__all__ = ["batch_iterable", "is_batch_iterable", "as_tuple"]
 
 
 def batch_iterable(data: Any, batch_size: int | None) -> Iterable | None:
@@ -19,12 +19,16 @@ def batch_iterable(data: Any, batch_size: int | None) -> Iterable | None:
     if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, Iterable):
         return torch.utils.data.DataLoader(data, batch_size=batch_size or len(data),
                                            shuffle=False)
-    if isinstance(data, torch.utils.data.DataLoader) or (
-            isinstance(data, Iterable)
-            and not isinstance(data, (torch.Tensor, tuple, list, dict, str, bytes))
-            and not hasattr(data, "__array__")):
-        return data
-    return None
+    return data if is_batch_iterable(data) else None
+
+
+def is_batch_iterable(data: Any) -> bool:
+    """A ``DataLoader`` or another iterable of batches (not a tensor, array, tuple, list, dict
+    or string, which hold the data whole)."""
+    return isinstance(data, torch.utils.data.DataLoader) or (
+        isinstance(data, Iterable)
+        and not isinstance(data, (torch.Tensor, tuple, list, dict, str, bytes))
+        and not hasattr(data, "__array__"))
 
 
 def as_tuple(batch: Any) -> tuple:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 __all__ = ["SUPPORTS", "as_batch", "validate_data", "check_device", "check_size",
-           "check_finite", "check_memory", "max_parameter_bytes", "check_device_name",
+           "check_finite", "check_memory", "max_parameter_bytes",
            "check_seed", "check_probability", "check_option", "check_num_samples",
            "max_sample_bytes", "check_regular_file", "max_file_bytes", "is_number"]
 
@@ -47,18 +47,6 @@ def check_size(name: str, value: Any, *, minimum: int = 1, maximum: int | None =
         raise ValueError(f"{name}={number:,} is over the limit of {maximum:,} (it would take hours "
                          f"or more memory than a machine has); {fix or f'pass a smaller {name}'}")
     return number
-
-
-def check_device_name(name: str, device: Any) -> Any:
-    """``device`` unchanged when torch can parse it (None passes); else a ValueError."""
-    if device is None or isinstance(device, torch.device):
-        return device
-    try:
-        torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"{name}={device!r} is not a device; use 'cpu', 'cuda', 'cuda:1' or "
-                         "'mps'") from None
-    return device
 
 
 def check_seed(seed: Any) -> int | None:

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from probgen.core.loaders import as_tuple, is_batch_iterable
+
 __all__ = ["Batches", "positive_int"]
 
 
@@ -48,7 +50,7 @@ class Batches:
                                  "at least one example")
             data = torch.utils.data.DataLoader(data, batch_size=batch_size or len(data),
                                                shuffle=shuffle)
-        if _is_loader(data):
+        if is_batch_iterable(data):
             self.loader = data
             self.one_shot = isinstance(data, Iterator)
             kind = _describe(data)
@@ -69,7 +71,7 @@ class Batches:
                                  ) from None
             if self.one_shot:
                 self._head = [first]
-            self.tensors: tuple[torch.Tensor, ...] = self.prepare(_as_tuple(first))
+            self.tensors: tuple[torch.Tensor, ...] = self.prepare(as_tuple(first))
             self.size = int(size)
             self.batch_size = int(self.tensors[0].shape[0])
             if self.batch_size > self.size:
@@ -138,7 +140,7 @@ class Batches:
             with torch.random.fork_rng(devices=[]):  # a DataLoader draws a worker seed
                 raw = iter(self.loader)  # type: ignore[arg-type]
         for index, batch in enumerate(raw):
-            prepared = self.prepare(_as_tuple(batch))
+            prepared = self.prepare(as_tuple(batch))
             self._check_like_first(prepared, epoch, index)
             yield prepared
 
@@ -168,13 +170,6 @@ class Batches:
                 f"at batch {position} of that epoch; resume with the same data")
 
 
-def _is_loader(data: Any) -> bool:
-    return isinstance(data, torch.utils.data.DataLoader) or (
-        isinstance(data, Iterable) and not isinstance(data, (torch.Tensor, tuple, list, dict,
-                                                             str, bytes))
-        and not hasattr(data, "__array__"))
-
-
 def _describe(data: Any) -> str:
     name = type(data).__name__
     if isinstance(data, Iterator):
@@ -193,6 +188,3 @@ def _dataset_size(loader: Any) -> int | None:
     dataset = getattr(loader, "dataset", None)
     return _length(dataset) if dataset is not None else None
 
-
-def _as_tuple(batch: Any) -> tuple:
-    return tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)

@@ -18,6 +18,7 @@ from torch import Tensor
 from probgen.core.chunks import eval_mode, map_chunks
 from probgen.core.model import GenerativeModel
 from probgen.core.result import LogLikelihood, data_fingerprint
+from probgen.core.standardize import config_floats, standardization_buffers
 from probgen.core.validate import check_size
 from probgen.diffusion.losses import simple_loss, vlb
 from probgen.diffusion.ode import ode_log_prob, ode_sample
@@ -72,15 +73,12 @@ class DiffusionDensity(GenerativeModel):
         super().__init__(features=int(features), hidden_features=list(hidden_features),
                          time_features=time_features, schedule=schedule, logsnr_min=logsnr_min,
                          logsnr_max=logsnr_max, num_steps=num_steps, loss=loss,
-                         shift=_json(shift), scale=_json(scale), dequantized=bool(dequantized))
+                         shift=config_floats(shift), scale=config_floats(scale), dequantized=bool(dequantized))
         self.denoiser = MLPDenoiser(int(features), hidden_features, time_features)
         self.schedule = make_schedule(schedule, logsnr_min, logsnr_max)
-        shift_t = torch.as_tensor(shift, dtype=torch.get_default_dtype()).expand(int(features))
-        scale_t = torch.as_tensor(scale, dtype=torch.get_default_dtype()).expand(int(features))
-        if (scale_t <= 0).any():
-            raise ValueError(f"scale must be positive, got {scale}")
-        self.register_buffer("shift", shift_t.clone())
-        self.register_buffer("scale", scale_t.clone())
+        shift_t, scale_t = standardization_buffers(int(features), shift, scale)
+        self.register_buffer("shift", shift_t)
+        self.register_buffer("scale", scale_t)
 
     @property
     def data_space(self) -> str:
@@ -146,11 +144,6 @@ class DiffusionDensity(GenerativeModel):
             raise ValueError(f"unknown sampler {sampler!r}; choose 'ancestral', 'ddim' or 'ode'")
         return x_std * self.scale + self.shift
 
-
-def _json(value: float | Sequence[float] | Tensor) -> float | list[float]:
-    if isinstance(value, Tensor):
-        value = value.tolist()
-    return float(value) if isinstance(value, (int, float)) else [float(v) for v in value]
 
 
 def _check(model: Any, batch: tuple[Tensor, ...]) -> Tensor:

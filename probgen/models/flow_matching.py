@@ -24,6 +24,7 @@ from zuko.utils import odeint
 from probgen.core.chunks import eval_mode, map_chunks
 from probgen.core.model import GenerativeModel
 from probgen.core.result import LogLikelihood, data_fingerprint
+from probgen.core.standardize import config_floats, standardization_buffers
 from probgen.core.validate import check_size
 from probgen.data.transforms import LogitTransform, dequantized_log_likelihood, logit_transform
 from probgen.models.registry import register_model
@@ -157,16 +158,13 @@ class FlowMatching(GenerativeModel):
             raise ValueError(f"atol and rtol must be positive, got {atol} and {rtol}")
         super().__init__(features=int(features), hidden_features=[int(h) for h in hidden_features],
                          time_features=int(time_features), coupling=coupling,
-                         shift=_json(shift), scale=_json(scale), atol=float(atol),
+                         shift=config_floats(shift), scale=config_floats(scale), atol=float(atol),
                          rtol=float(rtol), dequantized=bool(dequantized), domain=domain,
                          logit_alpha=float(logit_alpha))
         self.velocity = MLPVelocity(int(features), hidden_features, time_features)
-        shift_t = torch.as_tensor(shift, dtype=torch.get_default_dtype()).expand(int(features))
-        scale_t = torch.as_tensor(scale, dtype=torch.get_default_dtype()).expand(int(features))
-        if not (scale_t > 0).all():
-            raise ValueError(f"scale must be positive, got {scale}")
-        self.register_buffer("shift", shift_t.clone())
-        self.register_buffer("scale", scale_t.clone())
+        shift_t, scale_t = standardization_buffers(int(features), shift, scale)
+        self.register_buffer("shift", shift_t)
+        self.register_buffer("scale", scale_t)
 
     @property
     def data_space(self) -> str:
@@ -317,11 +315,6 @@ class GaussianVelocity(nn.Module):
         centred = (x - t[..., None] * self.mean).unsqueeze(-1)  # (..., d, 1)
         return self.mean + (gain @ torch.linalg.solve(marginal_cov, centred)).squeeze(-1)
 
-
-def _json(value: float | Sequence[float] | Tensor) -> float | list[float]:
-    if isinstance(value, Tensor):
-        value = value.tolist()
-    return float(value) if isinstance(value, (int, float)) else [float(v) for v in value]
 
 
 # --- estimators ------------------------------------------------------------------------------
