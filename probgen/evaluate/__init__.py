@@ -11,11 +11,22 @@ import sys
 import types
 from typing import Any
 
+import torch
+
+from probgen.core import scoring
 from probgen.core.result import LogLikelihood
-from probgen.evaluate.api import evaluate
+from probgen.evaluate.api import estimator_names, evaluate
 from probgen.evaluate.compare import ComparisonTable, compare
 
 __all__ = ["evaluate", "LogLikelihood", "compare", "ComparisonTable"]
+
+
+def _score(model: Any, batch: tuple, guide: Any, estimator: str, seed: int) -> torch.Tensor:
+    """Held-out log-likelihoods per example for fit's ``validation_estimator=``."""
+    return evaluate(model, batch, guide=guide, estimator=estimator, seed=seed).per_example
+
+
+scoring.register(estimator_names, _score)  # how probgen.fit validates without importing us
 
 
 class _CallableModule(types.ModuleType):

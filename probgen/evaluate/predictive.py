@@ -113,6 +113,92 @@ def check_posterior_sites(program: Callable, batch: tuple[torch.Tensor, ...],
                                  "draw dimension first)")
 
 
+def _on_batch(posterior: dict, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+    """The draws as tensors on the batch's device, floats in its float dtype (float64 MCMC
+    draws score a float32 program)."""
+    floats = next((t.dtype for t in batch if t.is_floating_point()), None)
+    return {name: torch.as_tensor(value).to(
+        device=batch[0].device if batch else None,
+        dtype=floats if torch.as_tensor(value).is_floating_point() else None)
+        for name, value in posterior.items()}
+
+
+def _check_draw_values(draws: dict[str, torch.Tensor]) -> None:
+    """Each site's draws have a draw dimension, at least one draw, and finite values."""
+    for name, value in draws.items():
+        if value.dim() == 0:
+            raise ValueError(f"posterior[{name!r}] is a scalar; posterior draws need the draw "
+                             f"dimension first, e.g. {{{name!r}: value[None]}} for one draw")
+        if value.shape[0] == 0:
+            raise ValueError(f"posterior[{name!r}] holds zero draws (shape "
+                             f"{tuple(value.shape)}); pass at least one draw")
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            what = "NaN" if torch.isnan(value).any() else "Inf"
+            raise ValueError(f"posterior[{name!r}] has {what} draws; drop the non-finite "
+                             "draws (a diverged chain?) before evaluating")
+
+
+def _given_draws(posterior: Any, batch: tuple[torch.Tensor, ...],
+                 global_latents: tuple[str, ...], num_draws: int | None,
+                 program: Callable | None) -> tuple[dict[str, torch.Tensor], str, bool]:
+    """:func:`posterior_draws` for draws the caller passed (a dict or InferenceData)."""
+    if hasattr(posterior, "posterior"):  # arviz InferenceData from run_mcmc
+        posterior = _from_inference_data(posterior)
+    if not isinstance(posterior, dict) or not posterior:
+        raise TypeError("posterior must be a dict {site: draws with the draw dimension first} "
+                        "or the InferenceData returned by probgen.infer.mcmc.run_mcmc")
+    draws = _on_batch(posterior, batch)
+    _check_draw_values(draws)
+    if program is not None:
+        check_posterior_sites(program, batch, draws, global_latents)
+    sizes = {int(value.shape[0]) for value in draws.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"posterior draws disagree on their number: {sorted(sizes)} per site")
+    missing = sorted(set(global_latents) - set(draws))
+    if missing:
+        raise ValueError(f"posterior holds no draws of the global latents {missing}")
+    if num_draws is not None:
+        draws = {name: value[:num_draws] for name, value in draws.items()}
+    count = next(iter(sizes)) if num_draws is None else min(num_draws, next(iter(sizes)))
+    return draws, f"{count} posterior draws", count == 1
+
+
+def _guide_globals(guide: Callable, batch: tuple[torch.Tensor, ...],
+                   global_latents: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """One draw of the global latents from ``guide`` run on the held-out rows."""
+    try:
+        trace = poutine.trace(guide).get_trace(*batch)
+    except (RuntimeError, ValueError, IndexError) as error:
+        raise ValueError(
+            f"guide= failed on the {len(batch[0])} held-out rows while drawing the global "
+            f"latents {list(global_latents)} ({str(error).splitlines()[0]}); pass "
+            f"posterior= (draws of {list(global_latents)}, e.g. from MCMC) with a guide "
+            "for the local latents, or the guide probgen.fit built over every latent"
+        ) from error
+    for name in global_latents:
+        if name not in trace.nodes:
+            raise ValueError(
+                f"guide= samples no draws of the global latent '{name}' (it guides "
+                f"{sorted(n for n, s in trace.nodes.items() if s['type'] == 'sample')}):"
+                f" pass posterior= (draws of {list(global_latents)}, e.g. from MCMC) "
+                "with it, or the guide probgen.fit built over every latent")
+    return {name: trace.nodes[name]["value"].detach() for name in global_latents}
+
+
+def _guide_draws(guide: Callable, batch: tuple[torch.Tensor, ...],
+                 global_latents: tuple[str, ...], num_draws: int | None
+                 ) -> tuple[dict[str, torch.Tensor], str, bool]:
+    """:func:`posterior_draws` from a guide: one draw of an AutoDelta (a point mass), else
+    ``num_draws`` (default :data:`DEFAULT_DRAWS`)."""
+    point_mass = isinstance(guide, AutoDelta)
+    count = 1 if point_mass else (num_draws or DEFAULT_DRAWS)
+    with torch.no_grad(), poutine.block():
+        collected = [_guide_globals(guide, batch, global_latents) for _ in range(count)]
+    draws = {name: torch.stack([one[name] for one in collected]) for name in global_latents}
+    described = f"{type(guide).__name__} guide, {'point mass' if point_mass else f'{count} draws'}"
+    return draws, described, point_mass
+
+
 def posterior_draws(posterior: Any, guide: Callable | None, batch: tuple[torch.Tensor, ...],
                     global_latents: tuple[str, ...], num_draws: int | None,
                     program: Callable | None = None
@@ -120,40 +206,7 @@ def posterior_draws(posterior: Any, guide: Callable | None, batch: tuple[torch.T
     """(draws as {site: (S, *shape)}, a description, whether the posterior is a point mass);
     given ``program``, the draws' sites and shapes are checked against one trace of it."""
     if posterior is not None:
-        if hasattr(posterior, "posterior"):  # arviz InferenceData from run_mcmc
-            posterior = _from_inference_data(posterior)
-        if not isinstance(posterior, dict) or not posterior:
-            raise TypeError("posterior must be a dict {site: draws with the draw dimension first} "
-                            "or the InferenceData returned by probgen.infer.mcmc.run_mcmc")
-        # the program's dtype and device: float64 MCMC draws score a float32 program
-        floats = next((t.dtype for t in batch if t.is_floating_point()), None)
-        draws = {name: torch.as_tensor(value).to(
-            device=batch[0].device if batch else None,
-            dtype=floats if torch.as_tensor(value).is_floating_point() else None)
-            for name, value in posterior.items()}
-        for name, value in draws.items():
-            if value.dim() == 0:
-                raise ValueError(f"posterior[{name!r}] is a scalar; posterior draws need the draw "
-                                 f"dimension first, e.g. {{{name!r}: value[None]}} for one draw")
-            if value.shape[0] == 0:
-                raise ValueError(f"posterior[{name!r}] holds zero draws (shape "
-                                 f"{tuple(value.shape)}); pass at least one draw")
-            if value.is_floating_point() and not torch.isfinite(value).all():
-                what = "NaN" if torch.isnan(value).any() else "Inf"
-                raise ValueError(f"posterior[{name!r}] has {what} draws; drop the non-finite "
-                                 "draws (a diverged chain?) before evaluating")
-        if program is not None:
-            check_posterior_sites(program, batch, draws, global_latents)
-        sizes = {int(value.shape[0]) for value in draws.values()}
-        if len(sizes) != 1:
-            raise ValueError(f"posterior draws disagree on their number: {sorted(sizes)} per site")
-        missing = sorted(set(global_latents) - set(draws))
-        if missing:
-            raise ValueError(f"posterior holds no draws of the global latents {missing}")
-        if num_draws is not None:
-            draws = {name: value[:num_draws] for name, value in draws.items()}
-        count = next(iter(sizes)) if num_draws is None else min(num_draws, next(iter(sizes)))
-        return draws, f"{count} posterior draws", count == 1
+        return _given_draws(posterior, batch, global_latents, num_draws, program)
     if not global_latents:
         raise ValueError("estimator='predictive' averages over posterior draws of global latents "
                          "(sampled outside the data plate) and the model has none: use "
@@ -161,31 +214,7 @@ def posterior_draws(posterior: Any, guide: Callable | None, batch: tuple[torch.T
     if guide is None:
         raise ValueError(f"the model has global latents {list(global_latents)}: pass guide= "
                          "(e.g. the guide probgen.fit returned) or posterior= (MCMC draws)")
-    point_mass = isinstance(guide, AutoDelta)
-    count = 1 if point_mass else (num_draws or DEFAULT_DRAWS)
-    collected: dict[str, list[torch.Tensor]] = {name: [] for name in global_latents}
-    with torch.no_grad(), poutine.block():
-        for _ in range(count):
-            try:
-                trace = poutine.trace(guide).get_trace(*batch)
-            except (RuntimeError, ValueError, IndexError) as error:
-                raise ValueError(
-                    f"guide= failed on the {len(batch[0])} held-out rows while drawing the global "
-                    f"latents {list(global_latents)} ({str(error).splitlines()[0]}); pass "
-                    f"posterior= (draws of {list(global_latents)}, e.g. from MCMC) with a guide "
-                    "for the local latents, or the guide probgen.fit built over every latent"
-                ) from error
-            for name in global_latents:
-                if name not in trace.nodes:
-                    raise ValueError(
-                        f"guide= samples no draws of the global latent '{name}' (it guides "
-                        f"{sorted(n for n, s in trace.nodes.items() if s['type'] == 'sample')}):"
-                        f" pass posterior= (draws of {list(global_latents)}, e.g. from MCMC) "
-                        "with it, or the guide probgen.fit built over every latent")
-                collected[name].append(trace.nodes[name]["value"].detach())
-    draws = {name: torch.stack(values) for name, values in collected.items()}
-    described = f"{type(guide).__name__} guide, {'point mass' if point_mass else f'{count} draws'}"
-    return draws, described, point_mass
+    return _guide_draws(guide, batch, global_latents, num_draws)
 
 
 def local_program_info(info: ProgramInfo, fixed: tuple[str, ...]) -> ProgramInfo:

@@ -8,13 +8,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pyro
-import pyro.optim
 import torch
 from pyro import poutine
-from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO, config_enumerate
 from pyro.infer.autoguide import AutoDelta, AutoGuide, AutoGuideList, AutoNormal
 
 from probgen.core.program import ProgramInfo
+from probgen.infer.fit import fit
 
 __all__ = ["RefitSettings", "holds_training_examples", "local_guide_class", "refit_local_guide"]
 
@@ -62,12 +61,37 @@ def _scratch_param_store(names: list[str]) -> Iterator[None]:
         store.set_state(saved)
 
 
+def _hidden_from_training(msg: dict) -> bool:
+    """Model parameters (frozen) and fixed sites (masked: nothing in the ELBO) are not the
+    refit's business."""
+    return msg["type"] == "param" or (msg["type"] == "sample" and msg.get("is_observed")
+                                      and msg.get("mask") is False)
+
+
+@contextmanager
+def _frozen(program: Callable, batch: tuple[torch.Tensor, ...]) -> Iterator[None]:
+    """The parameters ``program`` uses take no gradient inside the block (fit trains the rest)."""
+    with torch.no_grad():
+        trace = poutine.trace(program, param_only=True).get_trace(*batch)
+    values = {id(site["value"].unconstrained()): site["value"].unconstrained()
+              for site in trace.nodes.values()}
+    trainable = [value for value in values.values() if value.requires_grad]
+    for value in trainable:
+        value.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for value in trainable:
+            value.requires_grad_(True)
+
+
 @contextmanager
 def refit_local_guide(program: Callable, guide: Callable | None, batch: tuple[torch.Tensor, ...],
                       info: ProgramInfo, settings: RefitSettings) -> Iterator[AutoGuide]:
-    """A fresh autoguide (:func:`local_guide_class` of ``guide``) fitted to ``batch`` by SVI with
-    the model's parameters frozen (hidden from the optimizer), valid inside the ``with`` block
-    only: the param store, the trained guide's parameters included, is restored when it exits.
+    """A fresh autoguide (:func:`local_guide_class` of ``guide``) fitted to ``batch`` by
+    :func:`probgen.fit` (SVI, full batch, Adam) with the model's parameters frozen, valid inside
+    the ``with`` block only: the param store, the trained guide's parameters included, is
+    restored when it exits.
 
     ``program`` may fix its global latents (observed sites are left out of the fresh guide): a
     program that sets them to a random posterior draw at each call fits q(z_i | x_i) to the
@@ -79,16 +103,10 @@ def refit_local_guide(program: Callable, guide: Callable | None, batch: tuple[to
     store = pyro.get_param_store()
     with _scratch_param_store([n for n in store.keys() if n.startswith(prefix)]):
         fresh = guide_class(prototype)
-        frozen_model = poutine.block(program, hide_types=["param"])
-        loss = Trace_ELBO()
-        if hidden:  # discrete latents the guide leaves out are summed out
-            frozen_model = config_enumerate(frozen_model, default="parallel")
-            loss = TraceEnum_ELBO(max_plate_nesting=info.max_plate_nesting)
         # the program was validated when inspected; per-step checks would only slow the refit
-        with torch.random.fork_rng(devices=[]), torch.enable_grad(), \
+        with torch.random.fork_rng(devices=[]), torch.enable_grad(), _frozen(program, batch), \
                 pyro.validation_enabled(False):
-            pyro.set_rng_seed(settings.seed)
-            svi = SVI(frozen_model, fresh, pyro.optim.Adam({"lr": settings.lr}), loss)
-            for _ in range(settings.num_steps):
-                svi.step(*batch)
+            fit(poutine.block(program, hide_fn=_hidden_from_training), batch, guide=fresh,
+                num_steps=settings.num_steps, optim=settings.lr,
+                seed=settings.seed, shuffle=False, warm_start=True, progress=False)
         yield fresh

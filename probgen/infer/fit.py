@@ -3,8 +3,11 @@ callbacks around a training method (SVI by default; a family's EM, Baum-Welch, C
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
 import math
+import os
 import sys
 import time
 import types
@@ -16,6 +19,7 @@ import numpy as np
 import pyro
 import torch
 
+from probgen.core import scoring
 from probgen.core.checkpoint import check_output_path
 from probgen.core.devices import check_device
 from probgen.core.dtypes import cast_floats, floats_to_default_dtype, program_dtype
@@ -28,7 +32,6 @@ from probgen.core.params import (
     stale_module_parameters,
 )
 from probgen.core.result import data_fingerprint
-from probgen.core.support import check_observed_support
 from probgen.core.validate import (
     as_batch,
     check_finite,
@@ -38,7 +41,6 @@ from probgen.core.validate import (
     check_size,
     is_number,
 )
-from probgen.evaluate.api import estimator_names
 from probgen.infer.averaging import ParameterAverage
 from probgen.infer.batches import Batches, positive_int
 from probgen.infer.loop import ROLLBACK_EVERY, Loop, Run
@@ -54,8 +56,8 @@ GENERIC_METHODS: dict[str, type[TrainingMethod]] = {"svi": SVI}
 MAX_STEPS = 10**9  # more steps than any run finishes: a larger count is a typo
 
 
-def _choose_method(model: Any, method: str | type[TrainingMethod] | None) -> tuple[str, type]:
-    bundled = model if isinstance(model, GenerativeModel) else None
+def _choose_method(model: Any, bundled: GenerativeModel | None,
+                   method: str | type[TrainingMethod] | None) -> tuple[str, type]:
     declared = dict(GENERIC_METHODS, **(bundled.methods() if bundled is not None else {}))
     if isinstance(method, type) and issubclass(method, TrainingMethod):
         return method.__name__.lower(), method
@@ -91,18 +93,13 @@ def _prepare_data(bundled: GenerativeModel | None, program: Callable, device: An
 
 def _fresh_parameters(program: Callable, guide: Callable | None, example: tuple, *,
                       keep_values: bool) -> list[str] | None:
-    """Make this run's parameters its own, so one seed gives one result.
-
-    A trace of ``program`` (and ``guide``) on a scratch store, which leaves nothing behind,
-    names what the run will reuse: plain ``pyro.param`` values from an earlier run are dropped,
-    and so is a store entry that an earlier run's network left under a name this run's
-    ``pyro.module`` registers a new network with (the new network is what trains). Module
-    parameters the store already holds are the model's and stay. With ``keep_values``
-    (``warm_start``, ``resume``), values stay, and a new network takes the stored ones.
-
-    Returns the parameter names of the program (and guide), which a resume compares with the
-    checkpoint's (None when the trace failed).
-    """
+    """Make this run's parameters its own, so one seed gives one result: a trace of ``program``
+    (and ``guide``) on a scratch store names what the run reuses; plain ``pyro.param`` values of
+    an earlier run are dropped, and so is an entry an earlier network left under a name this
+    run's ``pyro.module`` registers a new network with (the new one trains). Module parameters
+    the store holds are the model's and stay. With ``keep_values`` (``warm_start``, ``resume``)
+    values stay, and a new network takes the stored ones. Returns the parameter names, which a
+    resume compares with the checkpoint's (None when the trace failed)."""
     try:
         trace = param_trace(program, guide, example)
     except Exception:  # noqa: BLE001 - the first real trace reports it in the user's terms
@@ -126,91 +123,84 @@ def fit(
     model: Callable | GenerativeModel,
     data: Any,
     *,
-    guide: Callable | None = None,
-    method: str | type[TrainingMethod] | None = None,
-    num_steps: int | None = None,
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    num_examples: int | None = None,
-    shuffle: bool = True,
-    optim: Any = None,
-    lr_schedule: str | None = None,
-    final_lr: float | None = None,
-    scheduler_every: str = "epoch",
-    loss: Any = None,
-    kl_warmup_epochs: float | None = None,
-    free_bits: float = 0.0,
-    ema_decay: float | None = None,
+    # data: what each step sees
+    batch_size: int | None = None, num_examples: int | None = None, shuffle: bool = True,
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    validation: Any = None,
-    validate_every: int | None = None,
-    validation_estimator: str | None = None,
-    patience: int | None = None,
-    restore_best: bool = True,
-    device: str | torch.device | None = None,
-    seed: int | None = None,
-    progress: bool | None = None,
-    checkpoint: str | Path | None = None,
-    checkpoint_every: int | None = None,
-    resume: bool | str = False,
-    warm_start: bool = False,
-    callbacks: Sequence[Callable[[FitState], bool | None]] = (),
-    num_particles: int = 1,
     data_plate: str | None = None,
-    distributed: bool = False,
+    # objective: what a step optimizes (loss .. free_bits: SVI's ELBO)
+    method: str | type[TrainingMethod] | None = None, guide: Callable | None = None,
+    loss: Any = None, num_particles: int = 1, kl_warmup_epochs: float | None = None,
+    free_bits: float = 0.0,
+    # optimizer: how long, how fast
+    num_steps: int | None = None, epochs: int | None = None, optim: Any = None,
+    lr_schedule: str | None = None, final_lr: float | None = None,
+    scheduler_every: str = "epoch", ema_decay: float | None = None,
+    # validation: held-out scores, early stopping
+    validation: Any = None, validate_every: int | None = None,
+    validation_estimator: str | Callable | None = None, patience: int | None = None,
+    restore_best: bool = True,
+    # checkpointing
+    checkpoint: str | Path | None = None, checkpoint_every: int | None = None,
+    resume: bool | str = False, warm_start: bool = False,
+    # runtime
+    seed: int | None = None, device: str | torch.device | None = None,
+    threads: int | None = None, distributed: bool = False, progress: bool | None = None,
+    callbacks: Sequence[Callable[[FitState], bool | None]] = (),
     **options: Any,
 ) -> FitResult:
     r"""Fit any Pyro program (or a bundled model) to ``data``; every family, every method.
 
     SVI maximizes Σ_n E_q[log p(x_n, z) − log q(z | x_n)] with mini-batches scaled by N/B on the
     data plate; a family's own method (``method="em"``, ``"baum_welch"``, ``"cd"``, ...) runs
-    inside the same loop with the same arguments and result.
+    inside the same loop with the same arguments and result. Counts may be NumPy integers.
 
-    Args:
+    Args (in groups: data, objective, optimizer, validation, checkpointing, runtime):
         model: ``model(*batch)``, a Pyro program with a plate over the first data dimension
             sized from its arguments, or a bundled :class:`GenerativeModel`.
         data: a tensor (or NumPy array), a tuple of tensors sharing the first dimension (side
             data such as lengths or labels), a ``torch.utils.data.Dataset``, or a
-            ``DataLoader``/iterable of batches (then ``num_examples`` = N if it has no dataset).
-        method: the training method: ``"svi"`` or one the family declares (default: the
-            family's ``default_method``).
-        num_steps, epochs: how long (default 1000 steps, at most ``MAX_STEPS`` = 10**9);
-            ``batch_size``: examples per step. Counts may be NumPy integers.
-        optim: learning rate (a finite positive number, NumPy scalars too), Adam options dict,
-            or a ``pyro.optim`` optimizer or LR scheduler
-            (``pyro.optim.ExponentialLR(...)``, stepped once per epoch, or per step with
-            ``scheduler_every="step"``; ``ReduceLROnPlateau`` gets the validation loss).
-        lr_schedule, final_lr: ``"cosine"``, ``"linear"`` or ``"exponential"`` from ``optim``'s
-            rate to ``final_lr`` (default: 1/100 of it) over the run's steps, set every step.
-        loss: a ``pyro.infer.ELBO``, or ``"trace"``, ``"mean_field"``, ``"trace_enum"``, or
-            ``"iwae"`` (the IWAE-k bound, k = ``num_particles``; e.g. to fine-tune an
-            ELBO-trained model).
-        kl_warmup_epochs, free_bits: the ELBO's KL term weighted by β rising linearly from 0 to
-            1 over this many epochs, and floored at ``free_bits`` nats per latent dimension and
-            example, per latent site; training only (validation reports the true ELBO).
-        ema_decay: keep θ̄_t = d θ̄_{t−1} + (1 − d) θ_t (Polyak averaging; d ramps up as
-            (1 + t)/(10 + t) early on); validation, ``restore_best`` and the returned
-            parameters use θ̄, training steps θ. Typical d: 0.999 (a horizon of ~1000 steps).
+            ``DataLoader``/iterable of batches (then ``num_examples`` = N if it has no dataset);
+            ``batch_size``: examples per step (default: all), in a new order every epoch unless
+            ``shuffle=False``; ``data_plate``: the plate over examples (default: found by
+            inspecting the program).
         transform: applied to each mini-batch's data tensor before the step (dynamic
             binarization, dequantization noise); it draws from torch's RNG, which fit seeds
             and checkpoints, so a resumed run repeats it.
+        method: ``"svi"`` or a method the family declares (default: its ``default_method``);
+            ``options``: the method's own (e.g. ``tol`` for EM, ``k`` for CD).
+        guide, loss, num_particles: SVI's q (default: the model's, or an AutoNormal) and
+            objective: a ``pyro.infer.ELBO``, or ``"trace"``, ``"mean_field"``,
+            ``"trace_enum"``, or ``"iwae"`` (IWAE-k, k = ``num_particles``); with ``lr_schedule``,
+            ``kl_warmup_epochs``, ``free_bits``: SVI's ``elbo_options``, other methods refuse them.
+        kl_warmup_epochs, free_bits: the ELBO's KL term weighted by β rising linearly from 0 to
+            1 over this many epochs, and floored at ``free_bits`` nats per latent dimension and
+            example, per latent site; training only (validation reports the true ELBO).
+        num_steps, epochs: how long (default 1000 steps, at most ``MAX_STEPS`` = 10**9).
+        optim: learning rate (a finite positive number), Adam options dict, or a ``pyro.optim``
+            optimizer or LR scheduler (stepped once per epoch, or per step with
+            ``scheduler_every="step"``; ``ReduceLROnPlateau`` gets the validation loss).
+        lr_schedule, final_lr: ``"cosine"``, ``"linear"`` or ``"exponential"`` from ``optim``'s
+            rate to ``final_lr`` (default: 1/100 of it) over the run's steps, set every step.
+        ema_decay: keep θ̄_t = d θ̄_{t−1} + (1 − d) θ_t (Polyak averaging; d ramps up as
+            (1 + t)/(10 + t) early on); validation, ``restore_best`` and the returned
+            parameters use θ̄, training steps θ. Typical d: 0.999 (a horizon of ~1000 steps).
         validation: held-out data scored every ``validate_every`` steps (default: once per
             epoch) with the method's own loss per example, or ``-evaluate(...).mean`` with
-            ``validation_estimator``; ``patience`` validations without improvement stop the
-            run; ``restore_best`` puts back the best-scoring parameters at the end.
-        progress: a progress bar on stderr; None (default) shows it only when stderr is a
-            terminal, True always.
-        seed: seeds every random stream; parameters that ``pyro.param`` creates start fresh
-            unless ``warm_start=True`` (a bundled model's modules keep their values). A new
-            network registered with ``pyro.module`` under a name an earlier run used trains as
-            built (with ``warm_start=True`` it starts from the earlier run's values).
+            ``validation_estimator`` (an estimator's name, or ``score(model, batch, guide)``
+            giving log-likelihoods per example); ``patience`` validations without improvement
+            stop the run; ``restore_best`` puts back the best-scoring parameters at the end.
         checkpoint: file written atomically every ``checkpoint_every`` steps and at the end;
             ``resume=True`` continues from it (a new ``optim`` learning rate applies; another
             program, model configuration, method, objective, batch size or explicit ``seed`` is
             refused, naming what differs).
-        callbacks: called with a :class:`FitState` after every step; return True to stop.
+        seed: seeds every random stream; parameters that ``pyro.param`` creates start fresh
+            unless ``warm_start=True`` (a bundled model's modules keep their values; a network
+            registered with ``pyro.module`` under an earlier run's name then starts from it).
+        threads: torch's CPU threads during the run, restored after (default: as they are).
         distributed: data-parallel over the processes of a torchrun launch.
-        options: the method's own options (e.g. ``tol`` for EM, ``k`` for CD).
+        progress: a progress bar on stderr; None (default) shows it only when stderr is a
+            terminal, True always. ``callbacks``: called with a :class:`FitState` after every
+            step; return True to stop.
 
     Raises:
         TrainingDiverged: the loss became non-finite; parameters are rolled back to the latest
@@ -231,14 +221,13 @@ def fit(
     _check_callables(guide, transform, callbacks)
     # Python ints before anything is stored: a NumPy integer in a checkpoint's settings makes
     # it unloadable with weights_only=True.
-    num_steps = _steps("num_steps", num_steps)
-    epochs = _steps("epochs", epochs)
-    batch_size = positive_int("batch_size", batch_size, numpy=True)
-    checkpoint_every = positive_int("checkpoint_every", checkpoint_every, numpy=True)
-    patience = positive_int("patience", patience, numpy=True)
-    validate_every = positive_int("validate_every", validate_every, numpy=True)
+    num_steps, epochs = _steps("num_steps", num_steps), _steps("epochs", epochs)
+    batch_size, checkpoint_every, patience, validate_every = (
+        positive_int(name, value, numpy=True) for name, value in (
+            ("batch_size", batch_size), ("checkpoint_every", checkpoint_every),
+            ("patience", patience), ("validate_every", validate_every)))
     num_particles = positive_int("num_particles", num_particles, allow_none=False, numpy=True)
-    seed = check_seed(seed)
+    seed, threads = check_seed(seed), _threads(threads)
     optim = _checked_optim(optim)
     final_lr = None if final_lr is None else check_finite("final_lr", final_lr, nonnegative=True)
     free_bits = check_finite("free_bits", free_bits, nonnegative=True)
@@ -249,16 +238,10 @@ def fit(
         ("shuffle", shuffle), ("restore_best", restore_best), ("warm_start", warm_start)))
     if progress is not None:
         progress = _flag("progress", progress, none="None (a bar only on a terminal)")
-    if validation_estimator is not None:
-        validation_estimator = check_option("validation_estimator", validation_estimator,
-                                            estimator_names(model))
-    if checkpoint is not None:
-        check_output_path("checkpoint", checkpoint)
-    if checkpoint is not None and Path(checkpoint).is_dir():
-        raise ValueError(f"checkpoint={str(checkpoint)!r} is a folder; pass a file path inside "
-                         "it, e.g. checkpoint='run/fit.pt'")
+    score = _validation_score(model, validation_estimator)
+    _check_checkpoint(checkpoint)
     device = check_device(device)
-    name, method_class = _choose_method(model, method)
+    name, method_class = _choose_method(model, bundled, method)
     parallel = _parallel(distributed)
     device = parallel.device_for(device) if parallel is not None else device
     if device is not None and bundled is not None:
@@ -269,49 +252,50 @@ def fit(
     total_steps = _total_steps(num_steps, epochs, batches.steps_per_epoch, method_class, batch_size)
     _check_options(method_class, options, scheduler_every)
     _check_particles(num_particles, batches)
-    schedule = LRSchedule(lr_schedule, final_lr, total_steps) if lr_schedule is not None else None
     if lr_schedule is None and final_lr is not None:
         raise ValueError("final_lr= needs lr_schedule= ('cosine', 'linear' or 'exponential')")
-    warmup_steps = _warmup_steps(kl_warmup_epochs, batches.steps_per_epoch)
+    schedule = LRSchedule(lr_schedule, final_lr, total_steps) if lr_schedule is not None else None
     average = _average(ema_decay, method_class)
     held_out = prepare(as_batch(validation, name="validation")) if validation is not None else None
     seed_given = seed is not None
-    seed = _seed(seed, parallel)
-    if bundled is not None:
-        bundled.train()
-    parameter_names = None
-    if bundled is None:  # a bundled model owns its modules
-        parameter_names = _fresh_parameters(program, guide, batches.first,
-                                            keep_values=bool(warm_start or resume))
-    setup = TrainingSetup(model, program, guide, batches.first, batches.size, batches.batch_size,
-                          optim, loss, num_particles, data_plate, dict(options), parallel,
-                          batches.tensors if batches.loader is None else None, schedule,
-                          warmup_steps, float(free_bits))
-    run = _start_run(method_class(setup), name, batches, seed, check_support=transform is None,
-                     fingerprint=checkpoint is not None)
-    run.settings["loss"] = _describe_loss(loss)
-    if parameter_names is not None:
-        run.settings["parameters"] = parameter_names
-    run.seed_given = seed_given
-    run.average = average
-    run.settings["ema_decay"] = ema_decay
-    pyro.set_rng_seed(seed)  # training's stream starts at the seed, whatever setup drew
-    start = run.load(Path(checkpoint), batches.first) if _resuming(resume, checkpoint) else 0
-    if parallel is not None:
-        parallel.check_batch_size(batches.size, batches.batch_size)
-        parallel.prepare(run.method.guide, batches.first, bundled, run.settings["seed"], start,
-                         resumed=start > 0)
-    loop = Loop(run, batches, total_steps, start, transform, held_out, validate_every,
-                 validation_estimator, patience, scheduler_every, checkpoint,
-                 checkpoint_every, callbacks,
-                 _show_progress(progress) and (parallel is None or parallel.is_main),
-                 parallel)
-    try:
-        stopped = loop.run_steps()
-    finally:
-        run.method.finish()
-        loop.lock.release()
-    loop.leave_parameters(restore_best)  # the best (or averages); the checkpoint keeps both
+    with _num_threads(threads):
+        seed = _seed(seed, parallel)
+        if bundled is not None:
+            bundled.train()
+        parameter_names = None
+        if bundled is None:  # a bundled model owns its modules
+            parameter_names = _fresh_parameters(program, guide, batches.first,
+                                                keep_values=bool(warm_start or resume))
+        setup = TrainingSetup(
+            model=model, program=program, guide=guide, example=batches.first,
+            num_examples=batches.size, batch_size=batches.batch_size, optim=optim, loss=loss,
+            num_particles=num_particles, data_plate=data_plate, options=dict(options),
+            parallel=parallel, data=batches.tensors if batches.loader is None else None,
+            lr_schedule=schedule, free_bits=float(free_bits),
+            kl_warmup_steps=_warmup_steps(kl_warmup_epochs, batches.steps_per_epoch))
+        run = _start_run(method_class(setup), name, batches, seed, check_support=transform is None,
+                         fingerprint=checkpoint is not None)
+        run.settings.update(loss=_describe_loss(loss), ema_decay=ema_decay, threads=threads)
+        if parameter_names is not None:
+            run.settings["parameters"] = parameter_names
+        run.seed_given, run.average = seed_given, average
+        pyro.set_rng_seed(seed)  # training's stream starts at the seed, whatever setup drew
+        start = run.load(Path(checkpoint), batches.first) if _resuming(resume, checkpoint) else 0
+        if parallel is not None:
+            parallel.check_batch_size(batches.size, batches.batch_size)
+            parallel.prepare(run.method.guide, batches.first, bundled, run.settings["seed"],
+                             start, resumed=start > 0)
+        loop = Loop(run, batches, total_steps=total_steps, start=start, transform=transform,
+                    held_out=held_out, validate_every=validate_every, score=score,
+                    patience=patience, scheduler_every=scheduler_every, checkpoint=checkpoint,
+                    checkpoint_every=checkpoint_every, callbacks=callbacks, parallel=parallel,
+                    show=_show_progress(progress) and (parallel is None or parallel.is_main))
+        try:
+            stopped = loop.run_steps()
+        finally:
+            run.method.finish()
+            loop.lock.release()
+        loop.leave_parameters(restore_best)  # the best (or averages); the checkpoint keeps both
     return loop.result(model, name, started, stopped)
 
 
@@ -326,18 +310,57 @@ def _unpack_model(model: Any) -> tuple[GenerativeModel | None, Callable]:
 
 
 def _check_callables(guide: Any, transform: Any, callbacks: Any) -> None:
-    if guide is not None and not callable(guide):
-        raise TypeError(f"guide must be a Pyro program (a callable) or None, got "
-                        f"{type(guide).__name__}")
-    if transform is not None and not callable(transform):
-        raise TypeError(f"transform must be a callable applied to each batch (or None), got "
-                        f"{type(transform).__name__}")
+    for name, value, kind in (("guide", guide, "a Pyro program (a callable) or None"),
+                              ("transform", transform, "a callable applied to each batch (or None)")):
+        if value is not None and not callable(value):
+            raise TypeError(f"{name} must be {kind}, got {type(value).__name__}")
     if callable(callbacks) or isinstance(callbacks, str) or not isinstance(callbacks, Sequence):
         raise TypeError(f"callbacks must be a list of callables, got {type(callbacks).__name__}")
     for i, callback in enumerate(callbacks):
         if not callable(callback):
             raise TypeError(f"callbacks[{i}] must be a callable taking a FitState, got "
                             f"{type(callback).__name__}")
+
+
+def _check_checkpoint(checkpoint: str | Path | None) -> None:
+    if checkpoint is not None:
+        check_output_path("checkpoint", checkpoint)
+        if Path(checkpoint).is_dir():
+            raise ValueError(f"checkpoint={str(checkpoint)!r} is a folder; pass a file path "
+                             "inside it, e.g. checkpoint='run/fit.pt'")
+
+
+def _validation_score(model: Any, estimator: Any) -> Callable | None:
+    """``validation_estimator`` as ``score(model, batch, guide, seed=) -> log p per example``:
+    a name the estimators registered in :mod:`probgen.core.scoring` take, or a callable
+    ``score(model, batch, guide)``; None: the method's own validation loss."""
+    if estimator is None:
+        return None
+    if callable(estimator):
+        return lambda model, batch, guide, seed: estimator(model, batch, guide)
+    name = check_option("validation_estimator", estimator, scoring.estimator_names(model))
+    return functools.partial(scoring.scorer(), estimator=name)
+
+
+def _threads(threads: Any) -> int | None:
+    """``threads`` as a Python int in [1, 4 × the CPU count] (NumPy integers too), or None."""
+    limit = 4 * (os.cpu_count() or 1)
+    if threads is not None and (not isinstance(threads, (int, np.integer)) or isinstance(
+            threads, bool) or not 1 <= threads <= limit):
+        raise ValueError(f"threads must be a whole number from 1 to {limit} (4 × this machine's "
+                         f"{os.cpu_count()} CPUs) or None, got {threads!r}; e.g. threads=4")
+    return None if threads is None else int(threads)
+
+
+@contextlib.contextmanager
+def _num_threads(threads: int | None) -> Any:
+    """torch's CPU threads set to ``threads`` for the block (None: left as they are)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or previous)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _parallel(distributed: bool) -> Any:
@@ -409,9 +432,7 @@ def _flag(name: str, value: Any, *, none: str = "") -> bool:
 
 def _describe_loss(loss: Any) -> str | None:
     """The objective as plain data for the run's settings: what a resume must match."""
-    if loss is None or isinstance(loss, str):
-        return loss
-    return type(loss).__name__
+    return loss if loss is None or isinstance(loss, str) else type(loss).__name__
 
 
 def _check_particles(num_particles: int, batches: Batches) -> None:
@@ -443,10 +464,9 @@ def _start_run(method: TrainingMethod, name: str, batches: Batches, seed: int, *
                 "data_id": (data_fingerprint(*batches.tensors)
                             if batches.loader is None and fingerprint else None),
                 "model": type(bundled).__name__ if bundled is not None else "program"}
-    if isinstance(method, SVI):  # what probgen.load needs to rebuild an autoguide
-        settings["discrete_latents"] = list(method.info.discrete_latents)
-        if bundled is None and check_support:  # a bundled model checks in validate_batch
-            check_observed_support(method.setup.program, batches.tensors, method.info.data_plate)
+    settings.update(method.run_settings())
+    if bundled is None and check_support:  # a bundled model checks in validate_batch
+        method.check_data(batches.tensors)
     if bundled is None:  # probgen.load traces the program on them to refill its nn.Modules
         settings["example"] = example_rows(batches.first)
     return Run(method, bundled, settings)
@@ -464,9 +484,7 @@ def _average(ema_decay: float | None,
 
 def _warmup_steps(kl_warmup_epochs: float | None, steps_per_epoch: int) -> int:
     """``kl_warmup_epochs`` (checked finite and >= 0 by fit) in steps."""
-    if kl_warmup_epochs is None:
-        return 0
-    return max(1, round(kl_warmup_epochs * steps_per_epoch)) if kl_warmup_epochs > 0 else 0
+    return max(1, round(kl_warmup_epochs * steps_per_epoch)) if kl_warmup_epochs else 0
 
 
 def _show_progress(progress: bool | None) -> bool:

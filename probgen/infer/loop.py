@@ -26,7 +26,6 @@ from probgen.core.checkpoint import (
 )
 from probgen.core.model import GenerativeModel
 from probgen.core.version import __version__
-from probgen.evaluate.api import evaluate
 from probgen.infer.averaging import ParameterAverage
 from probgen.infer.batches import Batches
 from probgen.infer.method import TrainingMethod
@@ -182,19 +181,19 @@ def _plain(value: Any) -> Any:
 
 
 # --- validation --------------------------------------------------------------------------------
-def _validation_loss(run: Run, batch: tuple, estimator: str | None, seed: int) -> float:
-    """The held-out loss per example, on a fixed random stream that leaves training's untouched."""
+def _validation_loss(run: Run, batch: tuple, score: Callable | None, seed: int) -> float:
+    """The held-out loss per example (the method's own, or −mean of fit's ``score(model, batch,
+    guide, seed=)``) on a fixed random stream that leaves training's untouched."""
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         pyro.set_rng_seed(seed)
         was_training = run.bundled.training if run.bundled is not None else False
         if run.bundled is not None:
             run.bundled.eval()
         try:
-            if estimator is None:
+            if score is None:
                 return run.method.validation_loss(batch)
             model = run.bundled if run.bundled is not None else run.method.setup.program
-            return -evaluate(model, batch, guide=run.method.guide, estimator=estimator,
-                             seed=seed).mean
+            return -float(score(model, batch, run.method.guide, seed=seed).mean())
         finally:
             if run.bundled is not None and was_training:
                 run.bundled.train()
@@ -331,16 +330,16 @@ def _running(pid: int, started: int | None = None) -> bool:
 class Loop:
     """The training loop: step, guard, validate, schedule, checkpoint, report."""
 
-    def __init__(self, run: Run, batches: Batches, total_steps: int, start: int,
+    def __init__(self, run: Run, batches: Batches, *, total_steps: int, start: int,
                  transform: Callable | None, held_out: tuple | None, validate_every: int | None,
-                 validation_estimator: str | None, patience: int | None, scheduler_every: str,
+                 score: Callable | None, patience: int | None, scheduler_every: str,
                  checkpoint: str | Path | None, checkpoint_every: int | None,
                  callbacks: Sequence[Callable], show: bool, parallel: Any) -> None:
         if start > total_steps:
             raise CheckpointError(f"the checkpoint is at step {start} but num_steps={total_steps}; "
                                   "pass at least as many steps as were already taken")
         self.run, self.batches, self.total, self.start = run, batches, total_steps, start
-        self.transform, self.held_out, self.estimator = transform, held_out, validation_estimator
+        self.transform, self.held_out, self.score = transform, held_out, score
         self.validate_every = validate_every or batches.steps_per_epoch
         self.patience, self.scheduler_every, self.callbacks = patience, scheduler_every, callbacks
         self.checkpoint = checkpoint
@@ -395,7 +394,7 @@ class Loop:
         metric = None
         if self.held_out is not None and (done % self.validate_every == 0 or done == self.total):
             with self.run.averaged():  # the averages are validated, and kept when best
-                metric = _validation_loss(self.run, self.held_out, self.estimator,
+                metric = _validation_loss(self.run, self.held_out, self.score,
                                           self.run.settings["seed"] + 1)
                 stop = _after_validation(self.run, done, metric, self.patience)
         if self.scheduler_every == "step" or epoch_end:
@@ -422,12 +421,10 @@ class Loop:
                 epoch_end = (step + 1) % self.batches.steps_per_epoch == 0
                 stop = self._end_of_period(step, epoch_end)
                 state = FitState(step, epoch, loss, self.run.losses, self.run.validation)
-                if any(callback(state) for callback in self.callbacks) or stop:
+                stop = any(callback(state) for callback in self.callbacks) or stop
+                if stop or self.run.method.converged:
                     self.save(step + 1)
-                    return True
-                if self.run.method.converged:
-                    self.save(step + 1)
-                    return False
+                    return stop
             return False
         finally:
             bar.close()

@@ -235,42 +235,13 @@ def run_mcmc(model: Any, data: Any = None, *, kernel: str = "nuts", num_samples:
     """
     import arviz as az
 
-    if kernel not in ("nuts", "hmc"):
-        raise ValueError(f"kernel must be 'nuts' or 'hmc', got {kernel!r}")
-    for name, value in (("num_samples", num_samples), ("num_chains", num_chains)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
-    if num_samples < 1 or num_chains < 1:
-        raise ValueError(f"num_samples and num_chains must be >= 1, got {num_samples} and {num_chains}")
-    if num_samples < 4:
-        raise ValueError(f"num_samples={num_samples} is too few: the convergence diagnostics "
-                         "(split r_hat, ESS) need at least 4 draws per chain; pass num_samples >= 4")
-    if warmup_steps is not None:
-        check_size("warmup_steps", warmup_steps, minimum=0)
-    kernel_class = NUTS if kernel == "nuts" else HMC
-    takes = sorted(set(inspect.signature(kernel_class).parameters) - {"model", "potential_fn",
-                                                                      "max_plate_nesting"})
-    unknown = sorted(set(kernel_options) - set(takes))
-    if unknown:
-        raise TypeError(f"unknown kernel options {unknown} for kernel={kernel!r}; the {kernel} "
-                        f"kernel takes {takes}")
+    kernel_class = _kernel_class(kernel, num_samples, num_chains, warmup_steps, kernel_options)
     program = _program(model)
     batch = as_batch(data) if data is not None else ()
     warmup_steps = num_samples if warmup_steps is None else warmup_steps
     if seed is not None:
         pyro.set_rng_seed(seed)
-    try:
-        prototype = trace_on_data(program, batch)
-    except TypeError as error:
-        if data is not None:
-            raise
-        raise TypeError(f"run_mcmc(model, data=None) ran the program without arguments and it "
-                        f"failed ({error}); pass the data the program takes as data=...") from error
-    if not any(site["type"] == "sample" and not site["is_observed"]
-               for _, site in _sample_sites(prototype)):
-        raise ValueError("the program has no latent sample sites (every pyro.sample is observed): "
-                         "there is no posterior for MCMC to sample; put priors on its parameters "
-                         "with pyro.sample, or fit it with probgen.fit")
+    _check_has_latents(program, batch, data_given=data is not None)
     if max_plate_nesting is None:
         if seed is not None:
             pyro.set_rng_seed(seed)
@@ -280,27 +251,9 @@ def run_mcmc(model: Any, data: Any = None, *, kernel: str = "nuts", num_samples:
         return kernel_class(program, max_plate_nesting=max_plate_nesting, **kernel_options)
 
     start = time.perf_counter()
-    diverging = []
-    if parallel and num_chains > 1:
-        if seed is not None:
-            pyro.set_rng_seed(seed)
-        mcmc = MCMC(make_kernel(), num_samples=num_samples, warmup_steps=warmup_steps,
-                    num_chains=num_chains, disable_progbar=not progress)
-        mcmc.run(*batch)
-        grouped = mcmc.get_samples(group_by_chain=True)
-        divergences = mcmc.diagnostics().get("divergences", {})
-        diverging = [divergences.get(f"chain {c}", []) for c in range(num_chains)]
-    else:
-        per_chain = []
-        for chain in range(num_chains):
-            if seed is not None:
-                pyro.set_rng_seed(seed + chain)
-            mcmc = MCMC(make_kernel(), num_samples=num_samples, warmup_steps=warmup_steps,
-                        disable_progbar=not progress)
-            mcmc.run(*batch)
-            per_chain.append(mcmc.get_samples())
-            diverging.append(mcmc.diagnostics().get("divergences", {}).get("chain 0", []))
-        grouped = {name: torch.stack([s[name] for s in per_chain]) for name in per_chain[0]}
+    grouped, diverging = _sample_chains(make_kernel, batch, num_samples=num_samples,
+                                        warmup_steps=warmup_steps, num_chains=num_chains,
+                                        seed=seed, progress=progress, parallel=parallel)
     sampling_seconds = time.perf_counter() - start
 
     posterior = {name: value.detach().cpu().numpy() for name, value in grouped.items()}
@@ -325,6 +278,73 @@ def run_mcmc(model: Any, data: Any = None, *, kernel: str = "nuts", num_samples:
     idata.posterior.attrs["kernel"] = kernel
     _warn_on_diagnostics(idata, num_chains, rhat_threshold, min_ess)
     return idata
+
+
+def _kernel_class(kernel: str, num_samples: Any, num_chains: Any, warmup_steps: Any,
+                  kernel_options: dict[str, Any]) -> type:
+    """run_mcmc's arguments checked; the kernel's class (NUTS or HMC)."""
+    if kernel not in ("nuts", "hmc"):
+        raise ValueError(f"kernel must be 'nuts' or 'hmc', got {kernel!r}")
+    for name, value in (("num_samples", num_samples), ("num_chains", num_chains)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+    if num_samples < 1 or num_chains < 1:
+        raise ValueError(f"num_samples and num_chains must be >= 1, got {num_samples} and {num_chains}")
+    if num_samples < 4:
+        raise ValueError(f"num_samples={num_samples} is too few: the convergence diagnostics "
+                         "(split r_hat, ESS) need at least 4 draws per chain; pass num_samples >= 4")
+    if warmup_steps is not None:
+        check_size("warmup_steps", warmup_steps, minimum=0)
+    kernel_class = NUTS if kernel == "nuts" else HMC
+    takes = sorted(set(inspect.signature(kernel_class).parameters) - {"model", "potential_fn",
+                                                                      "max_plate_nesting"})
+    unknown = sorted(set(kernel_options) - set(takes))
+    if unknown:
+        raise TypeError(f"unknown kernel options {unknown} for kernel={kernel!r}; the {kernel} "
+                        f"kernel takes {takes}")
+    return kernel_class
+
+
+def _check_has_latents(program: Callable, batch: tuple, *, data_given: bool) -> None:
+    """The program runs on ``batch`` and has a latent sample site for MCMC to sample."""
+    try:
+        prototype = trace_on_data(program, batch)
+    except TypeError as error:
+        if data_given:
+            raise
+        raise TypeError(f"run_mcmc(model, data=None) ran the program without arguments and it "
+                        f"failed ({error}); pass the data the program takes as data=...") from error
+    if not any(site["type"] == "sample" and not site["is_observed"]
+               for _, site in _sample_sites(prototype)):
+        raise ValueError("the program has no latent sample sites (every pyro.sample is observed): "
+                         "there is no posterior for MCMC to sample; put priors on its parameters "
+                         "with pyro.sample, or fit it with probgen.fit")
+
+
+def _sample_chains(make_kernel: Callable, batch: tuple, *, num_samples: int, warmup_steps: int,
+                   num_chains: int, seed: int | None, progress: bool, parallel: bool
+                   ) -> tuple[dict[str, torch.Tensor], list]:
+    """Draws grouped by chain (chain, draw, ...) and each chain's divergent draw indices: chains
+    one after another seeded ``seed + chain``, or Pyro's multiprocess chains (``parallel``)."""
+    if parallel and num_chains > 1:
+        if seed is not None:
+            pyro.set_rng_seed(seed)
+        mcmc = MCMC(make_kernel(), num_samples=num_samples, warmup_steps=warmup_steps,
+                    num_chains=num_chains, disable_progbar=not progress)
+        mcmc.run(*batch)
+        divergences = mcmc.diagnostics().get("divergences", {})
+        return (mcmc.get_samples(group_by_chain=True),
+                [divergences.get(f"chain {c}", []) for c in range(num_chains)])
+    per_chain, diverging = [], []
+    for chain in range(num_chains):
+        if seed is not None:
+            pyro.set_rng_seed(seed + chain)
+        mcmc = MCMC(make_kernel(), num_samples=num_samples, warmup_steps=warmup_steps,
+                    disable_progbar=not progress)
+        mcmc.run(*batch)
+        per_chain.append(mcmc.get_samples())
+        diverging.append(mcmc.diagnostics().get("divergences", {}).get("chain 0", []))
+    return {name: torch.stack([s[name] for s in per_chain]) for name in per_chain[0]}, diverging
 
 
 def _deterministic_sites(program: Callable, grouped: dict[str, torch.Tensor],

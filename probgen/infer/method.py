@@ -24,44 +24,24 @@ CLOSED_FORM_DIVERGENCE_HINT = (
 
 @dataclass(frozen=True)
 class TrainingSetup:
-    """What :func:`probgen.fit` hands a training method when it builds it.
+    """What :func:`probgen.fit` hands a training method when it builds it (by keyword)."""
 
-    Fields:
-        model: the Pyro program, or the bundled ``GenerativeModel``, as passed to ``fit``.
-        program: the callable ``program(*batch)`` (``model.model`` for a bundled model).
-        guide: the guide the user passed (None: the method chooses).
-        example: the first mini-batch, for tracing shapes.
-        num_examples: N, the size of the training set (mini-batch sites are scaled by N/B).
-        batch_size: B, examples per step.
-        optim: the user's ``optim=`` (a learning rate, Adam options, a ``pyro.optim`` optimizer
-            or scheduler, or None).
-        loss: the user's ``loss=``.
-        num_particles: particles per ELBO estimate.
-        data_plate: the plate over examples (None: found by inspecting the program).
-        options: method-specific keyword options given to ``fit``.
-        parallel: the data-parallel group of a torchrun launch (``fit(distributed=True)``).
-        data: all the training tensors when they are in memory (None for a DataLoader).
-        lr_schedule: fit's ``lr_schedule=`` / ``final_lr=`` over the run's steps (or None).
-        kl_warmup_steps, free_bits: fit's KL warm-up (in steps) and free bits (nats per
-            latent dimension), for methods that optimise an ELBO.
-    """
-
-    model: Any
-    program: Callable
-    guide: Callable | None
-    example: tuple[torch.Tensor, ...]
-    num_examples: int
-    batch_size: int
-    optim: Any = None
-    loss: Any = None
-    num_particles: int = 1
-    data_plate: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-    parallel: Any = None
-    data: tuple[torch.Tensor, ...] | None = None
-    lr_schedule: Any = None
-    kl_warmup_steps: int = 0
-    free_bits: float = 0.0
+    model: Any  # the Pyro program, or the bundled GenerativeModel, as passed to fit
+    program: Callable  # program(*batch): model.model for a bundled model
+    guide: Callable | None  # the guide the user passed (None: the method chooses)
+    example: tuple[torch.Tensor, ...]  # the first mini-batch, for tracing shapes
+    num_examples: int  # N, the training set's size (mini-batch sites are scaled by N/B)
+    batch_size: int  # B, examples per step
+    optim: Any = None  # fit's optim=: a learning rate, Adam options, a pyro.optim, or None
+    loss: Any = None  # fit's loss=
+    num_particles: int = 1  # particles per ELBO estimate
+    data_plate: str | None = None  # the plate over examples (None: found by inspection)
+    options: dict[str, Any] = field(default_factory=dict)  # the method's own fit(**options)
+    parallel: Any = None  # the data-parallel group of a torchrun launch (distributed=True)
+    data: tuple[torch.Tensor, ...] | None = None  # the training tensors (None: a DataLoader)
+    lr_schedule: Any = None  # fit's lr_schedule= / final_lr= over the run's steps
+    kl_warmup_steps: int = 0  # fit's KL warm-up in steps, for methods that optimise an ELBO
+    free_bits: float = 0.0  # fit's free bits, nats per latent dimension (an ELBO's methods)
 
 
 class TrainingMethod:
@@ -78,8 +58,9 @@ class TrainingMethod:
             not (closed-form updates) refuses one.
         options: the keyword options ``fit(**options)`` may pass to this method.
         title: the method's name in error messages (default: the class name).
-        annealing: the method takes fit's ``lr_schedule=``, ``kl_warmup_epochs=`` and
-            ``free_bits=`` (an ELBO optimised by a gradient method); others refuse them.
+        elbo_options: the fit keywords of an ELBO trained by a gradient method that the
+            method takes (SVI: ``guide``, ``loss``, ``num_particles``, ``lr_schedule``,
+            ``kl_warmup_epochs``, ``free_bits``); one it does not declare is refused when set.
         divergence_hint: the likely causes ``TrainingDiverged`` names when the loss becomes
             non-finite (default: a learning rate too high for a method that ``uses_optim``, a
             collapsed component for closed-form updates); a family declares its own.
@@ -89,7 +70,7 @@ class TrainingMethod:
     uses_optim: ClassVar[bool] = True
     options: ClassVar[tuple[str, ...]] = ()
     title: ClassVar[str] = ""
-    annealing: ClassVar[bool] = False
+    elbo_options: ClassVar[tuple[str, ...]] = ()
     divergence_hint: ClassVar[str | None] = None
 
     @classmethod
@@ -108,10 +89,14 @@ class TrainingMethod:
                              "DataLoader, and without distributed=True")
         if not self.uses_optim and setup.optim is not None:
             raise TypeError(f"{title} has closed-form updates and takes no optim=; leave it None")
-        if not self.annealing and (setup.lr_schedule is not None or setup.kl_warmup_steps
-                                   or setup.free_bits):
-            raise TypeError(f"{title} does not take lr_schedule=, kl_warmup_epochs= or "
-                            "free_bits= (they shape an ELBO trained by SVI); leave them unset")
+        given = {"guide": setup.guide is not None, "loss": setup.loss is not None,
+                 "num_particles": setup.num_particles != 1,
+                 "lr_schedule": setup.lr_schedule is not None,
+                 "kl_warmup_epochs": bool(setup.kl_warmup_steps), "free_bits": bool(setup.free_bits)}
+        refused = [f"{name}=" for name, set_ in given.items() if set_ and name not in self.elbo_options]
+        if refused:
+            raise TypeError(f"{title} does not take {', '.join(refused)} (options of an ELBO "
+                            "trained by SVI); leave them unset")
         self.setup = setup
         self.converged = False
 
@@ -119,6 +104,13 @@ class TrainingMethod:
     def guide(self) -> Callable:
         """The guide the fitted model is evaluated with (an empty guide when none is needed)."""
         return lambda *args, **kwargs: None
+
+    def run_settings(self) -> dict[str, Any]:
+        """What the method adds to the run's settings (plain data: checkpoint, FitResult)."""
+        return {}
+
+    def check_data(self, tensors: tuple[torch.Tensor, ...]) -> None:
+        """Check a raw program's training data before the first step (default: nothing)."""
 
     def step(self, batch: tuple[torch.Tensor, ...], scale: float) -> float:
         """One update on ``batch`` whose data-plate sites count ``scale`` = N/B times; returns

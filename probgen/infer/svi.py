@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ from pyro.infer.autoguide import AutoNormal
 
 from probgen.core.model import GenerativeModel
 from probgen.core.program import DataPlateScale, ProgramInfo, inspect_program
+from probgen.core.support import check_observed_support
 from probgen.infer.method import TrainingMethod, TrainingSetup
 from probgen.infer.objectives import IWAE, AnnealedELBO
 
@@ -94,18 +96,13 @@ def auto_guide(program: Callable, info: ProgramInfo, full_batch: bool) -> Callab
 
 
 def _optimizer_args(optim: Any) -> dict[str, Any] | None:
-    """Adam options for the fast path (a float or dict ``optim=``), else None (a pyro.optim)."""
+    """Adam options for the fast path (a float or dict ``optim=``, its rate checked by fit),
+    else None (a pyro.optim)."""
     if optim is None:
         return {"lr": 1e-2}
     if isinstance(optim, (int, float)) and not isinstance(optim, bool):
-        if not optim > 0:
-            raise ValueError(f"learning rate must be > 0, got {optim}")
         return {"lr": float(optim)}
     if isinstance(optim, dict):
-        if "lr" in optim and not (isinstance(optim["lr"], (int, float)) and optim["lr"] > 0):
-            raise ValueError(f"optim['lr'] must be a positive number, got {optim['lr']!r}")
-        import inspect
-
         known = [k for k in inspect.signature(torch.optim.Adam).parameters if k != "params"]
         unknown = sorted(map(str, set(optim) - set(known)))
         if unknown:
@@ -201,27 +198,15 @@ class _PyroOptim:
         self.optim.set_state(saved)
 
 
-def _params_with_grads(store) -> dict[str, torch.Tensor]:
-    """The store's unconstrained tensors that this step gave a gradient, one per tensor.
-
-    What Pyro's SVI finds by tracing every ``pyro.param`` site, without the trace: fit clears
-    the store's gradients before its first step, so a gradient means this program used it.
-    """
+def _one_per_tensor(named: Any) -> dict[str, torch.Tensor]:
+    """``(name, tensor)`` pairs, the first name of each tensor (a module's parameter can appear
+    under two names). Over the store's tensors with a gradient (fit clears them before the first
+    step), they are the parameters this step used: what Pyro's SVI finds by tracing."""
     params, seen = {}, set()
-    for name, value in store.named_parameters():
-        if value.grad is not None and id(value) not in seen:
+    for name, value in named:
+        if id(value) not in seen:
             seen.add(id(value))
             params[name] = value
-    return params
-
-
-def _traced_params(trace: poutine.Trace) -> dict[str, torch.Tensor]:
-    params, seen = {}, set()
-    for site in trace.nodes.values():
-        value = site["value"].unconstrained()
-        if id(value) not in seen:  # a module's parameter can appear under two names
-            seen.add(id(value))
-            params[site["name"]] = value
     return params
 
 
@@ -265,7 +250,8 @@ class SVI(TrainingMethod):
     AutoNormal (an empty guide when every latent is enumerable) when none is given.
     """
 
-    annealing = True
+    elbo_options = ("guide", "loss", "num_particles", "lr_schedule", "kl_warmup_epochs",
+                    "free_bits")
 
     def __init__(self, setup: TrainingSetup) -> None:
         super().__init__(setup)
@@ -274,7 +260,7 @@ class SVI(TrainingMethod):
         guide = setup.guide
         if guide is None and bundled is not None and bundled.has_guide:
             guide = bundled.guide
-        elif guide is None and bundled is not None and getattr(bundled, "autoguide", None) is not None:
+        elif guide is None and bundled is not None and bundled.autoguide is not None:
             guide = bundled.autoguide
         if guide is None:
             guide = auto_guide(setup.program, self.info, full_batch=setup.batch_size ==
@@ -312,6 +298,12 @@ class SVI(TrainingMethod):
     def guide(self) -> Callable:
         return self._guide
 
+    def run_settings(self) -> dict[str, Any]:
+        return {"discrete_latents": list(self.info.discrete_latents)}  # probgen.load's autoguide
+
+    def check_data(self, tensors: tuple[torch.Tensor, ...]) -> None:
+        check_observed_support(self.setup.program, tensors, self.info.data_plate)
+
     def begin_step(self, step: int) -> None:
         """The step's KL weight (annealed ELBO) and learning rate (``lr_schedule``)."""
         if isinstance(self.elbo, AnnealedELBO):
@@ -330,11 +322,13 @@ class SVI(TrainingMethod):
         model, guide = self._scaled(self.loss_program, inside), self._scaled(self._guide, inside)
         if self.parallel is None:
             loss = float(self.elbo.loss_and_grads(model, guide, *batch))
-            self.params = _params_with_grads(self.store)
+            self.params = _one_per_tensor((name, value) for name, value
+                                          in self.store.named_parameters() if value.grad is not None)
         else:  # every rank reduces the same parameters, with or without a gradient
             with poutine.trace(param_only=True) as capture:
                 loss = float(self.elbo.loss_and_grads(model, guide, *batch))
-            self.params = _traced_params(capture.trace)
+            self.params = _one_per_tensor((site["name"], site["value"].unconstrained())
+                                          for site in capture.trace.nodes.values())
             loss = self.parallel.average_gradients_(self.params, loss)
         if after != 1.0:
             loss *= after
@@ -347,10 +341,7 @@ class SVI(TrainingMethod):
         return loss
 
     def tensors(self) -> list[torch.Tensor]:
-        unique: dict[int, torch.Tensor] = {}
-        for _, value in self.store.named_parameters():
-            unique.setdefault(id(value), value)
-        return list(unique.values())
+        return list(_one_per_tensor(self.store.named_parameters()).values())
 
     def validation_loss(self, batch: tuple[torch.Tensor, ...]) -> float:
         return float(self.elbo.loss(self.loss_program, self._guide, *batch)) / len(batch[0])
