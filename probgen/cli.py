@@ -262,15 +262,13 @@ def _parse_options(pairs: list[str]) -> dict[str, Any]:
 
 def _build_model(name: str, data: torch.Tensor, options: dict[str, Any]):
     cls = get_model_class(name)
-    parameters = inspect.signature(cls.__init__).parameters
-    for feature_arg in ("num_features", "features", "input_dim", "num_visible", "data_dim"):
-        if feature_arg in parameters and feature_arg not in options and data.dim() == 2:
-            options[feature_arg] = int(data.shape[1])
-    if "data_shape" in parameters and "data_shape" not in options:
-        options["data_shape"] = list(data.shape[1:])
+    # the family's declared data-size argument, read from the data unless --set gives it
+    declared = cls.data_size_options(data)
+    options.update({key: value for key, value in declared.items() if key not in options})
     try:
         return cls(**options)
     except TypeError as error:
+        parameters = inspect.signature(cls.__init__).parameters
         accepted = [p for p in parameters if p != "self"]
         raise UsageError(f"cannot build model {name!r} with {options} ({error}); it takes "
                          f"{accepted}: pass them with --set key=value") from None

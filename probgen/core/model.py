@@ -66,6 +66,10 @@ class GenerativeModel(nn.Module):
     # (probgen.load fills it in), which may differ from the constructor's new default
     saved_config_defaults: ClassVar[dict[str, Any]] = {}
     checks_padding: ClassVar[bool] = False  # validate_batch checks values past each length
+    # the constructor argument that receives the data's size, filled by from_data (and the CLI):
+    # a name ending in "_shape" takes one example's shape, any other the number of features of
+    # 2-D data; None: the family has no such argument (every registered family declares it)
+    data_size_argument: ClassVar[str | None] = None
     # constructor arguments, checked by annotation when the family is registered
     # (probgen.core.arguments): the smallest value of an int argument (default 1) and the largest
     # (default 2**24); repeated blocks built in a Python loop are capped much lower
@@ -73,6 +77,23 @@ class GenerativeModel(nn.Module):
     argument_limits: ClassVar[dict[str, int]] = {
         name: BLOCK_COUNT_LIMIT for name in ("transforms", "flow_transforms", "num_masks",
                                              "layers", "num_layers")} | {"seed": 2**32 - 1}
+    # one example row of the data the autoguide was built on (its shapes, for probgen.load)
+    autoguide_example: tuple[torch.Tensor, ...] = ()
+
+    @property
+    def autoguide(self) -> Any:
+        """The autoguide fit built for a model without its own guide; saved and loaded with it."""
+        # a property, not a class attribute ``autoguide = None``: nn.Module keeps the guide in
+        # ``_modules``, which a class attribute would shadow
+        return self._modules.get("autoguide")
+
+    @autoguide.setter
+    def autoguide(self, guide: Any) -> None:
+        if guide is None:  # nn.Module sets a Module itself (in ``_modules``); None lands here
+            self._modules.pop("autoguide", None)
+        else:
+            raise TypeError(f"autoguide must be an nn.Module (an autoguide) or None, not "
+                            f"{type(guide).__name__}")
 
     # --- declarations ----------------------------------------------------------------------
     @classmethod
@@ -117,6 +138,30 @@ class GenerativeModel(nn.Module):
         for klass in reversed(cls.__mro__):
             found.update(klass.__dict__.get("_declared_estimators", {}))
         return found
+
+    @classmethod
+    def data_size_options(cls, data: torch.Tensor) -> dict[str, Any]:
+        """``{data_size_argument: size}`` read from ``data`` (``(n, ...)``): one example's shape
+        ``list(data.shape[1:])`` for a ``*_shape`` argument, else ``data.shape[1]`` of 2-D data;
+        ``{}`` when there is no such argument or the data do not give it."""
+        name = cls.data_size_argument
+        if name is None:
+            return {}
+        if name.endswith("_shape"):
+            return {name: list(data.shape[1:])}
+        return {name: int(data.shape[1])} if data.dim() == 2 else {}
+
+    @classmethod
+    def from_data(cls, data: torch.Tensor, **kwargs: Any) -> GenerativeModel:
+        """A model sized for ``data``: its :attr:`data_size_argument` filled from the data's
+        shape (:meth:`data_size_options`) unless ``kwargs`` give it, then ``cls(**kwargs)``.
+
+        Example:
+            >>> from probgen.models.mixture import GaussianMixture
+            >>> GaussianMixture.from_data(torch.zeros(10, 3), num_components=2).config["num_features"]
+            3
+        """
+        return cls(**{**cls.data_size_options(data), **kwargs})
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

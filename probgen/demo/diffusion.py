@@ -7,7 +7,7 @@ import pyro
 import torch
 
 from probgen.core.result import LogLikelihood
-from probgen.demo.registry import DemoData, DemoEntry
+from probgen.demo.registry import DemoData, DemoEntry, register_demo
 from probgen.evaluate.api import evaluate
 from probgen.infer.fit import fit
 from probgen.models.diffusion import DiffusionDensity
@@ -15,6 +15,7 @@ from probgen.models.diffusion import DiffusionDensity
 __all__ = ["demo_entries"]
 
 
+@register_demo(order=60)
 def demo_entries(smoke: bool) -> list[DemoEntry]:
     def run(data: DemoData, out_dir: str) -> LogLikelihood:
         torch.manual_seed(0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from probgen.core.result import LogLikelihood
-from probgen.demo.registry import DemoData, DemoEntry
+from probgen.demo.registry import DemoData, DemoEntry, register_demo
 from probgen.infer.fit import fit
 from probgen.models.ebm import RBM
 from probgen.models.ebm.ais import evaluate_ais
@@ -13,6 +13,7 @@ from probgen.models.ebm.ais import evaluate_ais
 __all__ = ["demo_entries"]
 
 
+@register_demo(order=50)
 def demo_entries(smoke: bool) -> list[DemoEntry]:
     """An RBM on binarized digits, trained by PCD (``probgen.fit(..., method="pcd")``) and scored
     by AIS (kind estimate)."""

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from probgen.core.result import LogLikelihood
 from probgen.data.bundled import train_test_split
-from probgen.demo.registry import DemoData, DemoEntry
+from probgen.demo.registry import DemoData, DemoEntry, register_demo
 from probgen.evaluate.api import evaluate
 from probgen.infer.fit import fit
 from probgen.models.flow import FlowModel
@@ -14,6 +14,7 @@ from probgen.models.flow import FlowModel
 __all__ = ["demo_entries"]
 
 
+@register_demo(order=20)
 def demo_entries(smoke: bool) -> list[DemoEntry]:
     """NSF and MAF on iris, early-stopped on a validation fifth of the training rows.
 

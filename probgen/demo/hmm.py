@@ -5,13 +5,14 @@ from __future__ import annotations
 from probgen.core.paths import data_dirs
 from probgen.core.result import LogLikelihood
 from probgen.data.jsb import find_jsb_file, load_jsb_chorales
-from probgen.demo.registry import DemoData, DemoEntry, DemoUnavailable
+from probgen.demo.registry import DemoData, DemoEntry, DemoUnavailable, register_demo
 from probgen.infer.fit import fit
 from probgen.models.hmm import HMM, evaluate_forward, initialize_from_data
 
 __all__ = ["demo_entries"]
 
 
+@register_demo(order=30)
 def demo_entries(smoke: bool) -> list[DemoEntry]:
     """Bernoulli HMMs with a few state counts on JSB chorales, fitted by Baum-Welch
     (``probgen.fit(..., method="baum_welch")``).

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from probgen.core.result import LogLikelihood
-from probgen.demo.registry import DemoData, DemoEntry
+from probgen.demo.registry import DemoData, DemoEntry, register_demo
 from probgen.infer.fit import fit
 from probgen.models.mixture import GaussianMixture, GaussianMixturePrior, heldout_log_likelihood
 
 __all__ = ["demo_entries"]
 
 
+@register_demo(order=10)
 def demo_entries(smoke: bool) -> list[DemoEntry]:
     """Full-covariance GMMs, K = 1..4, fitted by MAP EM (``probgen.fit(..., method="em")``).
 

@@ -10,7 +10,7 @@ import torch
 from torch.distributions import constraints
 
 from probgen.core.result import LogLikelihood
-from probgen.demo.registry import DemoData, DemoEntry
+from probgen.demo.registry import DemoData, DemoEntry, register_demo
 from probgen.evaluate.api import evaluate
 from probgen.infer.fit import fit
 from probgen.plots import plot_density_2d
@@ -79,6 +79,7 @@ def _fit_and_score(make, k: int, steps: int, lr: float):
     return run
 
 
+@register_demo(order=0)
 def demo_entries(smoke: bool) -> list[DemoEntry]:
     steps = 60 if smoke else 400
     entries = [DemoEntry("iris", f"pyro program: diag mixture K={k}",

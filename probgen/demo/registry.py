@@ -2,35 +2,60 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from probgen.core.result import LogLikelihood
 
-__all__ = ["DemoData", "DemoEntry", "DemoUnavailable", "FAMILY_MODULES"]
+__all__ = ["DemoData", "DemoEntry", "DemoUnavailable", "DEMO_ENTRIES", "HELPER_MODULES",
+           "demo_modules", "entries_functions", "register_demo"]
 
-# Modules that define ``demo_entries(smoke: bool) -> list[DemoEntry]``: one per family, all
-# inside probgen.demo (the demo imports the families; no family imports the demo).
-FAMILY_MODULES: tuple[str, ...] = (
-    "probgen.demo.programs",
-    "probgen.demo.mixture",
-    "probgen.demo.flow",
-    "probgen.demo.hmm",
-    "probgen.demo.vae",
-    "probgen.demo.ebm",
-    "probgen.demo.diffusion",
-    "probgen.demo.flow_matching",
-    "probgen.demo.latent_diffusion",
-    "probgen.demo.hierarchical",
-    "probgen.demo.vqvae",
-)
+EntriesFunction = Callable[[bool], "list[DemoEntry]"]
+
+# modules of probgen.demo that hold no family's demo (every other one registers its entries)
+HELPER_MODULES = frozenset({"registry", "run"})
+
+# module name -> (order, entries function), filled by @register_demo as the modules are imported
+DEMO_ENTRIES: dict[str, tuple[int, EntriesFunction]] = {}
+
+
+def register_demo(*, order: int) -> Callable[[EntriesFunction], EntriesFunction]:
+    """Decorator: declare ``function(smoke) -> list[DemoEntry]`` as its module's demo entries.
+
+    ``order`` places the module's rows (and a new data set's table) among the others: lower
+    first. One function per module (``probgen/demo/<family>.py``).
+    """
+
+    def declare(function: EntriesFunction) -> EntriesFunction:
+        DEMO_ENTRIES[function.__module__] = (order, function)
+        return function
+
+    return declare
+
+
+def demo_modules() -> tuple[str, ...]:
+    """The demo modules under ``probgen/demo``, found on disk (all but :data:`HELPER_MODULES`)."""
+    found = pkgutil.iter_modules([str(Path(__file__).parent)])
+    return tuple(f"{__package__}.{module.name}" for module in sorted(found, key=lambda m: m.name)
+                 if module.name not in HELPER_MODULES and not module.name.startswith("_"))
+
+
+def entries_functions() -> list[EntriesFunction]:
+    """Every demo module's entries function, imported once, in declared ``order``."""
+    for name in demo_modules():
+        importlib.import_module(name)
+    return [function for _, function in sorted(DEMO_ENTRIES.values(), key=lambda pair: pair[0])]
 
 
 class DemoUnavailable(RuntimeError):
-    """Raised by ``demo_entries`` when a family's demo cannot run here (its data are absent and
-    cannot be downloaded); the demo goes on without it and says so in one line."""
+    """Raised by an entries function (:func:`register_demo`) when a family's demo cannot run
+    here (its data are absent and cannot be downloaded); the demo goes on without it and says
+    so in one line."""
 
 
 @dataclass(frozen=True)

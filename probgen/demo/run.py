@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import time
@@ -12,7 +11,7 @@ import torch
 
 from probgen.core.result import LogLikelihood
 from probgen.data.bundled import load_dataset, train_test_split
-from probgen.demo.registry import FAMILY_MODULES, DemoData, DemoEntry, DemoUnavailable
+from probgen.demo.registry import DemoData, DemoEntry, DemoUnavailable, entries_functions
 from probgen.evaluate.compare import compare
 
 __all__ = ["DATASETS", "collect_entries", "run_demo"]
@@ -40,22 +39,16 @@ DATASETS = {"iris": _iris, "digits": _digits}
 
 
 def collect_entries(smoke: bool, skipped: list[str] | None = None) -> list[DemoEntry]:
-    """Every family's demo entries; a family that cannot run here (:class:`DemoUnavailable`)
-    is left out, its reason appended to ``skipped``."""
+    """Every family's demo entries (:func:`~probgen.demo.registry.register_demo`), in their
+    declared order; a family that cannot run here (:class:`DemoUnavailable`) is left out, its
+    reason appended to ``skipped``."""
     entries: list[DemoEntry] = []
-    for module_name in FAMILY_MODULES:
+    for entries_function in entries_functions():
         try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name == module_name:  # the family is not part of this build
-                continue
-            raise
-        if hasattr(module, "demo_entries"):
-            try:
-                entries.extend(module.demo_entries(smoke))
-            except DemoUnavailable as reason:
-                if skipped is not None:
-                    skipped.append(str(reason))
+            entries.extend(entries_function(smoke))
+        except DemoUnavailable as reason:
+            if skipped is not None:
+                skipped.append(str(reason))
     return entries
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyro
 
 from probgen.core.result import LogLikelihood
-from probgen.demo.registry import DemoData, DemoEntry
+from probgen.demo.registry import DemoData, DemoEntry, register_demo
 from probgen.evaluate.api import evaluate
 from probgen.infer.fit import fit
 from probgen.models.vae import VAE
@@ -13,6 +13,7 @@ from probgen.models.vae import VAE
 __all__ = ["demo_entries"]
 
 
+@register_demo(order=40)
 def demo_entries(smoke: bool) -> list[DemoEntry]:
     def run(data: DemoData, out_dir: str) -> LogLikelihood:
         (x_train,), (x_test,) = data.train[:1], data.test[:1]

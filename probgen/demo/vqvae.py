@@ -6,7 +6,7 @@ from __future__ import annotations
 import pyro
 
 from probgen.core.result import LogLikelihood
-from probgen.demo.registry import DemoData, DemoEntry
+from probgen.demo.registry import DemoData, DemoEntry, register_demo
 from probgen.evaluate.api import evaluate
 from probgen.infer.fit import fit
 from probgen.models.vqvae import VQVAE
@@ -14,6 +14,7 @@ from probgen.models.vqvae import VQVAE
 __all__ = ["demo_entries"]
 
 
+@register_demo(order=100)
 def demo_entries(smoke: bool) -> list[DemoEntry]:
     def run(data: DemoData, out_dir: str) -> LogLikelihood:
         (x_train,), (x_test,) = data.train[:1], data.test[:1]

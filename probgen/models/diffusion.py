@@ -59,6 +59,7 @@ class DiffusionDensity(GenerativeModel):
 
     has_guide = True  # no latent sample sites: the empty guide is the right one
     default_estimator = "vlb"
+    data_size_argument = "features"  # filled from the data by from_data and the CLI
 
     def __init__(self, features: int, hidden_features: Sequence[int] = (128, 128, 128),
                  time_features: int = 32, schedule: str = "cosine", logsnr_min: float = -10.0,

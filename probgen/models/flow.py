@@ -48,6 +48,7 @@ class FlowModel(GenerativeModel):
 
     has_exact_log_prob = True
     data_space = "continuous"
+    data_size_argument = "features"  # filled from the data by from_data and the CLI
 
     def __init__(self, features: int, *, kind: str = "nsf", backend: str = "zuko",
                  transforms: int = 3, hidden: Sequence[int] = (64, 64), base: str = "normal",

@@ -26,7 +26,8 @@ from probgen.core.model import GenerativeModel
 from probgen.core.result import LogLikelihood, data_fingerprint
 from probgen.core.standardize import config_floats, standardization_buffers
 from probgen.core.validate import check_size
-from probgen.data.transforms import LogitTransform, dequantized_log_likelihood, logit_transform
+from probgen.data.transforms import LogitTransform, logit_transform
+from probgen.evaluate.dequantized import dequantized_log_likelihood
 from probgen.models.registry import register_model
 from probgen.nn.velocity import MLPVelocity
 
@@ -141,6 +142,7 @@ class FlowMatching(GenerativeModel):
 
     has_guide = True  # no latent sample sites: the empty guide is the right one
     default_estimator = "ode"
+    data_size_argument = "features"  # filled from the data by from_data and the CLI
 
     def __init__(self, features: int, hidden_features: Sequence[int] = (128, 128, 128),
                  time_features: int = 32, coupling: str = "independent",
@@ -334,7 +336,7 @@ def evaluate_ode(model: FlowMatching, batch: tuple[Tensor, ...], *, exact: bool 
     With ``num_levels=K`` the data are discrete, x ∈ {0, …, K-1}^D, and the result is the
     dequantization bound E_q[log p((x + u)/K) - D log K - log q(u | x)] with ``num_samples``
     (alias ``k``) draws u ~ q per example: ``dequantizer`` is uniform (the default) or a
-    trained :class:`~probgen.data.transforms.VariationalDequantizer`; a lower bound with the
+    trained :class:`~probgen.guides.dequantizer.VariationalDequantizer`; a lower bound with the
     exact divergence, an estimate of it with Hutchinson's (one probe per draw).
     """
     if not isinstance(model, FlowMatching):

@@ -69,6 +69,7 @@ class LatentDiffusionVAE(GenerativeModel):
     data_space = "discrete"
     support = "binary"
     default_estimator = "diffusion_elbo"
+    data_size_argument = "features"  # filled from the data by from_data and the CLI
 
     def __init__(self, features: int, latent_features: int = 8,
                  hidden_features: Sequence[int] = (256, 256),

@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import importlib
+import pkgutil
+from pathlib import Path
 
 from probgen.core.arguments import checked_constructor
 from probgen.core.model import GenerativeModel
 
-__all__ = ["MODEL_REGISTRY", "register_model", "get_model_class", "import_families", "FAMILIES"]
+__all__ = ["MODEL_REGISTRY", "register_model", "get_model_class", "import_families", "FAMILIES",
+           "HELPER_MODULES"]
 
 MODEL_REGISTRY: dict[str, type[GenerativeModel]] = {}
 
-FAMILIES = ("mixture", "hmm", "vae", "flow", "ebm", "diffusion", "latent_diffusion",
-            "hierarchical", "flow_vae", "autoregressive", "flow_matching", "vqvae")
+# modules of probgen.models that hold no family (every other module registers one or more)
+HELPER_MODULES = frozenset({"classifier", "io", "lean_svi", "registry", "vae_loss"})
+
+
+def _family_modules() -> tuple[str, ...]:
+    """The family modules and packages under ``probgen/models``, found on disk."""
+    found = pkgutil.iter_modules([str(Path(__file__).parent)])
+    return tuple(sorted(module.name for module in found
+                        if module.name not in HELPER_MODULES and not module.name.startswith("_")))
+
+
+FAMILIES: tuple[str, ...] = _family_modules()  # e.g. "mixture", "hmm", "vae"
 
 
 def register_model(name: str):
@@ -29,7 +42,7 @@ def register_model(name: str):
 
 
 def import_families() -> None:
-    """Import every bundled family so each registers itself."""
+    """Import every bundled family (each module in :data:`FAMILIES`) so each registers itself."""
     for family in FAMILIES:
         importlib.import_module(f"probgen.models.{family}")
 

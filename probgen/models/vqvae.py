@@ -159,6 +159,7 @@ class VQVAE(ObservationCapabilities, GenerativeModel):
     has_guide = True
     default_method = "autoencoder"
     default_estimator = "vq_bound"
+    data_size_argument = "data_shape"  # filled from the data by from_data and the CLI
 
     def __init__(self, data_shape: Sequence[int] = (784,), *, num_codes: int = 64,
                  code_dim: int = 16, num_positions: int = 16,

@@ -73,6 +73,7 @@ class MADE(GenerativeModel):
 
     has_exact_log_prob = True
     data_space = "discrete"
+    data_size_argument = "features"  # filled from the data by from_data and the CLI
 
     def __init__(self, features: int, hidden_features: Sequence[int] = (500,), *,
                  num_categories: int = 2, num_masks: int = 1, order_agnostic: bool = True,
@@ -262,7 +263,8 @@ class MADESVI(LeanSVI):
     builds from a named loss (``None``, ``"trace"``, ``"mean_field"``, ``"iwae"``) is the exact
     −Σ_n log p(x_n), here computed from :meth:`MADE.distribution` directly: the same value,
     gradient, mask draw and Adam step as :class:`~probgen.infer.svi.SVI`, which a user guide,
-    a ``pyro.infer.ELBO`` object, KL annealing, data parallelism or an overridden program take.
+    a ``pyro.infer.ELBO`` object, KL annealing or an overridden program take (data-parallel
+    runs keep this path).
     """
 
     def lean_objective(self) -> Objective | None:

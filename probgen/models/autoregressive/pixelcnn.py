@@ -56,6 +56,7 @@ class PixelCNN(GenerativeModel):
 
     has_exact_log_prob = True
     data_space = "discrete"
+    data_size_argument = None  # image_shape: flat (n, H·W) rows do not say (H, W)
 
     def __init__(self, image_shape: Sequence[int] = (28, 28), *, num_categories: int = 2,
                  channels: int = 32, layers: int = 6, kernel_size: int = 3,

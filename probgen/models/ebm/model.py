@@ -63,6 +63,7 @@ class RBMBase(GenerativeModel):
     has_exact_log_prob: ClassVar[bool] = False
     default_estimator: ClassVar[str | None] = "ais"
     default_method: ClassVar[str] = "cd"  # probgen.fit(rbm, x): CD-1 (also "pcd")
+    data_size_argument: ClassVar[str | None] = "num_visible"  # filled by from_data, the CLI
     # Enumerate at most 2**this many states for the exact partition function.
     max_exact_units: ClassVar[int] = 20
 
@@ -367,6 +368,7 @@ class NeuralEBM(GenerativeModel):
     support: ClassVar[str] = "real"
     default_estimator: ClassVar[str | None] = "ais"
     default_method: ClassVar[str] = "contrastive"
+    data_size_argument: ClassVar[str | None] = "num_features"  # filled by from_data, the CLI
 
     def __init__(self, num_features: int, *, hidden_sizes: tuple[int, ...] | list[int] = (64, 64),
                  spectral_norm: bool = False, seed: int | None = 0) -> None:

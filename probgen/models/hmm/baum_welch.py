@@ -23,38 +23,16 @@ def _m_step(model: HMM, initial_counts, transition_counts, posteriors, features,
             pseudocount: float, variance_prior: float, probability_floor: float) -> None:
     """Closed-form M-step from expected counts: ``posteriors`` (S, N) over the N = T B steps in
     time-major order (zero at padded steps), ``features`` their :meth:`HMM.step_statistics`."""
-    state_totals = posteriors.sum(1)  # (S,)
     initial = initial_counts + pseudocount
     transition = transition_counts + pseudocount
     updates: dict[str, torch.Tensor] = {
         "initial_probs": initial / initial.sum(),
         "transition_probs": transition / transition.sum(-1, keepdim=True).clamp_min(1e-300),
     }
-    if model.emission == "categorical":
-        counts = posteriors.new_zeros(model.num_states, model.config["num_categories"])
-        counts = counts.index_add_(1, features, posteriors) + pseudocount  # (S, C)
-        updates["emission_probs"] = counts / counts.sum(-1, keepdim=True)
-    elif model.emission == "bernoulli":
-        on = posteriors @ features + pseudocount  # (S, D)
-        probs = on / (state_totals[:, None] + 2 * pseudocount).clamp_min(1e-300)
-        updates["emission_probs"] = probs.clamp(probability_floor, 1 - probability_floor)
-    elif model.config["covariance"] == "diag":
-        totals = state_totals[:, None].clamp_min(1e-300)
-        moments = posteriors @ features  # (S, 2D): [Σ γ x², Σ γ x]
-        squares, sums = moments.chunk(2, -1)
-        means = sums / totals
-        updates["means"] = means
-        # Σ γ (x - μ)² written with moments, as hmmlearn's M-step (covars_weight=1)
-        updates["variances"] = (variance_prior + squares - 2 * means * sums
-                                + means**2 * totals) / totals
-    else:
-        totals = state_totals[:, None].clamp_min(1e-300)
-        means = posteriors @ features / totals  # (S, D)
-        updates["means"] = means
-        centred = features[:, None, :] - means  # (N, S, D)
-        scatter = torch.einsum("sn,nsd,nse->sde", posteriors, centred, centred)
-        eye = torch.eye(features.shape[-1], dtype=features.dtype, device=features.device)
-        updates["covariances"] = (scatter + variance_prior * eye) / totals[..., None]
+    state_totals = posteriors.sum(1)  # (S,)
+    updates.update(model.emission_impl.m_step(
+        posteriors, features, state_totals, pseudocount=pseudocount,
+        variance_prior=variance_prior, probability_floor=probability_floor))
     model.set_parameters(**updates)
 
 
@@ -201,20 +179,5 @@ def initialize_from_data(model: HMM, sequences: torch.Tensor, lengths: torch.Ten
         "initial_probs": torch.full((num_states,), 1.0 / num_states, dtype=dtype),
         "transition_probs": (1 + noise) / (1 + noise).sum(-1, keepdim=True),
     }
-    if model.emission == "categorical":
-        counts = torch.bincount(values, minlength=model.config["num_categories"]).to(dtype) + 1
-        jitter = torch.rand(num_states, counts.numel(), generator=generator, dtype=dtype)
-        probs = counts.cpu() * (0.5 + jitter)
-        updates["emission_probs"] = probs / probs.sum(-1, keepdim=True)
-    elif model.emission == "bernoulli":
-        mean = values.mean(0).cpu()
-        probs = 0.5 * mean + 0.5 * values[picks].cpu()  # pull towards one observed step each
-        updates["emission_probs"] = probs.clamp(1e-3, 1 - 1e-3)
-    else:
-        updates["means"] = values[picks]
-        variances = values.var(0).clamp_min(1e-6)
-        if model.config["covariance"] == "diag":
-            updates["variances"] = variances.expand(num_states, -1)
-        else:
-            updates["covariances"] = torch.diag_embed(variances.expand(num_states, -1))
+    updates.update(model.emission_impl.initial_updates(values, picks, generator, dtype))
     return model.set_parameters(**{k: v.to(values.device) for k, v in updates.items()})

@@ -2,7 +2,6 @@ r"""Hidden Markov models: a Pyro program with enumerated states, and batched exa
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import pyro
@@ -16,6 +15,7 @@ from probgen.core.model import GenerativeModel
 from probgen.core.result import LogLikelihood, data_fingerprint
 from probgen.core.validate import check_memory, check_size
 from probgen.data.sequences import lengths_to_mask, validate_sequences
+from probgen.models.hmm.emissions import Emission, choose_emission
 from probgen.models.hmm.forward_backward import (
     forward_backward,
     forward_log_likelihood,
@@ -59,6 +59,7 @@ class HMM(GenerativeModel):
     has_exact_log_prob: ClassVar[bool] = True
     has_guide: ClassVar[bool] = True  # every latent is enumerated: the empty guide is exact
     default_method: ClassVar[str] = "baum_welch"  # probgen.fit(hmm, data): Baum-Welch EM
+    data_size_argument: ClassVar[str | None] = "num_features"  # filled by from_data, the CLI
 
     def __init__(self, num_states: int, emission: str = "gaussian", *, num_features: int | None = None,
                  num_categories: int | None = None, covariance: str = "diag") -> None:
@@ -72,14 +73,14 @@ class HMM(GenerativeModel):
                 raise ValueError("a categorical HMM needs num_categories >= 2")
             num_categories = check_size("num_categories", num_categories, minimum=2)
             config: dict[str, Any] = {"num_categories": num_categories}
-            width = num_categories
+            size = width = num_categories
         else:
             if num_features is None or num_features is False or (
                     isinstance(num_features, (int, float)) and num_features < 1):
                 raise ValueError(f"a {emission} HMM needs num_features (the size of one step)")
             num_features = check_size("num_features", num_features)
             config = {"num_features": num_features}
-            width = num_features
+            size = width = num_features
         if emission == "gaussian":
             if covariance not in ("diag", "full"):
                 raise ValueError(f"covariance must be 'diag' or 'full', got {covariance!r}")
@@ -91,30 +92,22 @@ class HMM(GenerativeModel):
                      hint="use fewer states or features")
         super().__init__(num_states=num_states, emission=emission, **config)
         self.num_states, self.emission = num_states, emission
+        # the emission's maths (likelihoods, M-step, data-driven start), chosen once here
+        self.emission_impl: Emission = choose_emission(emission, covariance, num_states, size)
         self.initial_logits = nn.Parameter(torch.zeros(num_states))
         self.transition_logits = nn.Parameter(0.1 * torch.randn(num_states, num_states))
-        if emission == "categorical":
-            self.emission_logits = nn.Parameter(torch.randn(num_states, num_categories))
-        elif emission == "bernoulli":
-            self.emission_logits = nn.Parameter(torch.randn(num_states, num_features))
-        else:
-            self.means = nn.Parameter(torch.randn(num_states, num_features))
-            if covariance == "diag":
-                self.log_scales = nn.Parameter(torch.zeros(num_states, num_features))
-            else:  # lower triangle of the Cholesky factor, log of its diagonal on the diagonal
-                self.scale_tril_raw = nn.Parameter(torch.zeros(num_states, num_features, num_features))
+        self.emission_impl.create_parameters(self)
 
     # --- capabilities, from the config -------------------------------------------------------------
     @property
     def data_space(self) -> str:  # type: ignore[override]
         """``"continuous"`` for Gaussian emissions, else ``"discrete"``."""
-        return "continuous" if self.config["emission"] == "gaussian" else "discrete"
+        return self.emission_impl.data_space
 
     @property
     def support(self) -> str:  # type: ignore[override]
         """``"categorical"``, ``"binary"`` (Bernoulli) or ``"real"`` (Gaussian) steps."""
-        return {"categorical": "categorical", "bernoulli": "binary"}.get(self.config["emission"],
-                                                                          "real")
+        return self.emission_impl.support
 
     # --- parameters in probability space ---------------------------------------------------------
     @property
@@ -135,104 +128,35 @@ class HMM(GenerativeModel):
 
     def emission_params(self) -> tuple[torch.Tensor, ...]:
         """Emission parameters, each with the states first."""
-        if self.emission in ("categorical", "bernoulli"):
-            return (self.emission_logits,)
-        if self.config["covariance"] == "diag":
-            return self.means, self.log_scales.exp()
-        return self.means, self.scale_tril
+        return self.emission_impl.params(self)
 
     def emission_distribution(self, *params: torch.Tensor) -> dist.Distribution:
         """p(x_t | z_t) for indexed parameters (default: all states, batch shape ``(S,)``)."""
-        params = params or self.emission_params()
-        if self.emission == "categorical":
-            return dist.Categorical(logits=params[0])
-        if self.emission == "bernoulli":
-            return dist.Bernoulli(logits=params[0]).to_event(1)
-        if self.config["covariance"] == "diag":
-            return dist.Normal(params[0], params[1]).to_event(1)
-        return dist.MultivariateNormal(params[0], scale_tril=params[1])
+        return self.emission_impl.distribution(*(params or self.emission_params()))
 
     def emission_log_prob(self, sequences: torch.Tensor) -> torch.Tensor:
         """``(B, T, S)`` log p(x_t | z_t = s) for a padded batch."""
-        if self.emission == "categorical":
-            return torch.log_softmax(self.emission_logits, -1).T[sequences.long()]
-        if self.emission == "bernoulli":  # two matmuls instead of a (B, T, S, D) broadcast
-            logits = self.emission_logits
-            return sequences @ nn.functional.logsigmoid(logits).T + \
-                (1 - sequences) @ nn.functional.logsigmoid(-logits).T
-        if self.config["covariance"] == "diag" and sequences.dtype == torch.float64:
-            # Σ_d (x - μ)²/σ² expanded into three matmuls; cancellation is harmless in float64
-            precision = torch.exp(-2 * self.log_scales)  # (S, D)
-            weight = torch.cat([-0.5 * precision, self.means * precision], -1).T  # (2D, S)
-            bias = -0.5 * (self.means**2 * precision).sum(-1) - self.log_scales.sum(-1) \
-                - 0.5 * self.means.shape[-1] * math.log(2 * math.pi)  # (S,)
-            return torch.cat([sequences**2, sequences], -1) @ weight + bias  # (B, T, S)
-        return self.emission_distribution().log_prob(sequences[:, :, None])
+        return self.emission_impl.log_prob_matrix(self, sequences)
 
     def fill_padding(self, sequences: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``sequences`` with padded steps (``mask`` False) set to 0, a value in every support."""
         if bool(mask.all()):
             return sequences
-        return sequences.masked_fill(~(mask if self.emission == "categorical" else mask[..., None]), 0)
+        return sequences.masked_fill(~self.emission_impl.step_mask(mask), 0)
 
     def state_emission_blocks(self, sequences: torch.Tensor) -> EmissionBlocks:
         """log p(x_t | z_t = s) of a padded batch ``(B, T, ...)`` (valid values in the padding, see
         :meth:`fill_padding`) by blocks of time steps, ``(start, stop) -> (S, stop - start, B)``:
         states first, for the state-major passes, which then never hold all of them. The
         parameters are read once, here; a block is one or two products over its steps."""
-        num_states, batch = self.num_states, sequences.shape[0]
-
-        def columns(start: int, stop: int) -> torch.Tensor:  # (D, n B), column t B + b
-            return sequences[:, start:stop].permute(2, 1, 0).reshape(sequences.shape[-1], -1)
-
-        if self.emission == "categorical":
-            log_probs = torch.log_softmax(self.emission_logits, -1)  # (S, C)
-
-            def block(start: int, stop: int) -> torch.Tensor:
-                categories = sequences[:, start:stop].T.reshape(-1).long()  # (n B,)
-                return log_probs.index_select(1, categories).view(num_states, -1, batch)
-        elif self.emission == "bernoulli":
-            log_on = nn.functional.logsigmoid(self.emission_logits)  # (S, D)
-            log_off = nn.functional.logsigmoid(-self.emission_logits)
-
-            def block(start: int, stop: int) -> torch.Tensor:
-                steps = columns(start, stop)
-                return (log_on @ steps).addmm_(log_off, 1 - steps).view(num_states, -1, batch)
-        elif self.config["covariance"] == "diag" and sequences.dtype == torch.float64:
-            # Σ_d (x - μ)²/σ² expanded into two products; cancellation is harmless in float64
-            precision = torch.exp(-2 * self.log_scales)  # (S, D)
-            linear, quadratic = self.means * precision, -0.5 * precision
-            bias = (-0.5 * (self.means**2 * precision).sum(-1) - self.log_scales.sum(-1)
-                    - 0.5 * self.means.shape[-1] * math.log(2 * math.pi))[:, None]  # (S, 1)
-
-            def block(start: int, stop: int) -> torch.Tensor:
-                steps = columns(start, stop)
-                flat = (linear @ steps).addmm_(quadratic, steps * steps).add_(bias)  # (S, n B)
-                return flat.view(num_states, -1, batch)
-        else:
-            distribution = self.emission_distribution()
-
-            def block(start: int, stop: int) -> torch.Tensor:
-                steps = sequences[:, start:stop].transpose(0, 1)[:, :, None]  # (n, B, 1, D)
-                return distribution.log_prob(steps).permute(2, 0, 1)  # (S, n, B)
-
-        return block
+        return self.emission_impl.blocks(self, sequences)
 
     def step_statistics(self, sequences: torch.Tensor) -> torch.Tensor:
         """What Baum-Welch's M-step averages, per step of a padded batch ``(B, T, ...)`` (valid
         padding), as rows ``t B + b`` (the order of the state-major posteriors): categorical, the
         category ``(T B,)``; Bernoulli and full Gaussian, ``x`` ``(T B, D)``; diagonal Gaussian,
         ``[x², x]`` ``(T B, 2D)``."""
-        steps = sequences.transpose(0, 1)  # (T, B, ...) view
-        if self.emission == "categorical":
-            return steps.reshape(-1).long()
-        if self.emission == "bernoulli" or self.config["covariance"] == "full":
-            return steps.reshape(-1, steps.shape[-1])
-        num_features = steps.shape[-1]
-        statistics = steps.new_empty(*steps.shape[:2], 2 * num_features)  # (T, B, 2D)
-        torch.mul(steps, steps, out=statistics[..., :num_features])  # in place: no cat copies
-        statistics[..., num_features:] = steps
-        return statistics.view(-1, 2 * num_features)
+        return self.emission_impl.step_statistics(sequences.transpose(0, 1))  # (T, B, ...) view
 
     @torch.no_grad()
     def set_parameters(self, *, initial_probs: torch.Tensor | None = None,
@@ -251,8 +175,7 @@ class HMM(GenerativeModel):
             self.transition_logits.copy_(log(transition_probs))
         if emission_probs is not None:
             probs = log(emission_probs).exp()
-            self.emission_logits.copy_(probs.log() if self.emission == "categorical"
-                                       else probs.log() - (-probs).log1p())
+            self.emission_logits.copy_(self.emission_impl.logits_from_probs(probs))
         if means is not None:
             self.means.copy_(torch.as_tensor(means))
         if variances is not None:
@@ -265,7 +188,7 @@ class HMM(GenerativeModel):
 
     # --- data ------------------------------------------------------------------------------------
     def step_shape(self) -> tuple[int, ...]:
-        return () if self.emission == "categorical" else (self.config["num_features"],)
+        return self.emission_impl.step_shape()
 
     def validate_batch(self, sequences: Any, lengths: Any = None, *,
                        name: str = "sequences") -> tuple[torch.Tensor, torch.Tensor]:
@@ -277,9 +200,7 @@ class HMM(GenerativeModel):
         if sequences.device != device:
             raise ValueError(f"{name} is on {sequences.device} but the model is on {device}; "
                              f"move one of them (x.to('{device}') or model.to('{sequences.device}'))")
-        if self.emission == "categorical":
-            return sequences.long(), lengths
-        return sequences.to(self.dtype), lengths
+        return self.emission_impl.cast(sequences, self.dtype), lengths
 
     def num_dims(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> int:
         """Observed values per sequence: mean length × values per step (padded length if no lengths)."""

@@ -50,6 +50,7 @@ class BernoulliMixture(GenerativeModel):
     data_space = "discrete"
     support = "binary"
     default_method = "em"
+    data_size_argument = "features"  # filled from the data by from_data and the CLI
 
     def __init__(self, num_components: int, features: int) -> None:
         num_components = check_size("num_components", num_components)

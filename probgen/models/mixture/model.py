@@ -52,6 +52,7 @@ class GaussianMixture(GenerativeModel):
     data_space = "continuous"
     support = "real"
     default_method = "em"
+    data_size_argument = "num_features"  # filled from the data by from_data and the CLI
 
     def __init__(self, num_components: int, num_features: int, covariance: str = "full",
                  reg_covar: float = 1e-6) -> None:
