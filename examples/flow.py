@@ -13,7 +13,7 @@ import torch
 
 import probgen
 from probgen.data.bundled import load_dataset, train_test_split
-from probgen.data.transforms import dequantized_log_likelihood
+from probgen.evaluate.dequantized import dequantized_log_likelihood
 from probgen.models.flow import FlowModel
 
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import probgen
-from probgen.data.transforms import VariationalDequantizer, logit_transform
+from probgen.data.transforms import logit_transform
+from probgen.guides.dequantizer import VariationalDequantizer
 from probgen.models.flow_matching import (
     FlowMatching,
     GaussianVelocity,

@@ -205,3 +205,19 @@ def test_data_dirs_order_and_no_shared_folder_when_absent(tmp_path, monkeypatch)
     (tmp_path / "cache" / "probgen" / "x.npz").parent.mkdir(parents=True)
     (tmp_path / "cache" / "probgen" / "x.npz").write_bytes(b"")
     assert paths.find_data("x.npz") == tmp_path / "cache" / "probgen" / "x.npz"
+
+
+def test_an_empty_cache_folder_does_not_hide_the_shared_data(tmp_path, monkeypatch):
+    """A download that never ran leaves an empty folder: the search goes on past it."""
+    from probgen.core import paths
+
+    shared = tmp_path / "shared"
+    (shared / "mnist").mkdir(parents=True)
+    (shared / "mnist" / "train.npz").write_bytes(b"x")
+    monkeypatch.delenv("PROBGEN_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("PROBGEN_SHARED_DATA", str(shared))
+    (tmp_path / "cache" / "probgen" / "mnist").mkdir(parents=True)
+    assert paths.find_data("mnist") == shared / "mnist"
+    (tmp_path / "cache" / "probgen" / "mnist" / "train.npz").write_bytes(b"y")
+    assert paths.find_data("mnist") == tmp_path / "cache" / "probgen" / "mnist"

@@ -9,17 +9,10 @@ import torch
 from scipy import integrate, stats
 
 import probgen
-from probgen.data.transforms import (
-    LogitTransform,
-    UniformDequantizer,
-    VariationalDequantizer,
-    binarize,
-    bits_per_dim_dequantized,
-    dequantized_log_likelihood,
-    logit_transform,
-    uniform_dequantize,
-)
+from probgen.data.transforms import LogitTransform, binarize, logit_transform, uniform_dequantize
 from probgen.distributions.flow import Flow
+from probgen.evaluate.dequantized import bits_per_dim_dequantized, dequantized_log_likelihood
+from probgen.guides.dequantizer import UniformDequantizer, VariationalDequantizer
 
 
 @pytest.fixture(autouse=True)
@@ -186,7 +179,7 @@ def test_variational_noise_density_is_normalized_on_the_cube():
 
 
 def test_evaluate_dequantized_estimator():
-    from probgen.data.transforms import evaluate_dequantized
+    from probgen.evaluate.dequantized import evaluate_dequantized
     from probgen.models.flow import FlowModel
 
     torch.manual_seed(7)

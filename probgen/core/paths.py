@@ -41,7 +41,8 @@ def data_dirs(subfolder: str = "") -> list[Path]:
 
 
 def find_data(name: str) -> Path | None:
-    """The first existing ``<dir>/<name>`` over :func:`data_dirs`, or None.
+    """The first existing ``<dir>/<name>`` (a file or a non-empty folder) over :func:`data_dirs`,
+    or None.
 
     ``name`` is a relative path inside those folders: absolute paths, ``..`` and NUL bytes are
     refused (a data set name must not reach outside the data folders).
@@ -55,6 +56,6 @@ def find_data(name: str) -> Path | None:
                          f"(e.g. 'mnist/train-images-idx3-ubyte.gz'), got {text!r}")
     for directory in data_dirs():
         candidate = directory / name
-        if candidate.exists():
-            return candidate
+        if candidate.is_file() or (candidate.is_dir() and any(candidate.iterdir())):
+            return candidate  # an empty folder (a download that never ran) hides nothing
     return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from pyro import poutine
@@ -96,6 +96,81 @@ def _plates(site: dict) -> list:
     return [f for f in site["cond_indep_stack"] if f.vectorized]
 
 
+@dataclass
+class _SiteCensus:
+    """The sample sites of one trace sorted by kind, and the plates of size n around observations."""
+
+    size: int  # examples in the traced batch
+    observed: list[str] = field(default_factory=list)
+    continuous: list[str] = field(default_factory=list)
+    discrete: list[str] = field(default_factory=list)
+    enumerable: list[str] = field(default_factory=list)
+    bound: list[str] = field(default_factory=list)
+    nesting: int = 0
+    candidates: dict[str, int] = field(default_factory=dict)  # plate -> observed sites inside
+    subsampled: dict[str, int] = field(default_factory=dict)  # plate -> its subsample size
+    sizes_seen: dict[str, int] = field(default_factory=dict)  # plate -> full size
+
+    def add_observed(self, name: str, frames: list) -> None:
+        self.observed.append(name)
+        for f in frames:
+            full = f.full_size if f.full_size is not None else f.size
+            self.sizes_seen[f.name] = full
+            if full == self.size:
+                self.candidates[f.name] = self.candidates.get(f.name, 0) + 1
+                if f.size != full:
+                    self.subsampled[f.name] = f.size
+
+    def add_latent(self, name: str, fn: object) -> None:
+        if getattr(fn, "has_enumerate_support", False) or fn.support.is_discrete:
+            self.discrete.append(name)
+            if fn.has_enumerate_support:
+                self.enumerable.append(name)
+        else:
+            self.continuous.append(name)
+
+
+def _census(trace, size: int) -> _SiteCensus:
+    """Sort every sample site of ``trace`` (auxiliary observations left out of ``observed``)."""
+    census = _SiteCensus(size)
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        frames = _plates(site)
+        census.nesting = max([census.nesting] + [-f.dim for f in frames])
+        if getattr(site["fn"], "log_prob_is_bound", False):
+            census.bound.append(name)
+        if not site["is_observed"]:
+            census.add_latent(name, site["fn"])
+        elif not (name.startswith("_") and site["infer"].get("is_auxiliary")):
+            census.add_observed(name, frames)
+    return census
+
+
+def _choose_data_plate(census: _SiteCensus, data_plate: str | None) -> str:
+    """The named plate, else the size-n plate holding the most observed sites (then a "data" name)."""
+    if not census.observed:
+        raise ValueError("the model has no observed sites: pass the data as obs=... to "
+                         "pyro.sample inside a pyro.plate over the examples")
+    candidates = census.candidates
+    if data_plate is None and candidates:
+        data_plate = max(candidates, key=lambda n: (candidates[n], "data" in n.lower()))
+    if data_plate is None:
+        seen = ", ".join(f"'{k}' (size {v})" for k, v in census.sizes_seen.items()) or "none"
+        raise ValueError(
+            f"no plate of size {census.size} (the number of examples passed in) holds the observed "
+            f"sites; plates seen: {seen}. Put the observations in "
+            "`with pyro.plate('data', len(x)):` sized from the model's arguments (a program "
+            "that closes over full-size data misaligns when probgen mini-batches or chunks)")
+    return data_plate
+
+
+def _outside(trace, names: list[str], data_plate: str) -> list[str]:
+    """The sites among ``names`` that no frame of ``data_plate`` encloses."""
+    return [name for name in names
+            if all(f.name != data_plate for f in _plates(trace.nodes[name]))]
+
+
 def inspect_program(model: Callable, batch: tuple[torch.Tensor, ...], *,
                     data_plate: str | None = None) -> ProgramInfo:
     """Trace ``model(*batch)`` once and describe it; raise if it has no usable data plate.
@@ -106,58 +181,16 @@ def inspect_program(model: Callable, batch: tuple[torch.Tensor, ...], *,
     """
     size = int(batch[0].shape[0])
     trace = trace_on_data(model, batch)
-    observed, continuous, discrete, enumerable, bound, nesting = [], [], [], [], [], 0
-    candidates: dict[str, int] = {}
-    subsampled: dict[str, int] = {}
-    sizes_seen: dict[str, int] = {}
-    for name, site in trace.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site):
-            continue
-        frames = _plates(site)
-        nesting = max([nesting] + [-f.dim for f in frames])
-        if getattr(site["fn"], "log_prob_is_bound", False):
-            bound.append(name)
-        if site["is_observed"]:
-            if name.startswith("_") and site["infer"].get("is_auxiliary"):
-                continue
-            observed.append(name)
-            for f in frames:
-                full = f.full_size if f.full_size is not None else f.size
-                sizes_seen[f.name] = full
-                if full == size:
-                    candidates[f.name] = candidates.get(f.name, 0) + 1
-                    if f.size != full:
-                        subsampled[f.name] = f.size
-        elif getattr(site["fn"], "has_enumerate_support", False) or site["fn"].support.is_discrete:
-            discrete.append(name)
-            if site["fn"].has_enumerate_support:
-                enumerable.append(name)
-        else:
-            continuous.append(name)
-    if not observed:
-        raise ValueError("the model has no observed sites: pass the data as obs=... to "
-                         "pyro.sample inside a pyro.plate over the examples")
-    if data_plate is None and candidates:
-        # Prefer the plate holding the most observed sites; then a name that says "data".
-        data_plate = max(candidates, key=lambda n: (candidates[n], "data" in n.lower()))
-    if data_plate is None:
-        seen = ", ".join(f"'{k}' (size {v})" for k, v in sizes_seen.items()) or "none"
-        raise ValueError(
-            f"no plate of size {size} (the number of examples passed in) holds the observed "
-            f"sites; plates seen: {seen}. Put the observations in "
-            "`with pyro.plate('data', len(x)):` sized from the model's arguments (a program "
-            "that closes over full-size data misaligns when probgen mini-batches or chunks)")
-    global_latents = []
-    for name in continuous + discrete:
-        if all(f.name != data_plate for f in _plates(trace.nodes[name])):
-            global_latents.append(name)
-    for name in observed:
-        if all(f.name != data_plate for f in _plates(trace.nodes[name])):
-            raise ValueError(f"observed site '{name}' is outside the data plate '{data_plate}'; "
-                             "every observation must sit inside the plate over examples")
-    return ProgramInfo(data_plate, size, tuple(observed), tuple(continuous), tuple(discrete),
-                       tuple(enumerable), tuple(global_latents), nesting, tuple(bound),
-                       subsampled.get(data_plate))
+    census = _census(trace, size)
+    data_plate = _choose_data_plate(census, data_plate)
+    global_latents = _outside(trace, census.continuous + census.discrete, data_plate)
+    stray = _outside(trace, census.observed, data_plate)
+    if stray:
+        raise ValueError(f"observed site '{stray[0]}' is outside the data plate '{data_plate}'; "
+                         "every observation must sit inside the plate over examples")
+    return ProgramInfo(data_plate, size, tuple(census.observed), tuple(census.continuous),
+                       tuple(census.discrete), tuple(census.enumerable), tuple(global_latents),
+                       census.nesting, tuple(census.bound), census.subsampled.get(data_plate))
 
 
 def find_data_frame(trace, data_plate: str, expected_size: int):

@@ -260,6 +260,84 @@ def _first_bad_row(bad: torch.Tensor) -> tuple[int, int]:
     return int(index.numel()), int(index[0]) if index.numel() else -1
 
 
+def _check_tensor_kind(x: torch.Tensor, name: str) -> torch.Tensor:
+    """Refuse meta and complex tensors; booleans become the default float dtype."""
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device and holds no values; pass real data")
+    if x.dtype == torch.bool:
+        x = x.to(torch.get_default_dtype())
+    if x.is_complex():
+        raise TypeError(f"{name} is complex ({x.dtype}); probgen models real or discrete data")
+    return x
+
+
+def _check_shape(x: torch.Tensor, name: str, *, min_rank: int, max_rank: int | None,
+                 allow_empty: bool, event_shape: Sequence[int] | None) -> None:
+    """Rank within [min_rank, max_rank], at least one example, and the expected event shape."""
+    if x.dim() < min_rank:
+        raise ValueError(f"{name} must have at least {min_rank} dimension(s) (examples first), "
+                         f"got shape {tuple(x.shape)}; for one example use x[None]")
+    if max_rank is not None and x.dim() > max_rank:
+        raise ValueError(f"{name} must have at most {max_rank} dimensions, got shape {tuple(x.shape)}")
+    if x.dim() > 0 and x.shape[0] == 0 and not allow_empty:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); pass at least one example")
+    if event_shape is not None and tuple(x.shape[1:]) != tuple(event_shape):
+        raise ValueError(f"{name} has examples of shape {tuple(x.shape[1:])} but the model expects "
+                         f"{tuple(event_shape)}; pass data with the features the model was fitted on")
+
+
+def _is_exactly_binary(x: torch.Tensor, support: str) -> bool:
+    """Fast pass for float binary data: x equals its rounding clamped to [0, 1].
+
+    Σ|difference| = 0 (a sum of non-negative terms: no NaN, no Inf) means finite, whole and 0/1
+    at once, so the later checks can be skipped (fit checks every transformed mini-batch).
+    """
+    return (support == "binary" and x.is_floating_point()
+            and bool(x.round().clamp_(0, 1).sub_(x).abs_().sum() == 0))
+
+
+def _check_finite_values(x: torch.Tensor, name: str) -> None:
+    """No NaN or Inf; a finite sum rules both out at once (a sum that overflows takes the exact check)."""
+    if bool(torch.isfinite(x.sum())):
+        return
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        count, first = _first_bad_row(bad)
+        what = "NaN" if torch.isnan(x).any() else "Inf"
+        raise ValueError(f"{name} has {what} in {count} row(s) (first: row {first}); "
+                         "drop or impute them before fitting or evaluating")
+
+
+def _check_discrete_values(x: torch.Tensor, name: str, support: str) -> None:
+    """Whole numbers for discrete supports, and 0/1 for ``"binary"`` (data not already found binary)."""
+    if support in ("binary", "count", "categorical") and x.is_floating_point() \
+            and not torch.equal(x, torch.round(x)):
+        raise ValueError(f"{name} must hold whole numbers for a {support} likelihood but has "
+                         "fractional values; binarize or round it (see probgen.data.transforms)")
+    if support == "binary" and not ((x == 0) | (x == 1)).all():
+        raise ValueError(f"{name} must be binary (0/1) for a Bernoulli likelihood but has values "
+                         f"in [{float(x.min()):g}, {float(x.max()):g}]; binarize it first "
+                         "(probgen.data.transforms.binarize)")
+
+
+def _check_range(x: torch.Tensor, name: str, support: str, num_categories: int | None) -> None:
+    """Values inside the support: >= 0, < num_categories, > 0 or in [0, 1] as it requires."""
+    if support in ("count", "categorical", "nonnegative") and (x < 0).any():
+        raise ValueError(f"{name} has negative values (min {float(x.min()):g}) but the "
+                         f"{support} likelihood needs values >= 0")
+    if support == "categorical":
+        if num_categories is None:
+            raise ValueError("support='categorical' needs num_categories")
+        if (x >= num_categories).any():
+            raise ValueError(f"{name} has category {int(x.max())} but the model has "
+                             f"{num_categories} categories (0..{num_categories - 1})")
+    if support == "positive" and (x <= 0).any():
+        raise ValueError(f"{name} must be > 0 but has min {float(x.min()):g}")
+    if support == "unit_interval" and ((x < 0) | (x > 1)).any():
+        raise ValueError(f"{name} must lie in [0, 1] but spans [{float(x.min()):g}, "
+                         f"{float(x.max()):g}]; rescale it (e.g. x / 255)")
+
+
 def validate_data(
     x: Any,
     *,
@@ -287,58 +365,15 @@ def validate_data(
     """
     if support not in SUPPORTS:
         raise ValueError(f"unknown support {support!r}; choose one of {SUPPORTS}")
-    x = _to_tensor(x, name)
-    if x.device.type == "meta":
-        raise ValueError(f"{name} is on the meta device and holds no values; pass real data")
-    if x.dtype == torch.bool:
-        x = x.to(torch.get_default_dtype())
-    if x.is_complex():
-        raise TypeError(f"{name} is complex ({x.dtype}); probgen models real or discrete data")
-    if x.dim() < min_rank:
-        raise ValueError(f"{name} must have at least {min_rank} dimension(s) (examples first), "
-                         f"got shape {tuple(x.shape)}; for one example use x[None]")
-    if max_rank is not None and x.dim() > max_rank:
-        raise ValueError(f"{name} must have at most {max_rank} dimensions, got shape {tuple(x.shape)}")
-    if x.dim() > 0 and x.shape[0] == 0 and not allow_empty:
-        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); pass at least one example")
-    if event_shape is not None and tuple(x.shape[1:]) != tuple(event_shape):
-        raise ValueError(f"{name} has examples of shape {tuple(x.shape[1:])} but the model expects "
-                         f"{tuple(event_shape)}; pass data with the features the model was fitted on")
-    # Fast passes over the common case (fit checks every transformed mini-batch): binary data
-    # equal to their rounding clamped to [0, 1] (Σ|difference| = 0: no NaN, no Inf, a sum of
-    # non-negative terms) are finite, whole and 0/1 at once; a finite sum means no NaN or Inf
-    # (a sum that overflows takes the exact check).
-    binary = (support == "binary" and x.is_floating_point()
-              and bool(x.round().clamp_(0, 1).sub_(x).abs_().sum() == 0))
-    if x.is_floating_point() and finite and not binary and not bool(torch.isfinite(x.sum())):
-        bad = ~torch.isfinite(x)
-        if bad.any():
-            count, first = _first_bad_row(bad)
-            what = "NaN" if torch.isnan(x).any() else "Inf"
-            raise ValueError(f"{name} has {what} in {count} row(s) (first: row {first}); "
-                             "drop or impute them before fitting or evaluating")
-    discrete = support in ("binary", "count", "categorical")
-    if discrete and x.is_floating_point() and not binary and not torch.equal(x, torch.round(x)):
-        raise ValueError(f"{name} must hold whole numbers for a {support} likelihood but has "
-                         "fractional values; binarize or round it (see probgen.data.transforms)")
-    if support == "binary" and not binary and not ((x == 0) | (x == 1)).all():
-        raise ValueError(f"{name} must be binary (0/1) for a Bernoulli likelihood but has values "
-                         f"in [{float(x.min()):g}, {float(x.max()):g}]; binarize it first "
-                         "(probgen.data.transforms.binarize)")
-    if support in ("count", "categorical", "nonnegative") and (x < 0).any():
-        raise ValueError(f"{name} has negative values (min {float(x.min()):g}) but the "
-                         f"{support} likelihood needs values >= 0")
-    if support == "categorical":
-        if num_categories is None:
-            raise ValueError("support='categorical' needs num_categories")
-        if (x >= num_categories).any():
-            raise ValueError(f"{name} has category {int(x.max())} but the model has "
-                             f"{num_categories} categories (0..{num_categories - 1})")
-    if support == "positive" and (x <= 0).any():
-        raise ValueError(f"{name} must be > 0 but has min {float(x.min()):g}")
-    if support == "unit_interval" and ((x < 0) | (x > 1)).any():
-        raise ValueError(f"{name} must lie in [0, 1] but spans [{float(x.min()):g}, "
-                         f"{float(x.max()):g}]; rescale it (e.g. x / 255)")
+    x = _check_tensor_kind(_to_tensor(x, name), name)
+    _check_shape(x, name, min_rank=min_rank, max_rank=max_rank, allow_empty=allow_empty,
+                 event_shape=event_shape)
+    binary = _is_exactly_binary(x, support)
+    if x.is_floating_point() and finite and not binary:
+        _check_finite_values(x, name)
+    if not binary:
+        _check_discrete_values(x, name, support)
+    _check_range(x, name, support, num_categories)
     if float_dtype is not None and (x.is_floating_point() or support in ("real", "positive",
                                                                            "unit_interval")):
         x = x.to(float_dtype)

@@ -9,6 +9,8 @@ from importlib import resources
 import numpy as np
 import torch
 
+from probgen.core.validate import check_finite, check_num_samples, check_size
+
 __all__ = ["Dataset", "BUNDLED", "load_dataset", "train_test_split"]
 
 
@@ -70,8 +72,6 @@ def load_dataset(name: str) -> Dataset:
 
 def train_test_split(n: int, test_fraction: float = 0.2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of a seeded random split: (train_index, test_index)."""
-    from probgen.core.validate import check_finite, check_num_samples, check_size
-
     n = check_size("n (the number of examples)", n, minimum=2)
     check_num_samples("n (the number of examples)", n, element_bytes=8,  # the permutation
                       fix="a data set of at most {largest} examples fits")

@@ -179,6 +179,50 @@ def unpad_sequences(values: torch.Tensor, lengths: torch.Tensor) -> list[torch.T
     return [values[i, :length] for i, length in enumerate(lengths.tolist())]
 
 
+def _padded_values(values: Any, lengths: Any, name: str) -> tuple[torch.Tensor, Any]:
+    """``(values, lengths)`` unpacked from a PaddedSequences, values as a tensor of rank >= 2."""
+    if isinstance(values, PaddedSequences):
+        if lengths is not None:
+            raise ValueError("pass either a PaddedSequences or (values, lengths), not both")
+        values, lengths = values.values, values.lengths
+    if isinstance(values, (list, tuple)) and values and _looks_ragged(values):
+        raise TypeError(f"{name} is a list of sequences of different lengths; pad them with "
+                        "probgen.data.sequences.pad_sequences(...) and pass (values, lengths)")
+    if not isinstance(values, torch.Tensor):
+        values = torch.as_tensor(np.asarray(values))
+    if values.dtype == torch.bool:
+        values = values.to(torch.get_default_dtype())
+    if values.dim() < 2:
+        raise ValueError(f"{name} must be (batch, time, ...) but has shape {tuple(values.shape)}; "
+                         "for a single sequence use x[None]")
+    if values.shape[0] == 0 or values.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(values.shape)}); pass at least one step")
+    return values, lengths
+
+
+def _checked_lengths(lengths: Any, values: torch.Tensor, name: str) -> torch.Tensor:
+    """One whole length in 1..time per sequence (default: the full time dimension), as longs."""
+    batch, time = values.shape[:2]
+    if lengths is None:
+        lengths = torch.full((batch,), time, dtype=torch.long, device=values.device)
+    lengths = torch.as_tensor(lengths, device=values.device)
+    if lengths.is_floating_point():
+        if not torch.equal(lengths, lengths.round()):
+            raise ValueError(f"lengths must be whole numbers, got {lengths.tolist()[:5]}...")
+        lengths = lengths.long()
+    if lengths.dtype == torch.bool or lengths.is_complex():
+        raise TypeError(f"lengths must be an integer tensor, got {lengths.dtype}")
+    lengths = lengths.long()
+    if lengths.shape != (batch,):
+        raise ValueError(f"lengths must have shape ({batch},) (one per sequence in {name}), got "
+                         f"{tuple(lengths.shape)}")
+    if (lengths < 1).any() or (lengths > time).any():
+        bad = int(torch.nonzero((lengths < 1) | (lengths > time))[0])
+        raise ValueError(f"lengths must lie in 1..{time} (the padded time dimension of {name}); "
+                         f"sequence {bad} has length {int(lengths[bad])}")
+    return lengths
+
+
 def validate_sequences(
     values: Any,
     lengths: Any = None,
@@ -197,40 +241,9 @@ def validate_sequences(
     Args:
         feature_shape: the shape of one time step (``()`` for scalar, e.g. categorical, steps).
     """
-    if isinstance(values, PaddedSequences):
-        if lengths is not None:
-            raise ValueError("pass either a PaddedSequences or (values, lengths), not both")
-        values, lengths = values.values, values.lengths
-    if isinstance(values, (list, tuple)) and values and _looks_ragged(values):
-        raise TypeError(f"{name} is a list of sequences of different lengths; pad them with "
-                        "probgen.data.sequences.pad_sequences(...) and pass (values, lengths)")
-    if not isinstance(values, torch.Tensor):
-        values = torch.as_tensor(np.asarray(values))
-    if values.dtype == torch.bool:
-        values = values.to(torch.get_default_dtype())
-    if values.dim() < 2:
-        raise ValueError(f"{name} must be (batch, time, ...) but has shape {tuple(values.shape)}; "
-                         "for a single sequence use x[None]")
+    values, lengths = _padded_values(values, lengths, name)
     batch, time = values.shape[:2]
-    if batch == 0 or time == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(values.shape)}); pass at least one step")
-    if lengths is None:
-        lengths = torch.full((batch,), time, dtype=torch.long, device=values.device)
-    lengths = torch.as_tensor(lengths, device=values.device)
-    if lengths.is_floating_point():
-        if not torch.equal(lengths, lengths.round()):
-            raise ValueError(f"lengths must be whole numbers, got {lengths.tolist()[:5]}...")
-        lengths = lengths.long()
-    if lengths.dtype == torch.bool or lengths.is_complex():
-        raise TypeError(f"lengths must be an integer tensor, got {lengths.dtype}")
-    lengths = lengths.long()
-    if lengths.shape != (batch,):
-        raise ValueError(f"lengths must have shape ({batch},) (one per sequence in {name}), got "
-                         f"{tuple(lengths.shape)}")
-    if (lengths < 1).any() or (lengths > time).any():
-        bad = int(torch.nonzero((lengths < 1) | (lengths > time))[0])
-        raise ValueError(f"lengths must lie in 1..{time} (the padded time dimension of {name}); "
-                         f"sequence {bad} has length {int(lengths[bad])}")
+    lengths = _checked_lengths(lengths, values, name)
     if feature_shape is not None and tuple(values.shape[2:]) != tuple(feature_shape):
         raise ValueError(f"{name} has steps of shape {tuple(values.shape[2:])} but the model "
                          f"expects {tuple(feature_shape)}; pass the features it was fitted on "

@@ -71,14 +71,14 @@ def save(obj: Any, path: str | os.PathLike) -> Path:
         raise TypeError(f"{type(model).__name__} is not registered; decorate it with "
                         "@probgen.models.register_model('name') so it can be rebuilt on load")
     module_state = {k: v for k, v in model.state_dict().items() if not k.startswith("autoguide.")}
-    autoguide = getattr(model, "autoguide", None)
+    autoguide = model.autoguide
     state = {
         "format": "probgen-model", "format_version": FORMAT_VERSION, "probgen_version": __version__,
         "model": model.registry_name, "config": dict(model.config), "state_dict": module_state,
         "autoguide": type(autoguide).__name__ if autoguide is not None else None,
         "guide_params": param_store_state(exclude_prefix=model.pyro_name + "$$$")
         if autoguide is not None else None,
-        "autoguide_example": list(getattr(model, "autoguide_example", ()))
+        "autoguide_example": list(model.autoguide_example)
         if autoguide is not None else None,
     }
     return atomic_save(state, path)
@@ -289,6 +289,57 @@ def _check_shapes_before_allocating(cls: type, config: dict[str, Any], saved: di
                 "config and the parameters disagree (damaged or crafted file)")
 
 
+def _build_model(cls: type, config: dict, state: dict, path: Any) -> Any:
+    """``cls(**config)``, a config it refuses reported as a damaged or foreign file."""
+    try:
+        return cls(**config)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: the saved config does not fit {cls.__name__} ({error}); "
+                              f"it was written by probgen {state.get('probgen_version')} or "
+                              "crafted") from None
+
+
+def _first_float_dtype(tensors: Any) -> torch.dtype | None:
+    return next((v.dtype for v in tensors if torch.is_tensor(v) and v.is_floating_point()), None)
+
+
+def _load_module_state(model: Any, saved: dict, config: dict, path: Any) -> None:
+    """Saved parameters into ``model``, in the saved float dtype; every key must match."""
+    cls = type(model)
+    saved_dtype = _first_float_dtype(saved.values())
+    built_dtype = _first_float_dtype(model.state_dict().values())
+    if saved_dtype is not None and built_dtype not in (None, saved_dtype):
+        model.to(saved_dtype)  # a float64 model comes back float64, not rounded to float32
+    try:
+        missing, unexpected = model.load_state_dict(saved, strict=False)
+    except RuntimeError as error:  # size mismatches
+        first = str(error).strip().splitlines()
+        detail = next((line.strip() for line in first if "size mismatch" in line), first[0])
+        raise CheckpointError(f"{path}: saved parameters do not fit {cls.__name__}"
+                              f"({_config_text(config)}): {detail[:300]}") from None
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: saved parameters do not match {cls.__name__}: missing "
+                              f"{missing}, unexpected {unexpected}")
+
+
+def _restore_model_autoguide(model: Any, state: dict, path: Any) -> None:
+    """A bundled model's autoguide rebuilt by class, its parameters back in the param store."""
+    autoguide_class = _autoguide_class(state["autoguide"], path)
+    example = state.get("autoguide_example") or ()
+    if not isinstance(state.get("guide_params"), dict) or not isinstance(
+            example, (list, tuple)) or not all(isinstance(t, torch.Tensor) for t in example):
+        raise CheckpointError(f"{path} names the autoguide {state['autoguide']} but its "
+                              "'guide_params' or 'autoguide_example' are missing or not "
+                              "tensors; the file is damaged or crafted")
+    restore_param_store(state["guide_params"])
+    model.autoguide = autoguide_class(model.model)
+    example = tuple(example)
+    model.autoguide_example = example
+    if example:
+        with torch.no_grad():  # builds the guide's shapes; values come from the store
+            poutine.block(model.autoguide)(*example)
+
+
 def load(path: str | os.PathLike, *, model: Callable | None = None, guide: Callable | None = None,
          map_location: str | torch.device | None = None) -> Any:
     """Rebuild what :func:`save` wrote.
@@ -313,43 +364,10 @@ def load(path: str | os.PathLike, *, model: Callable | None = None, guide: Calla
     cls, config, saved = _checked_model_state(state, path)
     config = {**cls.saved_config_defaults, **config}
     _check_shapes_before_allocating(cls, config, saved, path)
-    try:
-        model = cls(**config)
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(f"{path}: the saved config does not fit {cls.__name__} ({error}); "
-                              f"it was written by probgen {state.get('probgen_version')} or "
-                              "crafted") from None
-    saved_dtype = next((v.dtype for v in saved.values()
-                        if torch.is_tensor(v) and v.is_floating_point()), None)
-    built_dtype = next((v.dtype for v in model.state_dict().values()
-                        if torch.is_tensor(v) and v.is_floating_point()), None)
-    if saved_dtype is not None and built_dtype not in (None, saved_dtype):
-        model.to(saved_dtype)  # a float64 model comes back float64, not rounded to float32
-    try:
-        missing, unexpected = model.load_state_dict(saved, strict=False)
-    except RuntimeError as error:  # size mismatches
-        first = str(error).strip().splitlines()
-        detail = next((line.strip() for line in first if "size mismatch" in line), first[0])
-        raise CheckpointError(f"{path}: saved parameters do not fit {cls.__name__}"
-                              f"({_config_text(config)}): {detail[:300]}") from None
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: saved parameters do not match {cls.__name__}: missing "
-                              f"{missing}, unexpected {unexpected}")
+    model = _build_model(cls, config, state, path)
+    _load_module_state(model, saved, config, path)
     if state.get("autoguide"):
-        autoguide_class = _autoguide_class(state["autoguide"], path)
-        example = state.get("autoguide_example") or ()
-        if not isinstance(state.get("guide_params"), dict) or not isinstance(
-                example, (list, tuple)) or not all(isinstance(t, torch.Tensor) for t in example):
-            raise CheckpointError(f"{path} names the autoguide {state['autoguide']} but its "
-                                  "'guide_params' or 'autoguide_example' are missing or not "
-                                  "tensors; the file is damaged or crafted")
-        restore_param_store(state["guide_params"])
-        model.autoguide = autoguide_class(model.model)
-        example = tuple(example)
-        model.autoguide_example = example
-        if example:
-            with torch.no_grad():  # builds the guide's shapes; values come from the store
-                poutine.block(model.autoguide)(*example)
+        _restore_model_autoguide(model, state, path)
     if map_location is not None:
         model.to(map_location)
     return model.eval()  # as fit leaves it: dropout off, log_prob deterministic
