@@ -1,14 +1,20 @@
-"""Data-parallel SVI and one-chain-per-process MCMC over torch.distributed (torchrun, gloo/NCCL)."""
+"""Data-parallel SVI and one-chain-per-process MCMC over torch.distributed (torchrun, gloo/NCCL),
+and :func:`fit_in_processes`: data-parallel ``fit`` on this machine's cores without torchrun."""
 
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import subprocess
 import sys
+import tempfile
+import threading
+import traceback
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import pyro
@@ -19,7 +25,8 @@ from pyro import poutine
 from probgen.core.validate import as_batch
 from probgen.infer import mcmc
 
-__all__ = ["DataParallel", "launch_torchrun", "run_mcmc_distributed", "is_torchrun"]
+__all__ = ["DataParallel", "launch_torchrun", "run_mcmc_distributed", "is_torchrun",
+           "fit_in_processes"]
 
 
 def is_torchrun() -> bool:
@@ -35,6 +42,65 @@ def _init_process_group() -> None:
     dist.init_process_group(backend=backend)
 
 
+class SharedMemoryReducer:
+    r"""The mean over the W processes of one machine of a flat tensor, through shared memory:
+    x̄ = (1/W) Σ_r x_r, summed in rank order, so every rank gets the same bits.
+
+    Rank r concatenates its tensors into row r of a file-backed ``(W, n)`` buffer (one per dtype and
+    size, in ``folder``, double-buffered), all ranks meet at ``barrier`` once, and each sums the
+    rows itself: a few memory passes over the gradient instead of gloo's TCP round trip.
+    :func:`fit_in_processes` makes one before it forks; every rank then holds the same.
+    """
+
+    def __init__(self, world_size: int, folder: str, barrier: Any, timeout: float) -> None:
+        self.world_size, self.folder, self.barrier = world_size, folder, barrier
+        self.timeout = timeout
+        self.buffers: dict[tuple[str, int, int], torch.Tensor] = {}
+        self.sums: dict[tuple[torch.dtype, int], torch.Tensor] = {}
+        self.calls = 0
+
+    def _rows(self, dtype: torch.dtype, count: int) -> torch.Tensor:
+        # calls alternate between two buffers: a rank writes buffer k again only after every
+        # rank passed the next call's barrier, that is, after all read buffer k
+        key = (str(dtype).removeprefix("torch."), count, self.calls % 2)
+        if key not in self.buffers:
+            path = os.path.join(self.folder, "-".join(map(str, key)))
+            size = self.world_size * count
+            with open(path, "ab"):
+                pass
+            os.truncate(path, size * torch.empty((), dtype=dtype).element_size())
+            self.buffers[key] = torch.from_file(path, shared=True, size=size,
+                                                dtype=dtype).view(self.world_size, count)
+        return self.buffers[key]
+
+    def mean(self, pieces: list[torch.Tensor], rank: int) -> torch.Tensor:
+        """The mean over the ranks of ``torch.cat(pieces)`` (flat CPU tensors of one dtype), in a
+        buffer the next call with the same dtype and size reuses."""
+        count = sum(piece.numel() for piece in pieces)
+        rows = self._rows(pieces[0].dtype, count)
+        self.calls += 1
+        torch.cat(pieces, out=rows[rank])
+        try:
+            self.barrier.wait(self.timeout)
+        except threading.BrokenBarrierError:
+            raise RuntimeError("data-parallel training: another process failed or did not "
+                               f"reach the gradient average within {self.timeout} s") from None
+        if (rows.dtype, count) not in self.sums:
+            self.sums[rows.dtype, count] = torch.empty(count, dtype=rows.dtype)
+        flat = self.sums[rows.dtype, count]
+        torch.add(rows[0], rows[1], out=flat)
+        for row in rows[2:]:
+            flat.add_(row)
+        return flat.div_(self.world_size)
+
+    def abort(self) -> None:
+        """Release every rank waiting in :meth:`mean` (with an error): this one has failed."""
+        self.barrier.abort()
+
+
+_SHARED_REDUCER: SharedMemoryReducer | None = None  # set by fit_in_processes before it forks
+
+
 @dataclass(frozen=True)
 class DataParallel:
     r"""This process's place in a data-parallel SVI run, and the collectives :func:`fit` needs.
@@ -48,11 +114,14 @@ class DataParallel:
         rank: this process's index in [0, world_size).
         world_size: number of processes W (1 when not launched by torchrun).
         local_rank: index on this machine (which GPU ``device="cuda"`` maps to).
+        reducer: averages CPU gradients through shared memory (:func:`fit_in_processes`);
+            None: ``all_reduce`` of the process group.
     """
 
     rank: int
     world_size: int
     local_rank: int
+    reducer: SharedMemoryReducer | None = None
 
     @classmethod
     def from_environment(cls) -> DataParallel:
@@ -64,7 +133,11 @@ class DataParallel:
                           stacklevel=3)
             return cls(0, 1, 0)
         _init_process_group()
-        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+        world_size = dist.get_world_size()
+        reducer = _SHARED_REDUCER
+        if reducer is not None and reducer.world_size != world_size:
+            reducer = None
+        return cls(dist.get_rank(), world_size, int(os.environ.get("LOCAL_RANK", 0)), reducer)
 
     @property
     def is_main(self) -> bool:
@@ -136,7 +209,8 @@ class DataParallel:
     def average_gradients_(self, params: dict[str, torch.Tensor], loss: float) -> float:
         """All-reduce (mean) every parameter's gradient in place; return the mean loss.
 
-        One flat buffer per (device, dtype), so a step costs one or two collectives. The loss
+        One flat buffer per (device, dtype), so a step costs one or two collectives (through
+        shared memory with a ``reducer``, for CPU tensors). The loss
         rides in a float64 buffer, so every rank sees the same (single-process) loss and takes
         the same decisions (divergence, early stopping).
         """
@@ -154,9 +228,12 @@ class DataParallel:
                       for p in members]
             if (device, dtype) == loss_key:
                 pieces.append(torch.tensor([loss], dtype=dtype, device=device))
-            flat = torch.cat(pieces)
-            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-            flat /= self.world_size
+            if self.reducer is not None and device.type == "cpu":
+                flat = self.reducer.mean(pieces, self.rank)
+            else:
+                flat = torch.cat(pieces)
+                dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+                flat /= self.world_size
             offset = 0
             for param in members:
                 count = param.numel()
@@ -173,6 +250,106 @@ class DataParallel:
     def barrier(self) -> None:
         if self.active:
             dist.barrier()
+
+
+def _join_group(store: str, rank: int, nproc: int, timeout: float) -> None:
+    dist.init_process_group("gloo", init_method=store, rank=rank, world_size=nproc,
+                            timeout=timedelta(seconds=timeout))
+
+
+def _fit_worker(rank: int, nproc: int, store: str, timeout: float, model: Any, data: Any,
+                options: dict[str, Any], errors: Any) -> None:
+    """Rank ``rank`` of :func:`fit_in_processes` (a forked child): one thread, the same fit."""
+    from probgen.infer.fit import fit
+
+    try:
+        torch.set_num_threads(1)
+        _join_group(store, rank, nproc, timeout)
+        fit(model, data, distributed=True, **options)
+    except BaseException:  # noqa: BLE001 - reported by rank 0, in the caller
+        if _SHARED_REDUCER is not None:
+            _SHARED_REDUCER.abort()
+        errors.put(f"rank {rank}:\n{traceback.format_exc()}")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def fit_in_processes(model: Any, data: Any, *, nproc: int = 2, timeout: float = 600.0,
+                     **options: Any) -> Any:
+    r"""``probgen.fit(model, data, **options)`` data-parallel over ``nproc`` processes of this
+    machine, one torch thread each, without torchrun: the fastest way to train on every core.
+
+    This process is rank 0; ``nproc - 1`` forked copies of it (they inherit ``model`` and
+    ``data``, nothing is pickled or re-imported) join a gloo group on a file in a scratch folder,
+    and every rank runs ``fit(..., distributed=True)``: each global mini-batch of B is split
+    ``B/W`` per process and the gradients are averaged (one all-reduce per step), so a run takes
+    the single-process run's steps on the same global batches. Rank 0 keeps the trained
+    parameters, writes the checkpoint and shows progress; its :class:`FitResult` is returned.
+    Needs the ``fork`` start method (Linux; use ``torchrun`` elsewhere). ``nproc=1`` is a plain
+    ``fit`` call. ``timeout``: seconds any rank waits for the others in one collective.
+
+    Example::
+
+        result = fit_in_processes(VAE((784,)), x, nproc=2, epochs=10, batch_size=100)
+    """
+    from probgen.infer.fit import fit
+
+    if not isinstance(nproc, int) or isinstance(nproc, bool) or nproc <= 0:
+        raise ValueError(f"nproc must be a positive number of processes, got {nproc!r}")
+    if "distributed" in options:
+        raise TypeError("fit_in_processes sets distributed=True itself; leave it out")
+    if nproc == 1:
+        return fit(model, data, **options)
+    if "fork" not in multiprocessing.get_all_start_methods():
+        raise RuntimeError("fit_in_processes needs the fork start method (Linux); launch with "
+                           "`torchrun --nproc-per-node N` and fit(..., distributed=True) instead")
+    if dist.is_initialized():
+        raise RuntimeError("a torch.distributed process group is already running in this "
+                           "process; call fit(..., distributed=True) directly")
+    global _SHARED_REDUCER
+    context = multiprocessing.get_context("fork")
+    errors = context.SimpleQueue()
+    previous = torch.get_num_threads()
+    shared = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    with tempfile.TemporaryDirectory(prefix="probgen-dp-", dir=shared) as scratch:
+        store = f"file://{os.path.join(scratch, 'group')}"
+        _SHARED_REDUCER = reducer = SharedMemoryReducer(nproc, scratch, context.Barrier(nproc),
+                                                        timeout)
+        workers = [context.Process(target=_fit_worker, daemon=True, args=(
+            rank, nproc, store, timeout, model, data, options, errors))
+            for rank in range(1, nproc)]
+        try:
+            for worker in workers:
+                worker.start()
+            torch.set_num_threads(1)
+            _join_group(store, 0, nproc, timeout)
+            result = fit(model, data, distributed=True, **options)
+        except BaseException as error:
+            reducer.abort()
+            _stop(workers, min(timeout, 30.0))
+            if not errors.empty():  # a worker's failure may be the cause of rank 0's
+                error.add_note(errors.get())
+            raise
+        finally:
+            _SHARED_REDUCER = None
+            torch.set_num_threads(previous)
+        _stop(workers, timeout)
+    if not errors.empty():
+        raise RuntimeError(f"fit_in_processes: a worker failed after rank 0 finished\n"
+                           f"{errors.get()}")
+    return result
+
+
+def _stop(workers: list[Any], timeout: float) -> None:
+    """Leave the group (a rank still waiting in a collective then fails fast) and join."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    for worker in workers:
+        worker.join(timeout)
+        if worker.is_alive():
+            worker.terminate()
+            worker.join()
 
 
 def _strip_nproc(argv: Sequence[str]) -> list[str]:
