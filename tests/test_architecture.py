@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from radon.complexity import cc_visit
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "probgen"
@@ -348,3 +349,51 @@ def test_no_machine_paths_in_tracked_files():
                 bad.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:100]}")
     assert not bad, report("absolute machine paths in tracked files (use probgen.core.paths, "
                            "$PROBGEN_DATA or a path relative to the checkout)", bad)
+
+
+# --- layers inside the generic tier --------------------------------------------------------
+def test_infer_never_imports_evaluate(imports):
+    """Training takes its validation score as a callable; evaluate may use fit, not the reverse."""
+    bad = [str(i) for i in imports
+           if is_within(i.source, "probgen.infer") and is_within(i.target, "probgen.evaluate")]
+    assert not bad, report("probgen.infer importing probgen.evaluate (pass a callable)", bad)
+
+
+def test_data_imports_only_core(imports):
+    """Data loading and transforms sit just above core: guides and estimators live elsewhere."""
+    bad = [str(i) for i in imports
+           if is_within(i.source, "probgen.data") and not is_within(i.target, "probgen.core")
+           and not is_within(i.target, "probgen.data")]
+    assert not bad, report("probgen.data importing beyond probgen.core", bad)
+
+
+# --- size of the parts everyone passes through ---------------------------------------------
+MAX_COMPLEXITY = 25  # radon's cyclomatic complexity, per function or method
+EVALUATE_DISPATCH_COMPLEXITY = 15  # evaluate's dispatch: look up the estimator, call it
+
+
+def complexities() -> dict[str, int]:
+    """``path::Class.function`` -> radon cyclomatic complexity, for every function in probgen."""
+    found = {}
+    for path in sorted((ROOT / PACKAGE).rglob("*.py")):
+        relative = path.relative_to(ROOT).as_posix()
+        for block in cc_visit(path.read_text()):
+            for item in [block, *getattr(block, "methods", []), *getattr(block, "closures", [])]:
+                found[f"{relative}::{item.fullname}"] = item.complexity
+    return found
+
+
+def test_complexity_counter_sees_branches():
+    source = "def f(x):\n" + "".join(f"    if x == {i}:\n        return {i}\n" for i in range(30))
+    assert cc_visit(source)[0].complexity == 31
+
+
+def test_no_function_above_the_complexity_limit():
+    bad = [f"{name}: {value}" for name, value in complexities().items() if value > MAX_COMPLEXITY]
+    assert not bad, report(f"functions above cyclomatic complexity {MAX_COMPLEXITY} (split them "
+                           "into named steps)", bad)
+
+
+def test_evaluate_dispatch_is_look_up_and_call():
+    found = complexities()["probgen/evaluate/api.py::_evaluate"]
+    assert found <= EVALUATE_DISPATCH_COMPLEXITY, f"_evaluate has complexity {found}"
