@@ -8,7 +8,13 @@ fused Adam, same ELBO in plain torch), alternated over ``--rounds`` in one proce
 - ``vae``: Burda et al.'s 784-200-200-[50]-200-200-784 tanh VAE, Bernoulli, analytic KL;
 - ``iwae``: the same network trained on the IWAE-k bound (``--particles``, default 50),
   vectorized over particles;
-- ``made``: MADE 784-H-784 (``--made-hidden``, default 8000; e.g. 500 for a quick run).
+- ``made``: MADE 784-H-784 (``--made-hidden``, default 8000; e.g. 500 for a quick run);
+- ``ladder``: the ladder VAE (top-down, precision-weighted inference) of the IAF/IWAE papers'
+  two-stochastic-layer sizes, 784-100-100-[100]-50-50-[50] tanh, with fit's KL warm-up
+  (``kl_warmup_epochs=10``) and free bits (0.1 nats), closed-form KL per layer;
+- ``two_layer``: the same sizes with bottom-up inference (Burda et al.'s two-layer VAE);
+- ``flow_vae``: the ``vae`` network with a two-step IAF posterior (200-200 made networks)
+  from the encoder's Gaussian, one-sample KL (``Trace_ELBO``).
 
 Times are CPU time of this process (``time.process_time``) with one torch thread, so load from
 other jobs on the machine barely moves them; the VAE is also timed in wall time with 1 and 2
@@ -17,7 +23,7 @@ FLOPs of one training step (``torch.utils.flop_counter``) and sits beside a one-
 matmul peak measured in the same run. ``ratio`` is fit's best round over the hand loop's best;
 ``generic_ratio`` (``--generic``) the same for ``fit(method=SVI)``, Pyro's trace per step.
 
-    python -m benchmarks.throughput [--batches 100] [--models vae,iwae,made] [--smoke]
+    python -m benchmarks.throughput [--batches 100] [--models vae,iwae,made,ladder] [--smoke]
 """
 
 from __future__ import annotations
@@ -35,9 +41,16 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import probgen
 from benchmarks._common import print_table, write_results
+from probgen.infer.objectives import kl_weight
 from probgen.infer.svi import SVI
 from probgen.models.autoregressive.made import MADE
+from probgen.models.flow_vae import FlowVAE
+from probgen.models.hierarchical import HierarchicalVAE, precision_weighted
 from probgen.models.vae import VAE
+
+HIERARCHICAL = {"latent_dims": (100, 50), "hidden_features": ((100, 100), (50, 50)),
+                "activation": "tanh"}
+LADDER_ANNEALING = {"kl_warmup_epochs": 10.0, "free_bits": 0.1}
 
 
 def mnist(num_examples: int) -> tuple[torch.Tensor, str]:
@@ -60,7 +73,75 @@ def build(name: str, args: argparse.Namespace) -> torch.nn.Module:
     torch.manual_seed(args.seed)
     if name in ("vae", "iwae"):
         return VAE((784,), latent_dim=50, hidden_features=(200, 200), activation="tanh")
+    if name == "ladder":
+        return HierarchicalVAE((784,), **HIERARCHICAL)
+    if name == "two_layer":
+        return HierarchicalVAE((784,), **HIERARCHICAL, inference="bottom_up")
+    if name == "flow_vae":
+        return FlowVAE((784,), latent_dim=50, hidden_features=(200, 200), activation="tanh",
+                       posterior="iaf", flow_transforms=2, flow_hidden=(200, 200))
     return MADE(784, hidden_features=(args.made_hidden,))
+
+
+def _gaussian(params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    loc, log_scale = params.chunk(2, -1)
+    return loc, log_scale.clamp(-10, 10).exp()
+
+
+def _gaussian_kl(loc_q: torch.Tensor, scale_q: torch.Tensor, loc_p: torch.Tensor | float,
+                 scale_p: torch.Tensor | float) -> torch.Tensor:
+    """KL(N(μ_q, σ_q²) || N(μ_p, σ_p²)) summed over everything."""
+    var_ratio = (scale_q / scale_p) ** 2
+    return 0.5 * (var_ratio + ((loc_q - loc_p) / scale_p) ** 2 - 1 - var_ratio.log()).sum()
+
+
+def hierarchical_hand_loss(model: HierarchicalVAE, steps_per_epoch: int
+                           ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The two-layer ladder (fit's warm-up and free bits) or bottom-up VAE's negative ELBO."""
+    up0, up1 = model.up_bodies
+    head0, head1 = model.up_heads
+    warmup = round(LADDER_ANNEALING["kl_warmup_epochs"] * steps_per_epoch)
+    step = [0]
+
+    def ladder(x: torch.Tensor) -> torch.Tensor:
+        d1 = up0(x)
+        loc2, scale2 = _gaussian(head1(up1(d1)))
+        z2 = loc2 + scale2 * torch.randn_like(loc2)
+        loc_p, scale_p = _gaussian(model.down[0](z2))
+        loc1, scale1 = precision_weighted(*_gaussian(head0(d1)), loc_p, scale_p)
+        z1 = loc1 + scale1 * torch.randn_like(loc1)
+        log_lik = -F.binary_cross_entropy_with_logits(model.decoder(z1), x, reduction="sum")
+        floor = LADDER_ANNEALING["free_bits"] * len(x)
+        kl = (torch.clamp_min(_gaussian_kl(loc2, scale2, 0.0, 1.0), floor * loc2.shape[-1])
+              + torch.clamp_min(_gaussian_kl(loc1, scale1, loc_p, scale_p), floor * loc1.shape[-1]))
+        beta = kl_weight(step[0], warmup)
+        step[0] += 1
+        return beta * kl - log_lik
+
+    def bottom_up(x: torch.Tensor) -> torch.Tensor:
+        loc1, scale1 = _gaussian(head0(up0(x)))
+        z1 = loc1 + scale1 * torch.randn_like(loc1)
+        loc2, scale2 = _gaussian(head1(up1(z1)))
+        z2 = loc2 + scale2 * torch.randn_like(loc2)
+        log_lik = -F.binary_cross_entropy_with_logits(model.decoder(z1), x, reduction="sum")
+        kl = _gaussian_kl(loc2, scale2, 0.0, 1.0) + _gaussian_kl(
+            loc1, scale1, *_gaussian(model.down[0](z2)))
+        return kl - log_lik
+
+    return ladder if model.inference == "ladder" else bottom_up
+
+
+def flow_hand_loss(model: FlowVAE) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The IAF-posterior VAE's one-sample negative ELBO: log q(z | x) − log p(z) − log p(x | z)."""
+    def elbo(x: torch.Tensor) -> torch.Tensor:
+        h = model.encoder_body(x)
+        loc, log_scale = h.split(model.latent_dim, -1)
+        q = model.flow(h, base=(loc, log_scale.clamp(-10, 10).exp()))
+        z = q.rsample()
+        log_p = -0.5 * (z**2).sum() - 0.5 * z.numel() * math.log(2 * math.pi)
+        log_lik = -F.binary_cross_entropy_with_logits(model.decoder_body(z), x, reduction="sum")
+        return q.log_prob(z).sum() - log_p - log_lik
+    return elbo
 
 
 def hand_loss(name: str, model: torch.nn.Module, args: argparse.Namespace
@@ -68,6 +149,10 @@ def hand_loss(name: str, model: torch.nn.Module, args: argparse.Namespace
     """The negative bound of one mini-batch, summed over examples, as a user writes it."""
     if name == "made":
         return lambda x: F.binary_cross_entropy_with_logits(model.net(x), x, reduction="sum")
+    if name in ("ladder", "two_layer"):
+        return hierarchical_hand_loss(model, math.ceil(args.num_examples / args.batch_size))
+    if name == "flow_vae":
+        return flow_hand_loss(model)
     latent_dim, k = model.latent_dim, args.particles
 
     def elbo(x: torch.Tensor) -> torch.Tensor:
@@ -111,7 +196,8 @@ def hand_epoch(name: str, model: torch.nn.Module, data: torch.Tensor,
 
 def fit_epoch(name: str, model: torch.nn.Module, data: torch.Tensor,
               args: argparse.Namespace, method: type | None = None) -> int:
-    options = dict(loss="iwae", num_particles=args.particles) if name == "iwae" else {}
+    options = (dict(loss="iwae", num_particles=args.particles) if name == "iwae"
+               else LADDER_ANNEALING if name == "ladder" else {})
     result = probgen.fit(model, data, epochs=1, batch_size=args.batch_size, optim=args.lr,
                          transform=torch.bernoulli, progress=False, seed=args.seed,
                          method=method, **options)
@@ -211,6 +297,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.batches, args.made_hidden, args.rounds, args.particles = 5, 64, 1, 5
     num_examples = args.batches * args.batch_size if args.batches > 0 else 60_000
     data, source = mnist(num_examples)
+    args.num_examples = len(data)  # the ladder's hand loop warms up over fit's epochs
     data = data.to(args.device)
     load_before = os.getloadavg()
     peak = matmul_peak()
@@ -218,6 +305,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = [compare(name, data, args, threads=1, wall=wall) for name in args.models.split(",")]
     if "vae" in args.models.split(",") and args.device == "cpu":
         rows += [compare("vae", data, args, threads=threads, wall=True) for threads in (1, 2)]
+        # both cores as two processes of one thread each (docs/guide/cores.md)
+        from benchmarks.data_parallel import processes_row
+        rows.append(processes_row(lambda: build("vae", args), data, args))
     torch.set_num_threads(1)
     for row in rows:
         row["peak_gflops"] = peak

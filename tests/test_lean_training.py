@@ -1,7 +1,9 @@
 """The VAE's plain-torch training path against Pyro's ELBOs on the same noise: values, gradients,
-whole fits; and the configurations that must keep the generic path."""
+whole fits (KL warm-up and free bits too, compiled or not); and the configurations that must
+keep the generic path."""
 
 import copy
+import os
 
 import pyro
 import pytest
@@ -136,8 +138,8 @@ def guide(x):
     pass
 
 
-@pytest.mark.parametrize("case", ["user_guide", "elbo_object", "kl_warmup", "free_bits",
-                                  "flow_posterior", "replaced_posterior"])
+@pytest.mark.parametrize("case", ["user_guide", "elbo_object", "flow_posterior",
+                                  "replaced_posterior"])
 def test_what_the_closed_form_does_not_cover_keeps_the_generic_path(case):
     vae, batch = make("bernoulli")
     options = {}
@@ -145,10 +147,6 @@ def test_what_the_closed_form_does_not_cover_keeps_the_generic_path(case):
         options["guide"] = vae.guide
     elif case == "elbo_object":
         options["loss"] = TraceMeanField_ELBO()
-    elif case == "kl_warmup":
-        options["kl_warmup_steps"] = 10
-    elif case == "free_bits":
-        options["free_bits"] = 0.1
     elif case == "flow_posterior":
         vae = FlowVAE((6,), latent_dim=3, hidden_features=(16,), flow_hidden=(8,)).double()
     else:
@@ -157,6 +155,97 @@ def test_what_the_closed_form_does_not_cover_keeps_the_generic_path(case):
     result = probgen.fit(vae, batch[0], num_steps=3, progress=False, seed=0,
                          **{k: v for k, v in options.items() if k != "kl_warmup_steps"})
     assert len(result.losses) == 3 and all(torch.isfinite(torch.tensor(result.losses)))
+
+
+ANNEALED = {  # TrainingSetup's warm-up (in steps) and free bits, particles one call each
+    "warmup": dict(kl_warmup_steps=10),
+    "free_bits": dict(free_bits=0.5),
+    "floor_active_particles": dict(kl_warmup_steps=4, free_bits=2.0, num_particles=3),
+}
+
+
+@pytest.mark.parametrize("annealing", list(ANNEALED))
+@pytest.mark.parametrize("name", ["bernoulli", "beta", "conditional"])
+def test_kl_warmup_and_free_bits_on_the_lean_path_equal_the_annealed_elbo(name, annealing):
+    vae, batch = make(name)
+    generic = method(SVI, vae, batch, **ANNEALED[annealing])
+    lean = method(VAESVI, vae, batch, **ANNEALED[annealing])
+    assert lean.objective is not None
+    for seed, step in ((1, 2), (2, 7)):  # β = 0.75 and 1 (4-step warm-up), 0.3 and 0.8 (10)
+        generic.begin_step(step)
+        lean.begin_step(step)
+        pyro.set_rng_seed(seed)
+        expected = generic.elbo.loss_and_grads(vae.model, vae.guide, *batch)
+        expected_grads = gradients(vae)
+        pyro.set_rng_seed(seed)
+        value = -lean.bound(batch, True)
+        value.backward()
+        torch.testing.assert_close(value.item(), float(expected), rtol=1e-10, atol=1e-10)
+        for got, want in zip(gradients(vae), expected_grads):
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+    vae.eval()
+    pyro.set_rng_seed(3)
+    expected = generic.validation_loss(batch)
+    pyro.set_rng_seed(3)
+    torch.testing.assert_close(lean.validation_loss(batch), expected, rtol=1e-10, atol=0)
+
+
+def test_a_lean_fit_with_kl_warmup_and_free_bits_retraces_the_generic_fit():
+    vae, (x,) = make("bernoulli")
+    x = torch.rand(60, 6, dtype=torch.float64)
+    generic_vae = copy.deepcopy(vae)
+    settings = dict(num_steps=12, batch_size=20, optim=0.02, seed=4, progress=False,
+                    transform=torch.bernoulli, validation=torch.bernoulli(x[:15]),
+                    validate_every=4, kl_warmup_epochs=2, free_bits=0.3)
+    lean = probgen.fit(vae, x, **settings)
+    pyro.clear_param_store()
+    generic = probgen.fit(generic_vae, x, method=SVI, **settings)
+    torch.testing.assert_close(lean.losses, generic.losses, rtol=1e-9, atol=0)
+    torch.testing.assert_close([v for _, v in lean.validation],
+                               [v for _, v in generic.validation], rtol=1e-9, atol=0)
+    for got, want in zip(vae.parameters(), generic_vae.parameters()):
+        torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-10)
+
+
+def _compiled_and_eager_fits(vae, x):
+    settings = dict(num_steps=6, batch_size=20, optim=0.02, seed=1, progress=False)
+    eager_vae = copy.deepcopy(vae)
+    compiled = probgen.fit(vae, x, compile=True, **settings)
+    pyro.clear_param_store()
+    eager = probgen.fit(eager_vae, x, **settings)
+    return compiled.losses, eager.losses
+
+
+@pytest.mark.parametrize("failure", ["at_wrap", "at_first_call"])
+def test_compile_falls_back_to_eager_with_one_warning(failure, monkeypatch):
+    """The compiler mocked to fail (a real compile takes ~40-100 s of CPU here): one warning,
+    then the eager objective, the same trajectory."""
+    def broken_compile(function, **options):
+        if failure == "at_wrap":
+            raise RuntimeError("no compiler")
+
+        def run(*args, **kwargs):
+            raise RuntimeError("backend failed")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    vae, _ = make("bernoulli")
+    x = torch.bernoulli(torch.rand(60, 6, dtype=torch.float64))
+    with pytest.warns(RuntimeWarning, match="compile=True") as caught:
+        compiled, eager = _compiled_and_eager_fits(vae, x)
+    assert len([w for w in caught if "compile=True" in str(w.message)]) == 1
+    torch.testing.assert_close(compiled, eager, rtol=1e-12, atol=0)
+
+
+@pytest.mark.skipif(not os.environ.get("PROBGEN_TEST_COMPILE"),
+                    reason="a real torch.compile takes ~40-100 s of CPU; PROBGEN_TEST_COMPILE=1")
+def test_compile_gives_the_eager_trajectory():
+    if not hasattr(torch, "compile"):
+        pytest.skip("torch.compile is unavailable")
+    vae, _ = make("bernoulli")
+    x = torch.bernoulli(torch.rand(60, 6, dtype=torch.float64))
+    compiled, eager = _compiled_and_eager_fits(vae, x)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=0)
 
 
 @pytest.mark.parametrize("options", [dict(), dict(num_masks=3, dropout=0.2),
@@ -208,5 +297,9 @@ def test_throughput_benchmark_smoke(tmp_path):
     assert {(r["model"], r["threads"], r["clock"]) for r in rows} >= {
         ("vae", 1, "cpu"), ("iwae", 1, "cpu"), ("made", 1, "cpu"), ("vae", 2, "wall")}
     saved = json.loads((tmp_path / "throughput.json").read_text())
-    assert all(r["fit_s"] > 0 and r["hand_s"] > 0 and r["peak_gflops"] > 0 for r in saved)
+    compared = [r for r in saved if "mechanism" not in r]  # fit beside the hand loop
+    assert all(r["fit_s"] > 0 and r["hand_s"] > 0 and r["peak_gflops"] > 0 for r in compared)
+    processes = [r for r in saved if "mechanism" in r]  # fit_in_processes: fit's time only
+    assert [r["threads"] for r in processes] == ["2 processes x 1"]
+    assert all(r["fit_s"] > 0 for r in processes)
     assert "load_average_before" in saved[0]["settings"] and "cpu" in saved[0]["machine"]

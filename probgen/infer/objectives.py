@@ -4,7 +4,9 @@ warm-up and free bits. ``probgen.fit`` builds them from ``loss="iwae"``, ``kl_wa
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -14,7 +16,7 @@ from pyro.infer import ELBO, RenyiELBO
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
-__all__ = ["IWAE", "AnnealedELBO", "kl_weight"]
+__all__ = ["IWAE", "AnnealedELBO", "kl_weight", "kl_warmup", "in_kl_warmup"]
 
 
 class IWAE(RenyiELBO):
@@ -48,6 +50,27 @@ def kl_weight(step: int, warmup_steps: int) -> float:
     return 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)
 
 
+_WARMING_UP: ContextVar[bool] = ContextVar("probgen_kl_warmup", default=False)
+
+
+def in_kl_warmup() -> bool:
+    """Whether the bound being evaluated down-weights its KL (β < 1: an annealed training
+    objective during warm-up). A model whose prior is learned reads it to hold that prior's
+    parameters (:meth:`probgen.models.hierarchical.HierarchicalVAE.top_down`)."""
+    return _WARMING_UP.get()
+
+
+@contextmanager
+def kl_warmup(active: bool = True) -> Iterator[None]:
+    """Marks the bound evaluated inside as a KL warm-up one (``active``: β < 1), for
+    :func:`in_kl_warmup`; :class:`AnnealedELBO` enters it around each evaluation."""
+    token = _WARMING_UP.set(bool(active))
+    try:
+        yield
+    finally:
+        _WARMING_UP.reset(token)
+
+
 def _latent_sites(trace: poutine.Trace) -> list[str]:
     return [name for name, site in trace.nodes.items()
             if site["type"] == "sample" and not site["is_observed"]
@@ -64,6 +87,10 @@ class AnnealedELBO(ELBO):
     whose latents the guide samples; β and λ act in ``loss_and_grads`` (training) only, so
     ``loss`` (validation) is the true negative ELBO. ``step`` is the training step, set by
     ``probgen.fit`` before each step (so a resumed run continues the warm-up where it was).
+
+    While β < 1 the bound is evaluated inside :func:`kl_warmup`: models with learned priors
+    (the hierarchical VAEs' p(z_l | z_{l+1})) then hold those priors' parameters (same value,
+    no gradient), so the prior cannot absorb q while the KL is down-weighted.
     """
 
     def __init__(self, warmup_steps: int = 0, free_bits: float = 0.0, *,
@@ -82,25 +109,27 @@ class AnnealedELBO(ELBO):
 
     def objective(self, model: Callable, guide: Callable, *args: Any, beta: float = 1.0,
                   free_bits: float = 0.0, **kwargs: Any) -> torch.Tensor:
-        """The negative annealed bound, averaged over ``num_particles`` draws (differentiable)."""
+        """The negative annealed bound, averaged over ``num_particles`` draws (differentiable);
+        evaluated inside :func:`kl_warmup` while ``beta`` < 1."""
         loss = 0.0
-        for _ in range(self.num_particles):
-            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-                *args, **kwargs)
-            model_trace.compute_log_prob(site_filter=lambda name, site: site["is_observed"])
-            latents = _latent_sites(model_trace)
-            missing = sorted(set(latents) - set(guide_trace.nodes))
-            if missing:
-                raise ValueError(f"AnnealedELBO needs a guide that samples every latent; it does "
-                                 f"not sample {missing}")
-            log_likelihood = sum(site["log_prob_sum"] for site in model_trace.nodes.values()
-                                 if site["type"] == "sample" and site["is_observed"])
-            kl_total = 0.0
-            for name in latents:
-                kl_total = kl_total + self._site_kl(guide_trace.nodes[name],
-                                                    model_trace.nodes[name], free_bits)
-            loss = loss - (log_likelihood - beta * kl_total) / self.num_particles
+        with kl_warmup(beta < 1.0):  # learned priors held while the KL is down-weighted
+            for _ in range(self.num_particles):
+                guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+                model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+                    *args, **kwargs)
+                model_trace.compute_log_prob(site_filter=lambda name, site: site["is_observed"])
+                latents = _latent_sites(model_trace)
+                missing = sorted(set(latents) - set(guide_trace.nodes))
+                if missing:
+                    raise ValueError(f"AnnealedELBO needs a guide that samples every latent; it does "
+                                     f"not sample {missing}")
+                log_likelihood = sum(site["log_prob_sum"] for site in model_trace.nodes.values()
+                                     if site["type"] == "sample" and site["is_observed"])
+                kl_total = 0.0
+                for name in latents:
+                    kl_total = kl_total + self._site_kl(guide_trace.nodes[name],
+                                                        model_trace.nodes[name], free_bits)
+                loss = loss - (log_likelihood - beta * kl_total) / self.num_particles
         return loss
 
     @staticmethod

@@ -8,12 +8,16 @@ from typing import Any
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from probgen.guides.amortized import AmortizedFlowPosterior
+from probgen.infer.objectives import IWAE, AnnealedELBO
+from probgen.models.lean_svi import LeanSVI, Objective, keeps_program, plain_options
 from probgen.models.registry import register_model
 from probgen.models.vae import VAE
+from probgen.models.vae_loss import expanded, site_bound
 
-__all__ = ["FlowVAE", "POSTERIORS"]
+__all__ = ["FlowVAE", "FlowVAESVI", "POSTERIORS"]
 
 POSTERIORS = ("iaf", "nsf")
 
@@ -102,3 +106,44 @@ class FlowVAE(VAE):
         z = self.posterior(x).sample() if sample else self.encode(x)
         likelihood = self.decode(z)
         return likelihood.sample() if sample else self._mean(likelihood)
+
+
+# what the plain-torch bound assumes of the program (no override of these)
+_PROGRAM = ("model", "guide", "posterior", "context", "prior", "decode", "decoder_log_prob",
+            "_kl_scale", "default_loss")
+
+
+@FlowVAE.training_method("svi")
+class FlowVAESVI(LeanSVI):
+    r"""SVI for the flow-posterior VAE, in plain torch where it can be.
+
+    With the model's own program, its default ``Trace_ELBO`` (or ``"mean_field"``, ``"iwae"``,
+    particles vectorized, or fit's KL warm-up and free bits) and no user guide (data
+    parallelism included), a step draws z through the flow as the guide would (its log q kept from the
+    draw) and evaluates :func:`probgen.models.vae_loss.site_bound` with the one-sample
+    log q(z | x) − log p(z) (the flow's KL has no closed form): the same values, gradients and
+    Adam step as :class:`~probgen.infer.svi.SVI`, without Pyro's traces.
+    """
+
+    def lean_objective(self) -> Objective | None:
+        model, loss = self.setup.model, self.elbo
+        if not plain_options(self.setup, annealing=True) or not keeps_program(
+                model, FlowVAE, _PROGRAM):
+            return None
+        if type(loss) not in (TraceMeanField_ELBO, Trace_ELBO, IWAE, AnnealedELBO):
+            return None
+        annealed = type(loss) is AnnealedELBO  # one particle a call
+        particles = 1 if annealed else loss.num_particles
+        if particles > 1 and not loss.vectorize_particles:
+            return None
+        iwae = type(loss) is IWAE
+
+        def objective(x: torch.Tensor, *, beta: float = 1.0, free_bits: float = 0.0
+                      ) -> torch.Tensor:
+            beta = beta * model.beta if model.training else beta
+            q = expanded(model.posterior(x), particles)
+            z = q.rsample()
+            prior = expanded(model.prior(x.shape[:1]), particles)
+            return site_bound(model.decoder_log_prob(x, z), [(q, prior, z)],
+                              particles=particles, iwae=iwae, beta=beta, free_bits=free_bits)
+        return objective

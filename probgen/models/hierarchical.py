@@ -9,6 +9,7 @@ from typing import Any
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from torch import nn
 
 from probgen.core.model import GenerativeModel
@@ -18,12 +19,14 @@ from probgen.distributions.likelihoods import (
     observation_distribution,
 )
 from probgen.guides.amortized import AmortizedFlowPosterior
-from probgen.infer.objectives import AnnealedELBO, kl_weight
+from probgen.infer.objectives import IWAE, AnnealedELBO, in_kl_warmup, kl_weight
+from probgen.models.lean_svi import LeanSVI, Objective, keeps_program, plain_options
 from probgen.models.registry import register_model
 from probgen.models.vae import ObservationCapabilities
+from probgen.models.vae_loss import Gaussian, Site, expanded, site_bound
 from probgen.nn import MLP, ConvDecoder, ConvEncoder, activation
 
-__all__ = ["HierarchicalVAE", "LadderELBO", "precision_weighted"]
+__all__ = ["HierarchicalVAE", "HierarchicalSVI", "LadderELBO", "precision_weighted"]
 
 LIKELIHOODS = ("bernoulli", "gaussian", "discretized_logistic")
 TOP_POSTERIORS = (None, "iaf", "nsf")
@@ -64,6 +67,26 @@ class _Body(nn.Sequential):
         self.out_features = widths[-1] if widths else in_features
 
 
+def _check_networks(likelihood: str, network: str, data_shape: list[int],
+                    latent_dims: list[int], hidden: list[list[int]]) -> None:
+    """Raise ValueError for an unknown likelihood or network, empty or non-positive sizes, or a
+    conv network without an image (in this order)."""
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(f"unknown likelihood {likelihood!r}; choose one of {LIKELIHOODS}")
+    if network not in ("mlp", "conv"):
+        raise ValueError(f"network must be 'mlp' or 'conv', got {network!r}")
+    if not latent_dims or min(latent_dims) <= 0:
+        raise ValueError(f"latent_dims must list at least one positive size, got {latent_dims}")
+    if len(hidden) != len(latent_dims):
+        raise ValueError(f"hidden_features needs one entry per stochastic layer ({len(latent_dims)}"
+                         f"), got {len(hidden)}: e.g. hidden_features=((512, 512), (256, 256))")
+    if min(data_shape, default=0) <= 0 or any(w <= 0 for ws in hidden for w in ws):
+        raise ValueError(f"data_shape and hidden widths must be positive, got {data_shape}, {hidden}")
+    if network == "conv" and (len(data_shape) != 3 or not hidden[0]):
+        raise ValueError("a conv hierarchical VAE needs data_shape (C, H, W) and a non-empty "
+                         f"hidden_features[0] (its dense width); got {data_shape}, {hidden[0]}")
+
+
 @register_model("hierarchical_vae")
 class HierarchicalVAE(ObservationCapabilities, GenerativeModel):
     r"""A ladder VAE: p(x, z) = p(z_L) Π_{l<L} p(z_l | z_{l+1}) p(x | z_1) (Sønderby et al., 2016).
@@ -77,7 +100,10 @@ class HierarchicalVAE(ObservationCapabilities, GenerativeModel):
 
     KL warm-up and free bits (posterior-collapse counter-measures) live in :class:`LadderELBO`,
     the loss ``probgen.fit`` uses by default, and act only while ``self.training``, so
-    ``probgen.evaluate`` (which calls ``model.eval()``) always reports the true bound.
+    ``probgen.evaluate`` (which calls ``model.eval()``) always reports the true bound. While
+    the KL weight β < 1 (this model's or fit's warm-up) the learned priors p(z_l | z_{l+1})
+    are *held*: their networks ``down`` get no gradient (the bound's value is unchanged), so
+    they cannot absorb q(z_l | x) while the KL is down-weighted (:meth:`top_down`).
 
     Arguments:
         data_shape: the shape of one example, ``(D,)`` or ``(C, H, W)`` (``network="conv"``).
@@ -102,6 +128,7 @@ class HierarchicalVAE(ObservationCapabilities, GenerativeModel):
     """
 
     has_guide = True
+    data_size_argument = "data_shape"  # filled from the data by from_data and the CLI
 
     def __init__(self, data_shape: Sequence[int] = (784,), *, latent_dims: Sequence[int] = (64, 32),
                  hidden_features: Sequence[int | Sequence[int]] = ((512, 512), (256, 256)),
@@ -113,20 +140,7 @@ class HierarchicalVAE(ObservationCapabilities, GenerativeModel):
         data_shape = [int(s) for s in (data_shape if isinstance(data_shape, Sequence) else [data_shape])]
         latent_dims = [int(d) for d in latent_dims]
         hidden = [_widths(entry) for entry in hidden_features]
-        if likelihood not in LIKELIHOODS:
-            raise ValueError(f"unknown likelihood {likelihood!r}; choose one of {LIKELIHOODS}")
-        if network not in ("mlp", "conv"):
-            raise ValueError(f"network must be 'mlp' or 'conv', got {network!r}")
-        if not latent_dims or min(latent_dims) <= 0:
-            raise ValueError(f"latent_dims must list at least one positive size, got {latent_dims}")
-        if len(hidden) != len(latent_dims):
-            raise ValueError(f"hidden_features needs one entry per stochastic layer ({len(latent_dims)}"
-                             f"), got {len(hidden)}: e.g. hidden_features=((512, 512), (256, 256))")
-        if min(data_shape, default=0) <= 0 or any(w <= 0 for ws in hidden for w in ws):
-            raise ValueError(f"data_shape and hidden widths must be positive, got {data_shape}, {hidden}")
-        if network == "conv" and (len(data_shape) != 3 or not hidden[0]):
-            raise ValueError("a conv hierarchical VAE needs data_shape (C, H, W) and a non-empty "
-                             f"hidden_features[0] (its dense width); got {data_shape}, {hidden[0]}")
+        _check_networks(likelihood, network, data_shape, latent_dims, hidden)
         if top_posterior not in TOP_POSTERIORS:
             raise ValueError(f"top_posterior must be one of {TOP_POSTERIORS}, got {top_posterior!r}")
         if inference not in INFERENCE:
@@ -149,44 +163,50 @@ class HierarchicalVAE(ObservationCapabilities, GenerativeModel):
         self.observation_scale = observation_scale
         self.warmup_steps, self.free_bits = int(warmup_steps), float(free_bits)
         self.top_posterior = top_posterior
-        num_data = math.prod(self.data_shape)
-        per_dim = PARAMS_PER_DIM[likelihood]
-        # ladder: d_l = body_l(d_{l-1}), (μ̂_l, log σ̂_l) = head_l(d_l); bottom-up: the body of
-        # layer l > 1 reads the sample z_{l-1} instead of d_{l-1}
-        self.up_bodies, self.up_heads = nn.ModuleList(), nn.ModuleList()
-        features = num_data
-        for layer, (size, widths) in enumerate(zip(latent_dims, hidden)):
-            if layer > 0 and inference == "bottom_up":
-                features = latent_dims[layer - 1]
-            if layer == 0 and network == "conv":
-                body: nn.Module = nn.Sequential(ConvEncoder(self.data_shape, widths[-1], channels,
-                                                            activation), _activation(activation))
-                body.out_features = widths[-1]
-            else:
-                body = _Body(features, widths, activation)
-            features = body.out_features
-            self.up_bodies.append(body)
-            top_is_flow = layer == self.num_layers - 1 and top_posterior is not None
-            self.up_heads.append(nn.Identity() if top_is_flow else nn.Linear(features, 2 * size))
+        features = self._build_inference(hidden, activation, int(channels))
         if top_posterior is not None:
             self.top_flow = AmortizedFlowPosterior(latent_dims[-1], features, top_posterior,
                                                    transforms=int(flow_transforms),
                                                    hidden=tuple(int(w) for w in flow_hidden))
-        # top-down: p(z_l | z_{l+1}) for l < L, and p(x | z_1)
-        self.down = nn.ModuleList(MLP(latent_dims[layer + 1], 2 * latent_dims[layer],
-                                      hidden[layer][::-1], activation)
-                                  for layer in range(self.num_layers - 1))
-        if network == "mlp":
-            self.decoder: nn.Module = MLP(latent_dims[0], per_dim * num_data, hidden[0][::-1],
-                                          activation)
-        else:
-            c, h, w = self.data_shape
-            self.decoder = ConvDecoder(latent_dims[0], (per_dim * c, h, w), channels=channels,
-                                       activation=activation)
+        self._build_generation(hidden, activation, int(channels))
         if likelihood == "gaussian" and observation_scale is None:
             self.log_observation_scale = nn.Parameter(torch.zeros(self.data_shape))
         self.register_buffer("training_steps", torch.zeros((), dtype=torch.long))  # for warm-up
         self.register_buffer("_zero", torch.zeros(()), persistent=False)
+
+    def _build_inference(self, hidden: list[list[int]], act: str, channels: int) -> int:
+        """The bottom-up bodies and heads; returns the width of the top body's features."""
+        # ladder: d_l = body_l(d_{l-1}), (μ̂_l, log σ̂_l) = head_l(d_l); bottom-up: the body of
+        # layer l > 1 reads the sample z_{l-1} instead of d_{l-1}
+        self.up_bodies, self.up_heads = nn.ModuleList(), nn.ModuleList()
+        features = math.prod(self.data_shape)
+        for layer, (size, widths) in enumerate(zip(self.latent_dims, hidden)):
+            if layer > 0 and self.inference == "bottom_up":
+                features = self.latent_dims[layer - 1]
+            if layer == 0 and self.network == "conv":
+                body: nn.Module = nn.Sequential(ConvEncoder(self.data_shape, widths[-1], channels,
+                                                            act), _activation(act))
+                body.out_features = widths[-1]
+            else:
+                body = _Body(features, widths, act)
+            features = body.out_features
+            self.up_bodies.append(body)
+            top_is_flow = layer == self.num_layers - 1 and self.top_posterior is not None
+            self.up_heads.append(nn.Identity() if top_is_flow else nn.Linear(features, 2 * size))
+        return features
+
+    def _build_generation(self, hidden: list[list[int]], act: str, channels: int) -> None:
+        """The top-down networks of p(z_l | z_{l+1}) for l < L, and the decoder of p(x | z_1)."""
+        dims = self.latent_dims
+        self.down = nn.ModuleList(MLP(dims[layer + 1], 2 * dims[layer], hidden[layer][::-1], act)
+                                  for layer in range(self.num_layers - 1))
+        outputs = PARAMS_PER_DIM[self.likelihood] * math.prod(self.data_shape)
+        if self.network == "mlp":
+            self.decoder: nn.Module = MLP(dims[0], outputs, hidden[0][::-1], act)
+        else:
+            c, h, w = self.data_shape
+            self.decoder = ConvDecoder(dims[0], (PARAMS_PER_DIM[self.likelihood] * c, h, w),
+                                       channels=channels, activation=act)
 
     @property
     def latent_names(self) -> tuple[str, ...]:
@@ -212,8 +232,10 @@ class HierarchicalVAE(ObservationCapabilities, GenerativeModel):
         return out
 
     def top_down(self, layer: int, z_above: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loc, scale) of p(z_l | z_{l+1}) for 0-based ``layer`` < L - 1."""
-        return _normal(self.down[layer](z_above))
+        """(loc, scale) of p(z_l | z_{l+1}) for 0-based ``layer`` < L - 1; held (from detached
+        parameters: the same value, no gradient to ``down``) during KL warm-up, i.e. inside
+        :func:`probgen.infer.objectives.kl_warmup` (an annealed bound with β < 1)."""
+        return _top_down(self, layer, z_above, in_kl_warmup())
 
     def prior(self, batch_shape: torch.Size | tuple[int, ...]) -> dist.Distribution:
         """p(z_L) = N(0, I), event shape ``(latent_dims[-1],)``."""
@@ -252,6 +274,23 @@ class HierarchicalVAE(ObservationCapabilities, GenerativeModel):
             observation_scale=self.observation_scale,
             log_observation_scale=getattr(self, "log_observation_scale", None),
             num_bins=self.num_bins)
+
+    def decoder_log_prob(self, x: torch.Tensor, z1: torch.Tensor, *,
+                         summed: bool = False) -> torch.Tensor:
+        """log p(x | z_1) summed over the data dimensions, shape ``z1.shape[:-1]`` (x broadcasts
+        over leading particles); ``summed``: the total, a scalar (a Bernoulli likelihood in
+        one fused kernel, the value ``decode(z1).log_prob(x)`` gives)."""
+        if self.likelihood != "bernoulli":
+            log_prob = self.decode(z1).log_prob(x)
+            return log_prob.sum() if summed else log_prob
+        batch_shape = z1.shape[:-1]
+        logits = self.decoder(z1).reshape(*batch_shape, -1)
+        x = x.reshape(*x.shape[: x.dim() - len(self.data_shape)], -1).to(logits.dtype)
+        if x.shape != logits.shape:
+            x = x.expand_as(logits)
+        if summed:
+            return -nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+        return -nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
 
     # --- the program -------------------------------------------------------------------
     def model(self, x: torch.Tensor) -> None:
@@ -372,7 +411,8 @@ class LadderELBO(AnnealedELBO):
     Both act only while ``vae.training`` (``loss`` follows the mode too: ``probgen.evaluate``
     and fit's validation call ``model.eval()`` and get the true bound); ``loss_and_grads``
     advances ``vae.training_steps``. ``fit(kl_warmup_epochs=, free_bits=)`` replaces this loss with the
-    generic one, whose warm-up follows fit's step count instead.
+    generic one, whose warm-up follows fit's step count instead. Either way, while β < 1 the
+    learned priors p(z_l | z_{l+1}) are held (:meth:`HierarchicalVAE.top_down`).
     """
 
     def __init__(self, vae: HierarchicalVAE, num_particles: int = 1) -> None:
@@ -393,3 +433,123 @@ class LadderELBO(AnnealedELBO):
         if self.vae.training:
             self.vae.training_steps += 1
         return loss
+
+
+# what a plain-torch bound of HierarchicalVAE assumes of the program (no override of these)
+_PROGRAM = ("model", "guide", "_inputs", "bottom_up", "top_down", "prior", "top_posterior_dist",
+            "chained_posterior", "merged_posterior", "decode", "decoder_log_prob", "default_loss",
+            "kl_weight")
+
+
+def _top_down(vae: HierarchicalVAE, layer: int, z_above: torch.Tensor, held: bool
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loc, scale) of p(z_l | z_{l+1}); ``held`` (KL warm-up, β < 1): from detached
+    parameters, so that p(z_l | z_{l+1}) cannot absorb q(z_l | x)'s offset while the KL is
+    down-weighted (gradients still flow through ``z_above``)."""
+    net = vae.down[layer]
+    if not held:
+        return _normal(net(z_above))
+    params = {name: value.detach() for name, value in net.named_parameters()}
+    return _normal(torch.func.functional_call(net, params, (z_above,)))
+
+
+def _ladder_sites(vae: HierarchicalVAE, x: torch.Tensor, particles: int, held: bool = False
+                  ) -> tuple[list[Site], torch.Tensor]:
+    """(q, p, z) per latent, top first, and z_1: the guide's draws down the ladder, each
+    layer's top-down N(μ_p, σ_p) computed once (the merge's prior half and p(z_l | z_{l+1}));
+    ``held``: from detached parameters (:meth:`HierarchicalVAE.top_down` in KL warm-up)."""
+    features = vae.bottom_up(x)
+    q = expanded(_top_posterior(vae, features[-1]), particles)
+    z = q.rsample()
+    sites = [(q, expanded(_standard_normal(vae, x), particles), z)]
+    for layer in reversed(range(vae.num_layers - 1)):
+        loc_p, scale_p = _top_down(vae, layer, z, held)
+        q = Gaussian(*precision_weighted(*_normal(vae.up_heads[layer](features[layer])),
+                                         loc_p, scale_p))
+        z = q.rsample()
+        sites.append((q, Gaussian(loc_p, scale_p), z))
+    return sites, z
+
+
+def _chained_sites(vae: HierarchicalVAE, x: torch.Tensor, particles: int, held: bool = False
+                   ) -> tuple[list[Site], torch.Tensor]:
+    """(q, p, z) per latent, top first, and z_1, for bottom-up inference: z_l ~ q(z_l | z_{l-1});
+    ``held``: p(z_l | z_{l+1}) from detached parameters (no gradient reaches ``vae.down``)."""
+    below, posteriors, draws = vae._inputs(x), [], []
+    for layer in range(vae.num_layers):
+        features = vae.up_bodies[layer](below)
+        q = (_top_posterior(vae, features) if layer == vae.num_layers - 1
+             else Gaussian(*_normal(vae.up_heads[layer](features))))
+        q = expanded(q, particles) if layer == 0 else q
+        below = q.rsample()
+        posteriors.append(q)
+        draws.append(below)
+    sites = [(posteriors[-1], expanded(_standard_normal(vae, x), particles), draws[-1])]
+    for layer in reversed(range(vae.num_layers - 1)):
+        prior = Gaussian(*_top_down(vae, layer, draws[layer + 1], held))
+        sites.append((posteriors[layer], prior, draws[layer]))
+    return sites, draws[0]
+
+
+def _top_posterior(vae: HierarchicalVAE, features: torch.Tensor) -> dist.Distribution | Gaussian:
+    """q(z_L | x) from the top features: :class:`Gaussian` (``top_posterior_dist``'s Normal) or
+    the flow itself."""
+    if vae.top_posterior is not None:
+        return vae.top_posterior_dist([features])
+    return Gaussian(*_normal(vae.up_heads[-1](features)))
+
+
+def _standard_normal(vae: HierarchicalVAE, x: torch.Tensor) -> Gaussian:
+    """p(z_L) = N(0, I) over x's examples (``prior``'s Normal)."""
+    zeros = vae._zero.expand(x.shape[0], vae.latent_dims[-1])
+    return Gaussian(zeros, torch.ones_like(zeros))
+
+
+@HierarchicalVAE.training_method("svi")
+class HierarchicalSVI(LeanSVI):
+    r"""SVI for the hierarchical VAEs (ladder and bottom-up), in plain torch where it can be.
+
+    With the model's own program and :class:`LadderELBO` (its default: the model's warm-up and
+    free bits), fit's annealed ELBO (``kl_warmup_epochs=``, ``free_bits=``),
+    ``TraceMeanField_ELBO``, ``Trace_ELBO`` or ``"iwae"`` (particles vectorized), and no user
+    guide or data parallelism, a step draws every layer's z with the same noise the guide
+    would and evaluates :func:`probgen.models.vae_loss.site_bound` (Gaussian KLs in closed
+    form where the loss takes them so, a flow's log q − log p on its own draw): the same values,
+    gradients and Adam step as :class:`~probgen.infer.svi.SVI`, without Pyro's traces; while
+    β < 1 it holds the top-down priors as the program does (:meth:`HierarchicalVAE.top_down`).
+    """
+
+    def lean_objective(self) -> Objective | None:
+        vae, loss = self.setup.model, self.elbo
+        if not plain_options(self.setup, annealing=True) or not keeps_program(
+                vae, HierarchicalVAE, _PROGRAM):
+            return None
+        if type(loss) not in (TraceMeanField_ELBO, Trace_ELBO, IWAE, AnnealedELBO, LadderELBO):
+            return None
+        annealed = isinstance(loss, AnnealedELBO)  # one particle a call
+        particles = 1 if annealed else loss.num_particles
+        if particles > 1 and not loss.vectorize_particles:
+            return None
+        sites_of = _chained_sites if vae.inference == "bottom_up" else _ladder_sites
+        iwae, analytic = type(loss) is IWAE, annealed or type(loss) is TraceMeanField_ELBO
+
+        def objective(x: torch.Tensor, *, beta: float = 1.0, free_bits: float = 0.0
+                      ) -> torch.Tensor:
+            sites, z1 = sites_of(vae, x, particles, held=beta < 1.0)  # as top_down in warm-up
+            log_likelihood = vae.decoder_log_prob(x, z1, summed=not iwae)
+            return site_bound(log_likelihood, sites, particles=particles,
+                              iwae=iwae, analytic_kl=analytic, beta=beta, free_bits=free_bits)
+        return objective
+
+    def kl_terms(self, training: bool) -> tuple[float, float]:
+        """:class:`LadderELBO`'s β and free bits follow the model (its steps, its mode)."""
+        if isinstance(self.elbo, LadderELBO):
+            vae = self.elbo.vae
+            return vae.kl_weight(), (vae.free_bits if vae.training else 0.0)
+        return super().kl_terms(training)
+
+    def step(self, batch: tuple[torch.Tensor, ...], scale: float) -> float:
+        value = super().step(batch, scale)
+        if self.objective is not None and isinstance(self.elbo, LadderELBO) and self.elbo.vae.training:
+            self.elbo.vae.training_steps += 1  # as LadderELBO.loss_and_grads counts
+        return value

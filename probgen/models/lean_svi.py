@@ -4,16 +4,17 @@ SVI's optimizer, parameter names, checkpoints and fallback, without Pyro's trace
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
 
 from probgen.core.model import GenerativeModel
 from probgen.infer.method import TrainingSetup
-from probgen.infer.objectives import IWAE
+from probgen.infer.objectives import IWAE, AnnealedELBO
 from probgen.infer.svi import SVI
 
-__all__ = ["LeanSVI", "Objective", "keeps_program", "plain_options"]
+__all__ = ["LeanSVI", "Objective", "keeps_program", "plain_options", "compiled"]
 
 Objective = Callable[..., torch.Tensor]
 
@@ -25,11 +26,38 @@ def keeps_program(model: GenerativeModel, family: type, names: Sequence[str]) ->
                    for name in names)
 
 
-def plain_options(setup: TrainingSetup) -> bool:
-    """The run asks for nothing beyond a named bound: no user guide, ``pyro.infer.ELBO``
-    object, KL warm-up, free bits or data parallelism (those take Pyro's generic path)."""
-    return (setup.guide is None and setup.parallel is None and not setup.kl_warmup_steps
-            and not setup.free_bits and (setup.loss is None or isinstance(setup.loss, str)))
+def plain_options(setup: TrainingSetup, *, annealing: bool = False) -> bool:
+    """The run asks for nothing beyond a named bound: no user guide or ``pyro.infer.ELBO``
+    object, and no KL warm-up or free bits unless ``annealing`` (the
+    family's objective takes ``beta`` and ``free_bits``); the rest takes Pyro's generic path."""
+    return (setup.guide is None
+            and (annealing or not (setup.kl_warmup_steps or setup.free_bits))
+            and (setup.loss is None or isinstance(setup.loss, str)))
+
+
+def compiled(objective: Objective) -> Objective:
+    """``torch.compile(objective)``, or ``objective`` itself (one warning) where no compiler is
+    present or the first call fails to compile: eager execution, the same values."""
+    try:
+        # fallback_random: the same random draws as eager execution (and as the generic path)
+        candidate = torch.compile(objective, dynamic=False, options={"fallback_random": True})
+    except Exception as error:  # no dynamo on this platform / build
+        warnings.warn(f"compile=True: torch.compile is unavailable ({error}); running eagerly",
+                      RuntimeWarning, stacklevel=3)
+        return objective
+    state = {"function": candidate}
+
+    def run(*args: torch.Tensor, **kwargs: float) -> torch.Tensor:
+        try:
+            return state["function"](*args, **kwargs)
+        except Exception as error:
+            if state["function"] is objective:
+                raise
+            warnings.warn(f"compile=True: compilation failed ({type(error).__name__}: {error}); "
+                          "running eagerly", RuntimeWarning, stacklevel=2)
+            state["function"] = objective
+            return objective(*args, **kwargs)
+    return run
 
 
 class LeanSVI(SVI):
@@ -41,11 +69,21 @@ class LeanSVI(SVI):
     the step then takes the same Adam step on the same parameters (by the param store's names,
     so checkpoints and resumes are interchangeable with :class:`~probgen.infer.svi.SVI`).
     Where it returns None, every call goes to the generic SVI.
+
+    Under an annealed ELBO (fit's KL warm-up and free bits: the generic path's
+    :class:`~probgen.infer.objectives.AnnealedELBO`) the objective is called with keywords
+    ``beta`` and ``free_bits`` (:meth:`kl_terms`), once per particle as in the generic loop.
+    Option ``compile``: the objective runs through ``torch.compile`` (eagerly, after one
+    warning, where that fails).
     """
+
+    options = (*SVI.options, "compile")
 
     def __init__(self, setup: TrainingSetup) -> None:
         super().__init__(setup)
         self.objective = self.lean_objective()
+        if self.objective is not None and setup.options.get("compile", False):
+            self.objective = compiled(self.objective)
         if self.objective is not None:
             model = setup.model
             self.params = {f"{model.pyro_name}$$${name}": value
@@ -58,12 +96,31 @@ class LeanSVI(SVI):
         """``objective(*batch)``, the bound summed over examples, or None (the generic path)."""
         return None
 
+    def kl_terms(self, training: bool) -> tuple[float, float]:
+        """(β, free-bits floor λ) of the bound: the annealed ELBO's at this step in training
+        (``begin_step`` set it), (1, 0) in validation and without annealing."""
+        if training and isinstance(self.elbo, AnnealedELBO):
+            return self.elbo.beta(), self.elbo.free_bits
+        return 1.0, 0.0
+
+    def bound(self, batch: tuple[torch.Tensor, ...], training: bool) -> torch.Tensor:
+        """The objective at this step's (β, λ); the annealed ELBO's particles one call each."""
+        if not isinstance(self.elbo, AnnealedELBO):
+            return self.objective(*batch)
+        beta, free_bits = self.kl_terms(training)
+        particles = self.elbo.num_particles
+        total = sum(self.objective(*batch, beta=beta, free_bits=free_bits)
+                    for _ in range(particles))
+        return total if particles == 1 else total / particles
+
     def step(self, batch: tuple[torch.Tensor, ...], scale: float) -> float:
         if self.objective is None:
             return super().step(batch, scale)
-        loss = self.objective(*batch) * -scale
+        loss = self.bound(batch, True) * -scale
         loss.backward()
         value = loss.item()
+        if self.parallel is not None:  # the mean of the ranks' gradients and losses
+            value = self.parallel.average_gradients_(self.params, value)
         if math.isfinite(value):
             self.optimizer(self.params)
         for parameter in self.params.values():
@@ -79,6 +136,6 @@ class LeanSVI(SVI):
         size = len(batch[0])
         chunk = self.elbo.chunk if isinstance(self.elbo, IWAE) else size
         with torch.no_grad():  # in IWAE's chunks, so the draws are the generic path's
-            total = sum(float(self.objective(*(t[i:i + chunk] for t in batch)))
+            total = sum(float(self.bound(tuple(t[i:i + chunk] for t in batch), False))
                         for i in range(0, size, chunk))
         return -total / size

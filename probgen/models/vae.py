@@ -24,7 +24,7 @@ from probgen.distributions.likelihoods import (
     check_bins,
     observation_distribution,
 )
-from probgen.infer.objectives import IWAE
+from probgen.infer.objectives import IWAE, AnnealedELBO
 from probgen.models import vae_loss
 from probgen.models.lean_svi import LeanSVI, Objective, keeps_program, plain_options
 from probgen.models.registry import register_model
@@ -85,6 +85,7 @@ class VAE(ObservationCapabilities, GenerativeModel):
     has_guide = True
     # what the model half uses; the guide registers every other parameter
     decoder_attributes: ClassVar[tuple[str, ...]] = ("decoder_body", "log_observation_scale")
+    data_size_argument = "data_shape"  # filled from the data by from_data and the CLI
 
     def __init__(self, data_shape: Sequence[int] = (784,), *, latent_dim: int = 20,
                  hidden_features: Sequence[int] = (400,), likelihood: str = "bernoulli",
@@ -328,7 +329,8 @@ class VAESVI(LeanSVI):
 
     When the ELBO is one the family writes in closed form (the default ``TraceMeanField_ELBO``,
     ``loss="mean_field"``, ``"trace"`` or ``"iwae"``, particles vectorized) on the model's own
-    Gaussian posterior, with no user guide, KL warm-up, free bits or data parallelism, a step
+    Gaussian posterior (fit's KL warm-up, free bits and data parallelism included), with no user
+    guide, a step
     evaluates :mod:`probgen.models.vae_loss` (one encoder and one decoder pass, no trace) and
     takes the same Adam step on the same parameters as :class:`~probgen.infer.svi.SVI`: the
     same values, gradients and random draws, so results, checkpoints and resumes are
@@ -338,18 +340,21 @@ class VAESVI(LeanSVI):
 
     def lean_objective(self) -> Objective | None:
         model, loss = self.setup.model, self.elbo
-        if not plain_options(self.setup) or not keeps_program(model, VAE, (
+        if not plain_options(self.setup, annealing=True) or not keeps_program(model, VAE, (
                 "model", "guide", "posterior", "posterior_parameters", "prior", "decode",
                 "decoder_log_prob", "_kl_scale", "default_loss")):
             return None
-        num_particles = loss.num_particles
-        if type(loss) not in (TraceMeanField_ELBO, Trace_ELBO, IWAE) or (
+        annealed = type(loss) is AnnealedELBO  # one particle a call, closed-form KL
+        num_particles = 1 if annealed else loss.num_particles
+        if type(loss) not in (TraceMeanField_ELBO, Trace_ELBO, IWAE, AnnealedELBO) or (
                 num_particles > 1 and not loss.vectorize_particles):
             return None
-        iwae, analytic_kl = type(loss) is IWAE, type(loss) is TraceMeanField_ELBO
+        iwae = type(loss) is IWAE
+        analytic_kl = annealed or type(loss) is TraceMeanField_ELBO
 
-        def objective(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-            beta = model.beta if model.training else 1.0
+        def objective(x: torch.Tensor, y: torch.Tensor | None = None, *, beta: float = 1.0,
+                      free_bits: float = 0.0) -> torch.Tensor:
+            beta = beta * model.beta if model.training else beta
             loc, log_scale = model.posterior_parameters(x, y)
             log_likelihood = (model.decoder_log_prob if y is None
                               else functools.partial(model.decoder_log_prob, y=y))
@@ -357,7 +362,7 @@ class VAESVI(LeanSVI):
                 return vae_loss.iwae_bound(loc, log_scale, x, log_likelihood,
                                            num_particles=num_particles, beta=beta).sum()
             return vae_loss.elbo(loc, log_scale, x, log_likelihood, num_particles=num_particles,
-                                 analytic_kl=analytic_kl, beta=beta)
+                                 analytic_kl=analytic_kl, beta=beta, free_bits=free_bits)
         return objective
 
 
