@@ -29,6 +29,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 OUT = ROOT / "docs" / "benchmarks.md"
 CHARTS = ROOT / "docs" / "img"
 SPEED_CHART, MNIST_CHART = "bench_speed.png", "bench_mnist.png"
+CURVES_CHART = "bench_hierarchical_curves.png"  # also saved beside the results
 
 Row = dict[str, Any]
 Column = tuple[str, Callable[[Row], Any]]
@@ -798,6 +799,43 @@ def draw_charts(files: dict[str, list[Row]], out: Path = CHARTS) -> list[str]:
         axis.legend(handles=handles, fontsize=7, loc="lower right")
         axis.grid(axis="x", alpha=0.3)
         written.append(_save(figure, out / MNIST_CHART))
+    curves = training_curves(files.get("hierarchical_mnist", []))
+    if curves:
+        beside = [RESULTS / CURVES_CHART] if out == CHARTS else []  # the results' own copy
+        written += draw_curves(curves, [out / CURVES_CHART, *beside])
+    return written
+
+
+def training_curves(rows: list[Row]) -> dict[str, list[float]]:
+    """Validation loss per epoch (−ELBO per example, nats) of each model trained for the longest
+    budget in ``rows`` (one curve per model; its ELBO and IWAE rows share it)."""
+    trained = [row for row in rows if row.get("validation_loss_per_epoch") and not is_published(row)]
+    longest = max((_num(row.get("epochs")) or 0 for row in trained), default=0)
+    return {short_label(str(row["model"])): [float(v) for v in row["validation_loss_per_epoch"]]
+            for row in trained if (_num(row.get("epochs")) or 0) == longest}
+
+
+def draw_curves(curves: dict[str, list[float]], paths: Iterable[Path]) -> list[str]:
+    """Validation −ELBO against epoch, one line per model, into each of ``paths``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for path in paths:
+        figure, axis = plt.subplots(figsize=(7, 4))
+        for label, values in curves.items():
+            axis.plot(range(1, len(values) + 1), values, lw=1.2, label=label)
+        lowest = min(min(values) for values in curves.values())
+        axis.set_ylim(lowest - 2, lowest + 25)
+        axis.set_xlabel("epoch")
+        axis.set_ylabel("validation −ELBO per image (nats, lower is better)")
+        axis.set_title("Binarized MNIST, last 10,000 training images held out")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        written.append(_save(figure, path))
     return written
 
 
