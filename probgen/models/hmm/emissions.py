@@ -103,17 +103,21 @@ def _columns(sequences: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     return sequences[:, start:stop].permute(2, 1, 0).reshape(sequences.shape[-1], -1)
 
 
-class CategoricalEmission(Emission):
-    """Integer steps in ``0..size-1``: p(x_t = c | z_t = s) = softmax(logits_s)_c."""
-
-    support: ClassVar[str] = "categorical"
-    data_space: ClassVar[str] = "discrete"
+class LogitsEmission(Emission):
+    """An emission parameterised by one logit table ``(num_states, size)``."""
 
     def create_parameters(self, model: HMM) -> None:
         model.emission_logits = nn.Parameter(torch.randn(self.num_states, self.size))
 
     def params(self, model: HMM) -> tuple[torch.Tensor, ...]:
         return (model.emission_logits,)
+
+
+class CategoricalEmission(LogitsEmission):
+    """Integer steps in ``0..size-1``: p(x_t = c | z_t = s) = softmax(logits_s)_c."""
+
+    support: ClassVar[str] = "categorical"
+    data_space: ClassVar[str] = "discrete"
 
     def distribution(self, *params: torch.Tensor) -> dist.Distribution:
         return dist.Categorical(logits=params[0])
@@ -161,17 +165,11 @@ class CategoricalEmission(Emission):
         return {"emission_probs": probs / probs.sum(-1, keepdim=True)}
 
 
-class BernoulliEmission(Emission):
+class BernoulliEmission(LogitsEmission):
     """0/1 vectors of ``size`` features: p(x_td = 1 | z_t = s) = σ(logits_sd)."""
 
     support: ClassVar[str] = "binary"
     data_space: ClassVar[str] = "discrete"
-
-    def create_parameters(self, model: HMM) -> None:
-        model.emission_logits = nn.Parameter(torch.randn(self.num_states, self.size))
-
-    def params(self, model: HMM) -> tuple[torch.Tensor, ...]:
-        return (model.emission_logits,)
 
     def distribution(self, *params: torch.Tensor) -> dist.Distribution:
         return dist.Bernoulli(logits=params[0]).to_event(1)
