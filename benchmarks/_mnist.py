@@ -210,7 +210,13 @@ def train(model: torch.nn.Module, splits: Splits, *, epochs: int, batch_size: in
     selection = (f"parameters of the epoch with the lowest validation loss ({loss}"
                  f" per example, once per epoch) on {splits.validation_source}: epoch {best} of "
                  f"{len(result.losses) / steps_per_epoch:g}; the test set is used only to report")
-    return Training(len(result.losses) / steps_per_epoch, result.seconds, cpu_seconds,
+    if result.run_seconds is not None:  # the whole run, every resumed call of it
+        seconds, cpu_seconds = result.run_seconds, result.run_cpu_seconds
+    else:  # resumed from a file that did not record the earlier calls' time
+        seconds = result.seconds
+        print("warning: the checkpoint does not record the earlier calls' time; train_seconds "
+              "counts this call only", flush=True)
+    return Training(len(result.losses) / steps_per_epoch, seconds, cpu_seconds,
                     _per_epoch(result, steps_per_epoch), [v for _, v in result.validation],
                     best, selection, {"optim": _optimizer_name(options.get("optim")) + (
                                           f", {options['lr_schedule']} lr to "

@@ -68,6 +68,9 @@ def widths(text: str) -> tuple[int, ...]:
     return sizes
 
 
+NORMALIZED = ("ladder", "two_layer", "ladder_iaf")  # the models --normalization acts on
+
+
 def architecture(name: str, args: argparse.Namespace) -> str:
     """The network of ``name`` in words: shared part first, then what the family adds."""
     hidden = "-".join(map(str, args.hidden))
@@ -75,6 +78,8 @@ def architecture(name: str, args: argparse.Namespace) -> str:
              f"{args.activation}, Bernoulli"
     top = f"[z: {args.latent}]-{'-'.join(map(str, args.top_hidden))}-[z2: {args.top_latent}]"
     flow = f"{args.flow_transforms}-step IAF ({hidden})"
+    if name in NORMALIZED and args.normalization:
+        shared += f", {args.normalization} normalization before every hidden activation"
     return {"vae": shared,
             "ladder": f"{shared}; ladder above z: {top}, precision-weighted inference",
             "two_layer": f"{shared}; second stochastic layer above z: {top}, bottom-up "
@@ -98,7 +103,8 @@ def _build(name: str, args: argparse.Namespace) -> torch.nn.Module:
     vae = {"latent_dim": args.latent, "hidden_features": args.hidden,
            "activation": args.activation}
     ladder = {"latent_dims": (args.latent, args.top_latent),
-              "hidden_features": (args.hidden, args.top_hidden), "activation": args.activation}
+              "hidden_features": (args.hidden, args.top_hidden), "activation": args.activation,
+              "normalization": args.normalization}
     flow = {"flow_transforms": args.flow_transforms, "flow_hidden": args.hidden}
     if name == "vae":
         return VAE((784,), **vae)
@@ -131,6 +137,9 @@ def main() -> None:
     parser.add_argument("--top-hidden", type=widths, default=(100, 100),
                         help="ladder: widths between z and z2")
     parser.add_argument("--top-latent", type=int, default=25, help="ladder: size of z2")
+    parser.add_argument("--normalization", default=None, choices=("layer",),
+                        help="the hierarchical models' MLPs: layer normalization before each "
+                             "hidden activation (a per-example stand-in for batch norm)")
     parser.add_argument("--flow-transforms", type=int, default=2, help="IAF steps")
     parser.add_argument("--denoiser", type=widths, default=(256, 256, 256),
                         help="hybrid: the diffusion prior's denoiser widths")
@@ -234,7 +243,9 @@ def main() -> None:
                          checkpoint_every=5, resume=args.resume, patience=args.patience,
                          report_every=5, distributed=args.distributed, **model_options)
         stages = [{"objective": describe_recipe(model_options), "epochs": training.epochs,
-                   "train_seconds": round(training.seconds, 1), "best_epoch": training.best_epoch,
+                   "train_seconds": round(training.seconds, 1),
+                   "train_cpu_seconds": round(training.cpu_seconds, 1),
+                   "best_epoch": training.best_epoch,
                    "model_selection": training.model_selection}]
         print(f"{name}: {training.epochs:g} epochs in {training.seconds:.0f} s, best validation "
               f"epoch {training.best_epoch}", flush=True)
@@ -247,6 +258,7 @@ def main() -> None:
                           report_every=1, distributed=args.distributed, **finetune)
             stages.append({"objective": describe_recipe(finetune), "epochs": tuned.epochs,
                            "train_seconds": round(tuned.seconds, 1),
+                           "train_cpu_seconds": round(tuned.cpu_seconds, 1),
                            "best_epoch": tuned.best_epoch,
                            "model_selection": tuned.model_selection})
             curves["finetune_validation_per_epoch"] = tuned.validation_per_epoch
@@ -265,6 +277,7 @@ def main() -> None:
                                                        f"{args.finetune_k} epochs"
                                                        if len(stages) > 1 else ""),
                   "train_seconds": round(seconds, 1),
+                  "train_cpu_seconds": round(sum(stage["train_cpu_seconds"] for stage in stages), 1),
                   "training_objective": " then ".join(stage["objective"] for stage in stages),
                   "stages": stages, "model_selection": stages[-1]["model_selection"],
                   "fit_options": {k: v for k, v in model_options.items() if v is not None},
@@ -284,7 +297,10 @@ def label_of(name: str, args: argparse.Namespace) -> str:
     return (f"probgen {name}, {'-'.join(map(str, args.hidden))} {args.activation}, "
             f"{args.epochs} epochs" + (f" + IWAE-{args.finetune_k} {args.finetune_epochs}"
                                        if args.finetune_epochs and name != "hybrid" else "")
-            + (f", EMA {args.ema_decay:g}" if args.ema_decay else ""))
+            + (f", EMA {args.ema_decay:g}" if args.ema_decay else "")
+            + (", no KL warm-up" if not args.kl_warmup_epochs and name != "hybrid" else "")
+            + (f", {args.normalization} norm" if args.normalization and name in NORMALIZED
+               else ""))
 
 
 def subset_rows(names: list[str], rows: list[dict], order: torch.Tensor, test: torch.Tensor,

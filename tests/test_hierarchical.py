@@ -307,17 +307,18 @@ def test_fit_then_evaluate_conv_discretized():
         probgen.evaluate(vae, x * 20, estimator="elbo")
 
 
-@pytest.mark.parametrize("inference", ["ladder", "bottom_up"])
-def test_save_load_round_trip(tmp_path, inference):
+@pytest.mark.parametrize("inference, normalization",
+                         [("ladder", None), ("bottom_up", None), ("ladder", "layer")])
+def test_save_load_round_trip(tmp_path, inference, normalization):
     vae = HierarchicalVAE((8,), latent_dims=(3, 2), hidden_features=((16,), (8,)),
                           top_posterior="iaf", flow_hidden=(8,), warmup_steps=3,
-                          inference=inference)
+                          inference=inference, normalization=normalization)
     x = torch.bernoulli(torch.full((10, 8), 0.3))
     probgen.fit(vae, x, num_steps=2, progress=False, seed=0)
     probgen.save(vae, tmp_path / "ladder")
     loaded = probgen.load(tmp_path / "ladder")
     assert type(loaded) is HierarchicalVAE and int(loaded.training_steps) == 2
-    assert loaded.inference == inference
+    assert loaded.inference == inference and loaded.normalization == normalization
     a = probgen.evaluate(vae, x, estimator="iwae", k=5, seed=1).per_example
     b = probgen.evaluate(loaded, x, estimator="iwae", k=5, seed=1).per_example
     torch.testing.assert_close(a, b)
@@ -331,6 +332,7 @@ def test_save_load_round_trip(tmp_path, inference):
     ({"inference": "top_down"}, "inference must be one of"),
     ({"network": "conv"}, "conv"),
     ({"free_bits": -1.0}, "free_bits"),
+    ({"normalization": "batch"}, "normalization must be one of"),
 ])
 def test_bad_arguments_name_the_problem(kwargs, match):
     options = {"latent_dims": (4,), "hidden_features": ((8,),), **kwargs}
@@ -389,3 +391,30 @@ def test_warmup_with_held_priors_leaves_the_mean_image_plateau(monkeypatch):
     unheld, unheld_units = trained()
     assert unheld > 24.3 and unheld_units == [0, 0]  # the plateau
     assert held < unheld - 1.5 and held_units[0] >= 1
+
+
+def test_layer_normalization_before_every_hidden_activation():
+    """normalization="layer": a LayerNorm after each hidden Linear of the bottom-up bodies, the
+    top-down priors and the decoder (none after an output layer); each example normalized
+    alone, so a batch gives each row's single-example values."""
+    vae = HierarchicalVAE((8,), latent_dims=(3, 2), hidden_features=((16, 12), (8,)),
+                          normalization="layer", activation="tanh")
+    plain = HierarchicalVAE((8,), latent_dims=(3, 2), hidden_features=((16, 12), (8,)),
+                            activation="tanh")
+    for normed, bare in ((vae.up_bodies, plain.up_bodies), (vae.down, plain.down),
+                         (vae.decoder, plain.decoder)):
+        hidden = [m for m in bare.modules() if isinstance(m, torch.nn.Tanh)]
+        norms = [m for m in normed.modules() if isinstance(m, torch.nn.LayerNorm)]
+        assert len(norms) == len(hidden) > 0
+    layers = list(vae.decoder)
+    for index, layer in enumerate(layers):
+        if isinstance(layer, torch.nn.LayerNorm):
+            assert isinstance(layers[index - 1], torch.nn.Linear)
+            assert isinstance(layers[index + 1], torch.nn.Tanh)
+    x = torch.bernoulli(torch.full((5, 8), 0.4))
+    batch = vae.bottom_up(x)
+    for row in range(5):
+        for layer, features in enumerate(vae.bottom_up(x[row:row + 1])):
+            torch.testing.assert_close(features[0], batch[layer][row])
+    assert "normalization" not in HierarchicalVAE((8,), latent_dims=(2,),
+                                                  hidden_features=((4,),)).config

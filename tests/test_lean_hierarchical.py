@@ -24,6 +24,8 @@ HIERARCHICAL = {
     "ladder_iaf": dict(top_posterior="iaf", flow_hidden=(8,)),
     "bottom_up_nsf": dict(inference="bottom_up", top_posterior="nsf", flow_hidden=(8,)),
     "own_warmup": dict(warmup_steps=5, free_bits=0.3),  # LadderELBO's own β and floor
+    "ladder_layer_norm": dict(normalization="layer"),
+    "bottom_up_layer_norm": dict(inference="bottom_up", normalization="layer"),
     "three_gaussian": dict(latent_dims=(3, 2, 2), hidden_features=(8, 8, (6,)),
                            likelihood="gaussian"),
 }

@@ -107,3 +107,34 @@ def test_resume_after_returning_the_averages_continues_from_the_raw_parameters(t
     resumed, _ = run(300, 0.9, restore_best=False, checkpoint=path, resume=True)
     assert resumed.losses == straight.losses
     torch.testing.assert_close(pyro.param("loc").detach(), straight_loc, rtol=0, atol=1e-10)
+
+
+def test_the_run_time_adds_up_across_resumes(tmp_path):
+    """run_seconds counts every call of a run: a first call slowed to >= 0.6 s by a sleeping
+    callback, then a fast resume, gives a run time >= 0.6 s beyond the resume's own; a file
+    without the record gives None rather than an undercount."""
+    import time
+
+    path = tmp_path / "run.pt"
+    train, _ = data()
+    first = probgen.fit(program, train, num_steps=30, batch_size=16, optim=0.01, seed=3,
+                        checkpoint=path, progress=False,
+                        callbacks=[lambda state: time.sleep(0.02)])
+    assert first.seconds >= 0.6 and first.run_seconds == pytest.approx(first.seconds, abs=0.2)
+    assert 0 < first.run_cpu_seconds < first.run_seconds  # the sleep costs wall, not CPU
+    pyro.clear_param_store()
+    resumed = probgen.fit(program, train, num_steps=60, batch_size=16, optim=0.01, seed=3,
+                          checkpoint=path, resume=True, progress=False)
+    assert resumed.seconds < 0.6
+    assert resumed.run_seconds >= resumed.seconds + 0.6
+    assert resumed.run_cpu_seconds >= first.run_cpu_seconds
+
+    state = load_checkpoint(path)
+    assert state["elapsed"][0] == pytest.approx(resumed.run_seconds, abs=0.2)
+    del state["elapsed"]  # as a file written before the run time was recorded
+    atomic_save(state, path)
+    pyro.clear_param_store()
+    later = probgen.fit(program, train, num_steps=90, batch_size=16, optim=0.01, seed=3,
+                        checkpoint=path, resume=True, progress=False)
+    assert later.run_seconds is None and later.run_cpu_seconds is None
+    assert later.seconds > 0

@@ -74,6 +74,19 @@ class Run:
     # what a resume continues from, kept apart from the parameters fit returns.
     training_state: dict[str, Any] | None = None
     seed_given: bool = False  # fit(seed=...) was passed: a resume must match it
+    # Wall and CPU seconds of the earlier calls of this run (to their last checkpoint), and
+    # this call's start: a checkpoint and the result carry the run's total across resumes.
+    earlier_seconds: tuple[float, float] | None = (0.0, 0.0)
+    call_started: tuple[float, float] = field(
+        default_factory=lambda: (time.perf_counter(), time.process_time()))
+
+    def elapsed(self) -> tuple[float, float] | None:
+        """(wall, CPU) seconds of the whole run so far; None when an earlier call's
+        checkpoint did not record its time."""
+        if self.earlier_seconds is None:
+            return None
+        return (self.earlier_seconds[0] + time.perf_counter() - self.call_started[0],
+                self.earlier_seconds[1] + time.process_time() - self.call_started[1])
 
     def checkpoint_state(self, step: int) -> dict[str, Any]:
         return {
@@ -87,6 +100,7 @@ class Run:
                                                     **self.best[2]},
             "average": None if self.average is None else self.average.state_dict(),
             "training_state": self.training_state,
+            "elapsed": self.elapsed(),
         }
 
     def load(self, path: Path, example: tuple) -> int:
@@ -108,6 +122,8 @@ class Run:
         set_rng_state(state["rng"])
         self.losses = [float(v) for v in state["losses"]]
         self.validation = [(int(s), float(v)) for s, v in state.get("validation") or []]
+        elapsed = state.get("elapsed")  # absent from files written before it was recorded
+        self.earlier_seconds = (float(elapsed[0]), float(elapsed[1])) if elapsed else None
         best = state.get("best")
         if best is not None:
             self.best = (float(best["loss"]), int(best["step"]),
@@ -450,9 +466,10 @@ class Loop:
         self.save(len(run.losses))
 
     def result(self, model: Any, name: str, started: float | None, stopped: bool) -> FitResult:
-        best = self.run.best
+        best, elapsed = self.run.best, self.run.elapsed()
         return FitResult(
             model, self.run.method.guide, self.run.losses, len(self.run.losses),
             time.perf_counter() - started if started is not None else 0.0, name,
             self.run.method.converged, stopped, list(self.run.validation),
-            best[1] if best is not None else None, self.batches.size, dict(self.run.settings))
+            best[1] if best is not None else None, self.batches.size, dict(self.run.settings),
+            *(elapsed if elapsed is not None else (None, None)))

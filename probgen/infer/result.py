@@ -51,6 +51,9 @@ class FitResult:
             ``restore_best``), else None.
         num_examples: N, the training-set size.
         settings: the run's settings (batch size, seed, ...).
+        run_seconds, run_cpu_seconds: wall and CPU time of the whole run, every call of it
+            (resumes included; an interrupted call counts to its last checkpoint). None when
+            an earlier call's checkpoint did not record them.
     """
 
     model: Callable
@@ -65,6 +68,8 @@ class FitResult:
     best_step: int | None = None
     num_examples: int = 0
     settings: dict[str, Any] = field(default_factory=dict)
+    run_seconds: float | None = None
+    run_cpu_seconds: float | None = None
 
     def __repr__(self) -> str:
         """One line: method, steps, final loss per example, best validation, time (not every

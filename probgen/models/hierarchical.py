@@ -25,6 +25,7 @@ from probgen.models.registry import register_model
 from probgen.models.vae import ObservationCapabilities
 from probgen.models.vae_loss import Gaussian, Site, expanded, site_bound
 from probgen.nn import MLP, ConvDecoder, ConvEncoder, activation
+from probgen.nn.mlp import NORMALIZATIONS, hidden_layer
 
 __all__ = ["HierarchicalVAE", "HierarchicalSVI", "LadderELBO", "precision_weighted"]
 
@@ -59,10 +60,11 @@ def _widths(entry: int | Sequence[int]) -> list[int]:
 class _Body(nn.Sequential):
     """Hidden layers only (each followed by the activation); the identity when ``widths`` is empty."""
 
-    def __init__(self, in_features: int, widths: Sequence[int], act: str) -> None:
+    def __init__(self, in_features: int, widths: Sequence[int], act: str,
+                 normalization: str | None = None) -> None:
         layers: list[nn.Module] = []
         for size_in, size_out in zip([in_features, *widths[:-1]], widths):
-            layers += [nn.Linear(size_in, size_out), activation(act)]
+            layers += hidden_layer(size_in, size_out, act, normalization)
         super().__init__(*layers)
         self.out_features = widths[-1] if widths else in_features
 
@@ -120,6 +122,9 @@ class HierarchicalVAE(ObservationCapabilities, GenerativeModel):
         inference: ``"ladder"`` (the precision-weighted merge above) or ``"bottom_up"``:
             q(z | x) = q(z_1 | x) Π_{l>1} q(z_l | z_{l-1}), each a diagonal Normal from an MLP of
             the sample below (Burda et al., 2016's two-stochastic-layer VAE/IWAE).
+        normalization: None, or ``"layer"``: layer normalization before every hidden activation
+            of the MLPs (Sønderby et al. needed batch normalization; layer normalization is its
+            per-example stand-in, the same function in training and evaluation).
 
     Example:
         >>> vae = HierarchicalVAE((64,), latent_dims=(8, 4), hidden_features=(32, 16))
@@ -136,7 +141,7 @@ class HierarchicalVAE(ObservationCapabilities, GenerativeModel):
                  channels: int = 32, observation_scale: float | None = None, num_bins: int = 256,
                  warmup_steps: int = 0, free_bits: float = 0.0, top_posterior: str | None = None,
                  flow_transforms: int = 2, flow_hidden: Sequence[int] = (128, 128),
-                 inference: str = "ladder") -> None:
+                 inference: str = "ladder", normalization: str | None = None) -> None:
         data_shape = [int(s) for s in (data_shape if isinstance(data_shape, Sequence) else [data_shape])]
         latent_dims = [int(d) for d in latent_dims]
         hidden = [_widths(entry) for entry in hidden_features]
@@ -145,6 +150,8 @@ class HierarchicalVAE(ObservationCapabilities, GenerativeModel):
             raise ValueError(f"top_posterior must be one of {TOP_POSTERIORS}, got {top_posterior!r}")
         if inference not in INFERENCE:
             raise ValueError(f"inference must be one of {INFERENCE}, got {inference!r}")
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
         if int(warmup_steps) < 0 or not float(free_bits) >= 0:
             raise ValueError(f"warmup_steps and free_bits must be >= 0, got {warmup_steps}, {free_bits}")
         if observation_scale is not None and not observation_scale > 0:
@@ -155,8 +162,9 @@ class HierarchicalVAE(ObservationCapabilities, GenerativeModel):
                          num_bins=int(num_bins), warmup_steps=int(warmup_steps),
                          free_bits=float(free_bits), top_posterior=top_posterior,
                          flow_transforms=int(flow_transforms),
-                         flow_hidden=[int(w) for w in flow_hidden], inference=inference)
-        self.inference = inference
+                         flow_hidden=[int(w) for w in flow_hidden], inference=inference,
+                         **({"normalization": normalization} if normalization else {}))
+        self.inference, self.normalization = inference, normalization
         self.data_shape, self.latent_dims = tuple(data_shape), tuple(latent_dims)
         self.num_layers = len(latent_dims)
         self.likelihood, self.network, self.num_bins = likelihood, network, int(num_bins)
@@ -188,7 +196,7 @@ class HierarchicalVAE(ObservationCapabilities, GenerativeModel):
                                                             act), _activation(act))
                 body.out_features = widths[-1]
             else:
-                body = _Body(features, widths, act)
+                body = _Body(features, widths, act, self.normalization)
             features = body.out_features
             self.up_bodies.append(body)
             top_is_flow = layer == self.num_layers - 1 and self.top_posterior is not None
@@ -198,11 +206,13 @@ class HierarchicalVAE(ObservationCapabilities, GenerativeModel):
     def _build_generation(self, hidden: list[list[int]], act: str, channels: int) -> None:
         """The top-down networks of p(z_l | z_{l+1}) for l < L, and the decoder of p(x | z_1)."""
         dims = self.latent_dims
-        self.down = nn.ModuleList(MLP(dims[layer + 1], 2 * dims[layer], hidden[layer][::-1], act)
+        self.down = nn.ModuleList(MLP(dims[layer + 1], 2 * dims[layer], hidden[layer][::-1], act,
+                                      self.normalization)
                                   for layer in range(self.num_layers - 1))
         outputs = PARAMS_PER_DIM[self.likelihood] * math.prod(self.data_shape)
         if self.network == "mlp":
-            self.decoder: nn.Module = MLP(dims[0], outputs, hidden[0][::-1], act)
+            self.decoder: nn.Module = MLP(dims[0], outputs, hidden[0][::-1], act,
+                                          self.normalization)
         else:
             c, h, w = self.data_shape
             self.decoder = ConvDecoder(dims[0], (PARAMS_PER_DIM[self.likelihood] * c, h, w),
