@@ -22,6 +22,7 @@ Results: ``--out``/hierarchical_mnist.json (default benchmarks/results).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import tempfile
@@ -188,12 +189,16 @@ def main() -> None:
                         help="no training: load each model's trained state_dict from --save-dir "
                              "and add its IWAE-k (k=--hybrid-k) row on the hybrid's test subset "
                              "(the like-for-like companion of the hybrid's trajectory bound)")
+    parser.add_argument("--baseline", default=None,
+                        help="with --merge: the model label every row is paired with (per-example "
+                             "files in --save-dir)")
     parser.add_argument("--merge", default=None,
                         help="only merge: the measured rows of these --out folders (comma-"
                              "separated; e.g. models trained in parallel processes) into --out")
     args = parser.parse_args()
     if args.merge:
-        merge([Path(folder) / RESULT.name for folder in args.merge.split(",")], Path(args.out))
+        merge([Path(folder) / RESULT.name for folder in args.merge.split(",")], Path(args.out),
+              args.baseline, Path(args.save_dir))
         return
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -348,6 +353,8 @@ def score(name: str, model: torch.nn.Module, x_test: torch.Tensor, test: torch.T
     for estimator, data, options in estimates:
         started = time.perf_counter()
         ll = probgen.evaluate(model, data, estimator=estimator, seed=args.seed, **options)
+        save_per_example(ll.per_example, data, common["model"], estimator, options.get("k", 1),
+                         Path(args.save_dir))
         rows.append({**common, "estimator": estimator, "k": options.get("k", 1),
                      "kind": ll.kind, "nll_nats": ll.nll, "stderr": ll.stderr,
                      "num_test": ll.num_examples, "estimator_settings": ll.settings,
@@ -356,14 +363,54 @@ def score(name: str, model: torch.nn.Module, x_test: torch.Tensor, test: torch.T
     return rows
 
 
-def merge(paths: list[Path], out: Path) -> None:
+def per_example_path(label: str, estimator: str, k: int, save_dir: Path) -> Path:
+    stem = re.sub(r"\W+", "_", label)
+    return save_dir / f"{stem}.{estimator}{k}.per_example.pt"
+
+
+def save_per_example(log_prob: torch.Tensor, images: torch.Tensor, label: str, estimator: str,
+                     k: int, save_dir: Path) -> None:
+    """Each test image's estimate, with a SHA-1 of the images, for paired differences."""
+    torch.save({"log_prob": log_prob.detach().double().cpu(), "images_sha1": images_sha1(images)},
+               per_example_path(label, estimator, k, save_dir))
+
+
+def images_sha1(images: torch.Tensor) -> str:
+    return hashlib.sha1(images.detach().to(torch.uint8).cpu().numpy().tobytes()).hexdigest()
+
+
+def pair_with(rows: list[dict], baseline: str, save_dir: Path) -> None:
+    """Give every measured row the paired difference of its NLL to ``baseline``'s row of the
+    same estimator and k on the same test images: mean and standard error of
+    (−log p̂_row(x) + log p̂_baseline(x)) over the images (negative: better than the
+    baseline), read from the per-example files the scoring wrote to ``save_dir``."""
+    for row in rows:
+        if not row.get("machine") or row["model"] == baseline:
+            continue
+        files = [per_example_path(label, row["estimator"], row.get("k", 1), save_dir)
+                 for label in (row["model"], baseline)]
+        if not all(path.exists() for path in files):
+            continue
+        ours, theirs = (torch.load(path, weights_only=True) for path in files)
+        if ours["images_sha1"] != theirs["images_sha1"]:
+            raise SystemExit(f"{row['model']} and {baseline} were scored on other test images")
+        difference = theirs["log_prob"] - ours["log_prob"]  # NLL(row) - NLL(baseline)
+        row.update(paired_with=baseline, paired_difference_nats=float(difference.mean()),
+                   paired_difference_stderr=float(difference.std() / len(difference) ** 0.5))
+
+
+def merge(paths: list[Path], out: Path, baseline: str | None = None,
+          save_dir: Path | None = None) -> None:
     """One results file from several runs' files: their measured rows (later files win for a
-    model they share), each with the settings it ran with, then the published rows."""
+    model they share), each with the settings it ran with, then the published rows; with
+    ``baseline``, each row's paired difference to it (:func:`pair_with`)."""
     rows: dict[tuple, dict] = {}
     for path in paths:
         for row in json.loads(path.read_text()):
             if row.get("machine"):
                 rows[(row["model"], row["estimator"], row.get("k"), row.get("num_test"))] = row
+    if baseline is not None:
+        pair_with(list(rows.values()), baseline, save_dir)
     merged = list(rows.values()) + [
         {**row, "binarization": "dynamic", "estimator": "iwae", "k": 5000, "machine": None,
          "epochs": None, "train_seconds": None, "stderr": None} for row in PUBLISHED]

@@ -326,7 +326,18 @@ def mnist_table(rows: list[Row]) -> str:
         ("test images", key("num_test", count)),
         ("status", once(lambda r: status.get(_group(r), ""))),
     ]
+    if any(row.get("paired_difference_nats") is not None for row in ordered):
+        columns.insert(5, ("paired Δ NLL vs baseline (nats)", paired_difference))
     return markdown_table(ordered, columns)
+
+
+def paired_difference(row: Row) -> str:
+    """NLL(row) − NLL(baseline) over the same test images, ± its standard error."""
+    value = _num(row.get("paired_difference_nats"))
+    if value is None:
+        return ""
+    baseline = short_label(str(row.get("paired_with", "")))
+    return f"{value:+.2f} ± {_num(row.get('paired_difference_stderr')) or 0:.2f} vs {baseline}"
 
 
 def pre_protocol_summary(files: dict[str, list[Row]]) -> str:

@@ -58,3 +58,28 @@ def test_cosine_schedule_and_intensities_through_fit(tmp_path):
     assert describe_recipe(recipe(lr=1e-3, loss="iwae", num_particles=5)).startswith(
         "iwae (k=5")
     assert "validate_batch" not in vae.__dict__  # the intensity check is lifted only while fitting
+
+
+def test_paired_differences_from_the_per_example_files(tmp_path):
+    """The MNIST table's paired difference is the mean and standard error of the per-image
+    NLL differences to the baseline; rows scored on other images are refused."""
+    from benchmarks.hierarchical_mnist import pair_with, save_per_example
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.bernoulli(torch.rand(400, 784, generator=generator))
+    base = -90.0 + torch.randn(400, generator=generator, dtype=torch.float64)
+    better = base + 1.5 + 0.3 * torch.randn(400, generator=generator, dtype=torch.float64)
+    save_per_example(base, images, "plain", "iwae", 50, tmp_path)
+    save_per_example(better, images, "richer", "iwae", 50, tmp_path)
+    rows = [{"model": m, "estimator": "iwae", "k": 50, "machine": "x"} for m in ("plain", "richer")]
+    pair_with(rows, "plain", tmp_path)
+    assert "paired_difference_nats" not in rows[0]
+    difference = base - better  # NLL(richer) - NLL(plain)
+    assert rows[1]["paired_with"] == "plain"
+    assert rows[1]["paired_difference_nats"] == pytest.approx(float(difference.mean()))
+    assert rows[1]["paired_difference_nats"] == pytest.approx(-1.5, abs=0.05)
+    assert rows[1]["paired_difference_stderr"] == pytest.approx(
+        float(difference.std()) / 20, rel=1e-9)
+    save_per_example(better, 1 - images, "richer", "iwae", 50, tmp_path)
+    with pytest.raises(SystemExit, match="other test images"):
+        pair_with(rows, "plain", tmp_path)

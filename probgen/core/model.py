@@ -225,7 +225,8 @@ class GenerativeModel(nn.Module):
 
     def validate(self, x: Any, *, name: str = "data") -> torch.Tensor:
         """Check data against this model (support, feature shape, device) and return it."""
-        device = self.device
+        parameter = next(self.parameters(), None)  # one lookup for device and dtype (per batch)
+        device = parameter.device if parameter is not None else self.device
         if isinstance(x, torch.Tensor) and device is not None and x.device != device:
             raise ValueError(f"{name} is on {x.device} but the model is on {device}; move one "
                              f"of them (x.to('{device}') or model.to('{x.device}'))")
@@ -233,7 +234,8 @@ class GenerativeModel(nn.Module):
                           num_categories=self.config.get("num_categories"))
         if x.is_floating_point() or self.support not in ("count", "categorical"):
             # integers given to a real or binary likelihood become the model's float dtype
-            dtype = self.dtype or (x.dtype if x.is_floating_point() else torch.get_default_dtype())
+            dtype = (parameter.dtype if parameter is not None else
+                     x.dtype if x.is_floating_point() else torch.get_default_dtype())
             _check_range(x, dtype, name)
             x = x.to(dtype)
         return x
