@@ -245,3 +245,18 @@ def write_plan(path: Path, epochs: int) -> None:
 
 def read_plan(path: Path) -> int | None:
     return int(json.loads(path.read_text())["epochs"]) if path.exists() else None
+
+
+def planned_epochs(plan: Path, build: Callable[[], torch.nn.Module], splits: Splits, *,
+                   minutes: float | None, max_epochs: int, resume: bool, batch_size: int,
+                   seed: int, **options: Any) -> int:
+    """``max_epochs``, or with a budget the epochs that fit ``minutes`` (:func:`epochs_for_budget`),
+    written to ``plan`` so that a resumed run (``resume``) trains as many as it planned."""
+    if minutes is None:
+        return max_epochs
+    planned = read_plan(plan) if resume else None
+    if planned is None:
+        planned = epochs_for_budget(build, splits, minutes=minutes, max_epochs=max_epochs,
+                                    batch_size=batch_size, seed=seed, **options)
+        write_plan(plan, planned)
+    return planned

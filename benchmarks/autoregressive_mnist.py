@@ -29,14 +29,12 @@ from pyro.infer import Trace_ELBO
 import probgen
 from benchmarks._common import RESULTS, machine_info, print_table, write_results
 from benchmarks._mnist import (
-    epochs_for_budget,
     mnist_splits,
     model_budgets,
     parameter_count,
-    read_plan,
+    planned_epochs,
     recipe,
     train,
-    write_plan,
 )
 from probgen.models.autoregressive import MADE, PixelCNN
 
@@ -177,14 +175,11 @@ def main() -> None:
         if args.ema_decay:
             label += f", EMA {args.ema_decay:g}"
         stem = re.sub(r"\W+", "_", label)
-        plan = save_dir / f"{stem}.plan.json"
-        planned = read_plan(plan) if args.resume and budget is not None else None
-        if budget is not None and planned is None:
-            planned = epochs_for_budget(lambda name=name, stem=stem: build(name, args, f"{stem}_p"),
-                                        splits, minutes=budget, max_epochs=args.epochs,
-                                        batch_size=args.batch_size, seed=args.seed, **options)
-            write_plan(plan, planned)
-        planned = planned or args.epochs
+        planned = planned_epochs(save_dir / f"{stem}.plan.json",
+                                 lambda name=name, stem=stem: build(name, args, f"{stem}_p"),
+                                 splits, minutes=budget, max_epochs=args.epochs,
+                                 resume=args.resume, batch_size=args.batch_size, seed=args.seed,
+                                 **options)
         pyro.set_rng_seed(args.seed)
         model = build(name, args, stem)
         training = train(model, splits, epochs=planned, batch_size=args.batch_size,

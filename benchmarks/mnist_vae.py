@@ -37,14 +37,12 @@ import probgen
 from benchmarks._common import RESULTS, machine_info, print_table, write_results
 from benchmarks._mnist import (
     describe_recipe,
-    epochs_for_budget,
     mnist_splits,
     model_budgets,
     parameter_count,
-    read_plan,
+    planned_epochs,
     recipe,
     train,
-    write_plan,
 )
 from probgen.core.checkpoint import atomic_write_text
 from probgen.models.vae import VAE
@@ -183,18 +181,11 @@ def main() -> None:
         options = training_recipe(name, args)
         stem = re.sub(r"\W+", "_", f"{name}{suffix}")
         pyro.clear_param_store()  # each model starts from an empty store (names are stable)
-        plan = save_dir / f"{stem}.plan.json"
-        if budget is not None and epochs > 0:
-            planned = read_plan(plan) if args.resume else None
-            if planned is None:
-                planned = epochs_for_budget(
-                    lambda stem=stem: build_vae(hidden, args.activation, args.device,
-                                                f"{stem}_probe"),
-                    splits, minutes=budget, max_epochs=epochs, batch_size=args.batch_size,
-                    seed=args.seed, **options)
-                write_plan(plan, planned)
-        else:
-            planned = epochs
+        planned = planned_epochs(
+            save_dir / f"{stem}.plan.json",
+            lambda stem=stem: build_vae(hidden, args.activation, args.device, f"{stem}_probe"),
+            splits, minutes=budget if epochs > 0 else None, max_epochs=epochs,
+            resume=args.resume, batch_size=args.batch_size, seed=args.seed, **options)
         pyro.set_rng_seed(args.seed)  # the same initial weights whatever trains them
         vae = build_vae(hidden, args.activation, args.device, stem)
         objective = describe_recipe(options)

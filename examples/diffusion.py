@@ -10,23 +10,12 @@ samples beside the data.
 
 import argparse
 
-import matplotlib
+import pyro
+import torch
+from _common import ring_mixture, save_scatters
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pyro  # noqa: E402
-import pyro.distributions as dist  # noqa: E402
-import torch  # noqa: E402
-
-import probgen  # noqa: E402
-from probgen.models.diffusion import DiffusionDensity  # noqa: E402
-
-
-def mixture() -> dist.Distribution:
-    angles = torch.arange(6) * torch.pi / 3
-    means = 2.0 * torch.stack([angles.cos(), angles.sin()], -1)
-    return dist.MixtureSameFamily(dist.Categorical(torch.ones(6)),
-                                  dist.Normal(means, 0.3).to_event(1))
+import probgen
+from probgen.models.diffusion import DiffusionDensity
 
 
 def main() -> None:
@@ -43,7 +32,7 @@ def main() -> None:
     torch.manual_seed(0)
     pyro.set_rng_seed(0)
 
-    data = mixture()
+    data = ring_mixture()
     train, test = data.sample((4000,)), data.sample((500 if not args.smoke else 50,))
     train, test = train.to(args.device), test.to(args.device)
     model = DiffusionDensity(features=2, hidden_features=(128,) * 3, schedule=args.schedule,
@@ -70,15 +59,7 @@ def main() -> None:
         "DDIM (25 steps)": model.sample(n, sampler="ddim", num_steps=25),
         "prob-flow ODE": model.sample(n, sampler="ode", atol=1e-4, rtol=1e-4),
     }
-    figure, axes = plt.subplots(1, len(draws), figsize=(4 * len(draws), 4), sharex=True,
-                                sharey=True)
-    for axis, (name, points) in zip(axes, draws.items()):
-        points = points.cpu()
-        axis.scatter(points[:, 0], points[:, 1], s=2, alpha=0.5)
-        axis.set_title(name)
-        axis.set_aspect("equal")
-    figure.tight_layout()
-    figure.savefig(args.out, dpi=80)
+    save_scatters(draws, args.out, dpi=80)
     print(f"saved {args.out}")
 
 

@@ -12,24 +12,13 @@ then saves a scatter of samples.
 
 import argparse
 
-import matplotlib
+import pyro
+import torch
+from _common import ring_mixture, save_scatters
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pyro  # noqa: E402
-import pyro.distributions as dist  # noqa: E402
-import torch  # noqa: E402
-
-import probgen  # noqa: E402
-from probgen.models.flow import FlowModel  # noqa: E402
-from probgen.models.flow_matching import FlowMatching  # noqa: E402
-
-
-def mixture() -> dist.Distribution:
-    angles = torch.arange(6) * torch.pi / 3
-    means = 2.0 * torch.stack([angles.cos(), angles.sin()], -1)
-    return dist.MixtureSameFamily(dist.Categorical(torch.ones(6)),
-                                  dist.Normal(means, 0.3).to_event(1))
+import probgen
+from probgen.models.flow import FlowModel
+from probgen.models.flow_matching import FlowMatching
 
 
 def train(model, data, steps: int, smoke: bool):
@@ -52,7 +41,7 @@ def main() -> None:
     steps = 30 if args.smoke else args.steps
     torch.manual_seed(0)
 
-    data = mixture()
+    data = ring_mixture()
     train_x, test = data.sample((4000,)), data.sample((50 if args.smoke else 500,))
     train_x, test = train_x.to(args.device), test.to(args.device)
     model = FlowMatching(2, hidden_features=(128,) * 3, coupling=args.coupling,
@@ -92,15 +81,7 @@ def main() -> None:
             noise = torch.randn(n, 2, device=args.device)
             x_1 = noise + student.velocity(noise, torch.zeros(n, device=args.device))
         draws["reflow, 1 Euler step"] = student.from_flow(x_1)
-    figure, axes = plt.subplots(1, len(draws), figsize=(4 * len(draws), 4), sharex=True,
-                                sharey=True)
-    for axis, (name, points) in zip(axes, draws.items()):
-        points = points.cpu()
-        axis.scatter(points[:, 0], points[:, 1], s=2, alpha=0.5)
-        axis.set_title(name)
-        axis.set_aspect("equal")
-    figure.tight_layout()
-    figure.savefig(args.out, dpi=100)
+    save_scatters(draws, args.out, dpi=100)
     print(f"saved samples to {args.out}")
 
 

@@ -16,9 +16,8 @@ import torch
 from torch import Tensor
 
 from probgen.core.chunks import eval_mode, map_chunks
-from probgen.core.model import GenerativeModel
 from probgen.core.result import LogLikelihood, data_fingerprint
-from probgen.core.standardize import config_floats, standardization_buffers
+from probgen.core.standardize import config_floats
 from probgen.core.validate import check_size
 from probgen.diffusion.losses import simple_loss, vlb
 from probgen.diffusion.ode import ode_log_prob, ode_sample
@@ -26,6 +25,7 @@ from probgen.diffusion.samplers import sample_loop
 from probgen.diffusion.schedules import make_schedule
 from probgen.distributions.diffusion import DiffusionPrior
 from probgen.models.registry import register_model
+from probgen.models.standardized import StandardizedVectorModel
 from probgen.nn.denoiser import MLPDenoiser
 
 __all__ = ["LOSSES", "DiffusionDensity", "evaluate_vlb", "evaluate_ode"]
@@ -34,7 +34,7 @@ LOSSES = ("vlb", "simple")
 
 
 @register_model("diffusion")
-class DiffusionDensity(GenerativeModel):
+class DiffusionDensity(StandardizedVectorModel):
     r"""A diffusion model of vectors x ∈ R^d (continuous data or dequantized integer data).
 
     log p(x) = log p_std((x - shift) / scale) - Σ_j log scale_j, with p_std a diffusion model
@@ -59,7 +59,6 @@ class DiffusionDensity(GenerativeModel):
 
     has_guide = True  # no latent sample sites: the empty guide is the right one
     default_estimator = "vlb"
-    data_size_argument = "features"  # filled from the data by from_data and the CLI
 
     def __init__(self, features: int, hidden_features: Sequence[int] = (128, 128, 128),
                  time_features: int = 32, schedule: str = "cosine", logsnr_min: float = -10.0,
@@ -77,17 +76,7 @@ class DiffusionDensity(GenerativeModel):
                          shift=config_floats(shift), scale=config_floats(scale), dequantized=bool(dequantized))
         self.denoiser = MLPDenoiser(int(features), hidden_features, time_features)
         self.schedule = make_schedule(schedule, logsnr_min, logsnr_max)
-        shift_t, scale_t = standardization_buffers(int(features), shift, scale)
-        self.register_buffer("shift", shift_t)
-        self.register_buffer("scale", scale_t)
-
-    @property
-    def data_space(self) -> str:
-        """``"dequantized"`` for uniformly dequantized integers, else ``"continuous"``."""
-        return "dequantized" if self.config["dequantized"] else "continuous"
-
-    def event_shape(self) -> tuple[int, ...]:
-        return (self.config["features"],)
+        self._register_standardization(int(features), shift, scale)
 
     def prior(self, *, num_samples: int = 1) -> DiffusionPrior:
         """p_std as a Pyro distribution whose log_prob is the VLB (``log_prob_is_bound``)."""

@@ -22,13 +22,13 @@ from torch.distributions import constraints
 from zuko.utils import odeint
 
 from probgen.core.chunks import eval_mode, map_chunks
-from probgen.core.model import GenerativeModel
 from probgen.core.result import LogLikelihood, data_fingerprint
-from probgen.core.standardize import config_floats, standardization_buffers
+from probgen.core.standardize import config_floats
 from probgen.core.validate import check_size
 from probgen.data.transforms import LogitTransform, logit_transform
 from probgen.evaluate.dequantized import dequantized_log_likelihood
 from probgen.models.registry import register_model
+from probgen.models.standardized import StandardizedVectorModel
 from probgen.nn.velocity import MLPVelocity
 
 __all__ = ["COUPLINGS", "EXACT_MAX_FEATURES", "FlowMatching", "GaussianVelocity",
@@ -107,7 +107,7 @@ def ode_log_prob(velocity: Velocity, x: Tensor, *, exact: bool = True, num_probe
 
 # --- the family ------------------------------------------------------------------------------
 @register_model("flow_matching")
-class FlowMatching(GenerativeModel):
+class FlowMatching(StandardizedVectorModel):
     r"""A continuous normalizing flow trained by conditional flow matching (Lipman et al., 2023).
 
     p(x) is the density of x = scale ⊙ x_1 + shift (with ``domain="unit_interval"``: of
@@ -142,7 +142,6 @@ class FlowMatching(GenerativeModel):
 
     has_guide = True  # no latent sample sites: the empty guide is the right one
     default_estimator = "ode"
-    data_size_argument = "features"  # filled from the data by from_data and the CLI
 
     def __init__(self, features: int, hidden_features: Sequence[int] = (128, 128, 128),
                  time_features: int = 32, coupling: str = "independent",
@@ -164,17 +163,7 @@ class FlowMatching(GenerativeModel):
                          rtol=float(rtol), dequantized=bool(dequantized), domain=domain,
                          logit_alpha=float(logit_alpha))
         self.velocity = MLPVelocity(int(features), hidden_features, time_features)
-        shift_t, scale_t = standardization_buffers(int(features), shift, scale)
-        self.register_buffer("shift", shift_t)
-        self.register_buffer("scale", scale_t)
-
-    @property
-    def data_space(self) -> str:
-        """``"dequantized"`` for dequantized integers, else ``"continuous"``."""
-        return "dequantized" if self.config["dequantized"] else "continuous"
-
-    def event_shape(self) -> tuple[int, ...]:
-        return (self.config["features"],)
+        self._register_standardization(int(features), shift, scale)
 
     def validate_batch(self, *batch: Tensor) -> tuple[Tensor, ...]:
         x = self.validate(batch[0])

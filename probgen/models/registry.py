@@ -15,7 +15,8 @@ __all__ = ["MODEL_REGISTRY", "register_model", "get_model_class", "import_famili
 MODEL_REGISTRY: dict[str, type[GenerativeModel]] = {}
 
 # modules of probgen.models that hold no family (every other module registers one or more)
-HELPER_MODULES = frozenset({"classifier", "io", "lean_svi", "registry", "vae_loss"})
+HELPER_MODULES = frozenset({"classifier", "io", "lean_svi", "registry", "standardized",
+                            "vae_loss"})
 
 
 def _family_modules() -> tuple[str, ...]:

@@ -12,9 +12,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.functional import softplus
 
-from probgen.core.model import GenerativeModel
 from probgen.core.validate import check_memory, check_size
-from probgen.infer.method import TrainingMethod, TrainingSetup, same_data
+from probgen.infer.method import TrainingSetup
+from probgen.models.mixture.base import FiniteMixture, MixtureEM
 from probgen.models.registry import register_model
 
 __all__ = ["BernoulliMixture", "BernoulliMixturePrior", "BernoulliEM"]
@@ -24,7 +24,7 @@ INITS = ("random_points", "random", "model")
 
 
 @register_model("bernoulli_mixture")
-class BernoulliMixture(GenerativeModel):
+class BernoulliMixture(FiniteMixture):
     r"""Mixture of independent Bernoullis p(x) = Σ_k π_k Π_d μ_kd^x_d (1 - μ_kd)^(1 - x_d)
     (Bishop, 2006, §9.3.3); one component is the independent-Bernoulli (naive Bayes) model.
 
@@ -46,10 +46,8 @@ class BernoulliMixture(GenerativeModel):
         torch.Size([5])
     """
 
-    has_exact_log_prob = True
     data_space = "discrete"
     support = "binary"
-    default_method = "em"
     data_size_argument = "features"  # filled from the data by from_data and the CLI
 
     def __init__(self, num_components: int, features: int) -> None:
@@ -64,11 +62,6 @@ class BernoulliMixture(GenerativeModel):
         self.feature_logits = nn.Parameter(0.1 * torch.randn(num_components, features))
 
     # --- parameters ----------------------------------------------------------------------
-    @property
-    def weights(self) -> Tensor:
-        """Mixture weights π, shape ``(K,)``."""
-        return torch.softmax(self.logits, dim=-1)
-
     @property
     def probs(self) -> Tensor:
         """Bernoulli probabilities μ, shape ``(K, D)``."""
@@ -122,16 +115,6 @@ class BernoulliMixture(GenerativeModel):
         log_normalizer = softplus(self.feature_logits).sum(-1)  # (K,)
         return x @ self.feature_logits.T - log_normalizer + torch.log_softmax(self.logits, -1)
 
-    def log_prob(self, x: Tensor) -> Tensor:
-        """Exact log p(x_n) = logsumexp_k [log π_k + log p(x_n | μ_k)], shape ``(N,)``."""
-        x = self.validate(x)
-        return torch.logsumexp(self._component_log_probs(x), dim=-1)
-
-    def responsibilities(self, x: Tensor) -> Tensor:
-        """Posterior assignment probabilities p(z_n = k | x_n), shape ``(N, K)``."""
-        x = self.validate(x)
-        return torch.softmax(self._component_log_probs(x), dim=-1)
-
     @torch.no_grad()
     def sample(self, num_samples: int) -> Tensor:
         """Ancestral samples: z ~ Categorical(π), x ~ Bernoulli(μ_z); ``(n, D)``."""
@@ -178,7 +161,7 @@ class BernoulliMixturePrior:
 
 # --- the EM training method ------------------------------------------------------------------
 @BernoulliMixture.training_method("em")
-class BernoulliEM(TrainingMethod):
+class BernoulliEM(MixtureEM):
     r"""EM for a :class:`BernoulliMixture` (Dempster et al., 1977), run by
     ``probgen.fit(model, x)`` (the mixture's default method).
 
@@ -207,32 +190,16 @@ class BernoulliEM(TrainingMethod):
         ('em', True)
     """
 
-    full_batch = True
-    title = "EM"
-    uses_optim = False
-    options = ("tol", "init", "prior", "dtype")
+    family = BernoulliMixture
+    prior_type = BernoulliMixturePrior
+    inits = INITS
+    init_choices = f"one of {INITS}"
 
     def __init__(self, setup: TrainingSetup) -> None:
         super().__init__(setup)
-        model = setup.model
-        if not isinstance(model, BernoulliMixture):
-            raise TypeError(f"method 'em' fits a BernoulliMixture, got {type(model).__name__}")
-        options = {"tol": 1e-6, "init": "random_points", "prior": None, "dtype": None,
-                   **setup.options}
-        if options["init"] not in INITS:
-            raise ValueError(f"unknown init {options['init']!r}; choose one of {INITS}")
-        prior = options["prior"]
-        if prior is not None and not isinstance(prior, BernoulliMixturePrior):
-            raise TypeError(f"prior must be a BernoulliMixturePrior or None, got "
-                            f"{type(prior).__name__}")
-        self.model, self.tol, self.prior = model, float(options["tol"]), prior
-        self.dtype = options["dtype"] or model.dtype or torch.get_default_dtype()
         x = setup.example[0].to(self.dtype)
-        if model.num_components > x.shape[0]:
-            raise ValueError(f"num_components={model.num_components} exceeds the {x.shape[0]} "
-                             "examples")
         self.iteration = 0
-        self.log_weights, self.logits = self._initial(x, options["init"])
+        self.log_weights, self.logits = self._initial(x, self.init)
         self._use_data(setup.example[0])
         self._write_model()
 
@@ -306,23 +273,8 @@ class BernoulliEM(TrainingMethod):
             self.model.feature_logits.copy_(self.logits)
 
     # --- the TrainingMethod protocol -----------------------------------------------------------
-    def step(self, batch: tuple[Tensor, ...], scale: float) -> float:
-        if not same_data(batch[0], self.source):  # a transform made new data: E-step on it
-            self._use_data(batch[0])
-        previous = self.objective / self.num_examples
-        self._m_step()
-        self._e_step()
-        self._write_model()
-        if abs(self.objective / self.num_examples - previous) < self.tol:
-            self.converged = True
-        return -self.objective
-
     def tensors(self) -> list[Tensor]:
         return [*self.model.parameters(), self.log_weights, self.logits]
-
-    def validation_loss(self, batch: tuple[Tensor, ...]) -> float:
-        with torch.no_grad():
-            return -float(self.model.log_prob(batch[0]).mean())
 
     def state_dict(self) -> dict[str, Any]:
         return {"log_weights": self.log_weights.clone(), "logits": self.logits.clone(),

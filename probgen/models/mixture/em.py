@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from probgen.infer.method import TrainingMethod, TrainingSetup, same_data
+from probgen.infer.method import TrainingSetup
+from probgen.models.mixture.base import MixtureEM
 from probgen.models.mixture.model import GaussianMixture, GaussianMixturePrior, log_prior
 
 __all__ = ["EM", "ComponentCollapseWarning", "initial_parameters"]
@@ -148,7 +149,7 @@ def initial_parameters(x: Tensor, num_components: int, *, covariance: str = "ful
 
 # --- the EM training method ------------------------------------------------------------------
 @GaussianMixture.training_method("em")
-class EM(TrainingMethod):
+class EM(MixtureEM):
     r"""EM for a :class:`~probgen.models.mixture.GaussianMixture` (Dempster et al., 1977), run by
     ``probgen.fit(gmm, x, method="em")`` (the mixture's default method).
 
@@ -187,31 +188,19 @@ class EM(TrainingMethod):
         ('em', True)
     """
 
-    full_batch = True
-    title = "EM"
-    uses_optim = False
-    options = ("tol", "init", "prior", "dtype")
+    family = GaussianMixture
+    prior_type = GaussianMixturePrior
+    inits = INITS
+    init_choices = "'kmeans++', 'random_points' or 'model'"
 
     def __init__(self, setup: TrainingSetup) -> None:
         super().__init__(setup)
-        model = setup.model
-        if not isinstance(model, GaussianMixture):
-            raise TypeError(f"method 'em' fits a GaussianMixture, got {type(model).__name__}")
-        options = {"tol": 1e-6, "init": "kmeans++", "prior": None, "dtype": None, **setup.options}
-        init, prior = options["init"], options["prior"]
-        if init not in INITS:
-            raise ValueError(f"unknown init {init!r}; choose 'kmeans++', 'random_points' or 'model'")
-        if prior is not None and not isinstance(prior, GaussianMixturePrior):
-            raise TypeError(f"prior must be a GaussianMixturePrior or None, got {type(prior).__name__}")
-        self.model, self.tol, self.prior = model, float(options["tol"]), prior
-        self.dtype = options["dtype"] or model.dtype or torch.get_default_dtype()
+        model, init, prior = self.model, self.init, self.prior
         self.full = not model.is_diagonal  # full and tied Σ_k: Cholesky factors; else scales
         self.tied, self.spherical = model.covariance == "tied", model.covariance == "spherical"
         x = setup.example[0].to(self.dtype)
-        num_examples, num_features = x.shape
+        num_features = x.shape[1]
         num_components = model.num_components
-        if num_components > num_examples:
-            raise ValueError(f"num_components={num_components} exceeds the {num_examples} examples")
         if init == "model":
             params = {key: value.detach().to(self.dtype)
                       for key, value in model.parameters_dict().items()}
@@ -390,23 +379,8 @@ class EM(TrainingMethod):
                 ComponentCollapseWarning, stacklevel=2)
 
     # --- the TrainingMethod protocol -----------------------------------------------------------
-    def step(self, batch: tuple[Tensor, ...], scale: float) -> float:
-        if not same_data(batch[0], self.source):  # a transform made new data: E-step on it
-            self._use_data(batch[0])
-        previous = self.objective / self.num_examples
-        self._m_step()
-        self._e_step()
-        self._write_model()
-        if abs(self.objective / self.num_examples - previous) < self.tol:
-            self.converged = True
-        return -self.objective
-
     def tensors(self) -> list[Tensor]:
         return [*self.model.parameters(), self.log_weights, self.locs, self.scale_tril]
-
-    def validation_loss(self, batch: tuple[Tensor, ...]) -> float:
-        with torch.no_grad():
-            return -float(self.model.log_prob(batch[0]).mean())
 
     def state_dict(self) -> dict[str, Any]:
         return {"log_weights": self.log_weights.clone(), "locs": self.locs.clone(),

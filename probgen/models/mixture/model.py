@@ -10,8 +10,8 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
-from probgen.core.model import GenerativeModel
 from probgen.core.validate import check_finite, check_memory, check_size
+from probgen.models.mixture.base import FiniteMixture
 from probgen.models.registry import register_model
 
 __all__ = ["GaussianMixture", "GaussianMixturePrior", "log_prior", "COVARIANCE_TYPES"]
@@ -21,7 +21,7 @@ COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")  # scikit-learn's four
 
 
 @register_model("gmm")
-class GaussianMixture(GenerativeModel):
+class GaussianMixture(FiniteMixture):
     r"""Gaussian mixture p(x) = Σ_k π_k N(x | μ_k, Σ_k) (Bishop, 2006, §9.2), with Σ_k full,
     tied (one full Σ shared by all components), diagonal or spherical (σ_k² I), as in scikit-learn.
 
@@ -48,10 +48,8 @@ class GaussianMixture(GenerativeModel):
         torch.Size([5])
     """
 
-    has_exact_log_prob = True
     data_space = "continuous"
     support = "real"
-    default_method = "em"
     data_size_argument = "num_features"  # filled from the data by from_data and the CLI
 
     def __init__(self, num_components: int, num_features: int, covariance: str = "full",
@@ -86,11 +84,6 @@ class GaussianMixture(GenerativeModel):
         return self.covariance in ("diag", "spherical")
 
     # --- parameters ----------------------------------------------------------------------
-    @property
-    def weights(self) -> Tensor:
-        """Mixture weights π, shape ``(K,)``."""
-        return torch.softmax(self.logits, dim=-1)
-
     @property
     def scales(self) -> Tensor:
         """Standard deviations of diagonal Σ_k, shape ``(K, D)`` (diag and spherical only)."""
@@ -220,16 +213,6 @@ class GaussianMixture(GenerativeModel):
             parts.append(-0.5 * white.square().sum(-1))
         mahalanobis = torch.cat(parts)  # (N, K)
         return mahalanobis + log_weights - log_det - 0.5 * d * math.log(2 * math.pi)
-
-    def log_prob(self, x: Tensor) -> Tensor:
-        """Exact log p(x_n) = logsumexp_k [log π_k + log N(x_n | μ_k, Σ_k)], shape ``(N,)``."""
-        x = self.validate(x)
-        return torch.logsumexp(self._component_log_probs(x), dim=-1)
-
-    def responsibilities(self, x: Tensor) -> Tensor:
-        """Posterior assignment probabilities p(z_n = k | x_n), shape ``(N, K)``."""
-        x = self.validate(x)
-        return torch.softmax(self._component_log_probs(x), dim=-1)
 
     def predict(self, x: Tensor) -> Tensor:
         """Most probable component per example, shape ``(N,)``."""
