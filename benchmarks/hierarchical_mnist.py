@@ -56,7 +56,7 @@ PUBLISHED = [
     {"model": "NVAE (Vahdat & Kautz 2020)", "nll_nats": 78.01,
      "source": "Vahdat & Kautz 2020, Table 2 (dynamically binarized MNIST)"},
 ]
-MODELS = ("vae", "ladder", "two_layer", "flow_vae", "ladder_iaf", "hybrid")
+MODELS = ("vae", "one_layer", "ladder", "two_layer", "flow_vae", "ladder_iaf", "hybrid")
 RESULT = RESULTS / "hierarchical_mnist.json"
 COLUMNS = ["model", "estimator", "k", "nll_nats", "stderr", "num_test", "epochs",
            "train_seconds"]
@@ -69,7 +69,7 @@ def widths(text: str) -> tuple[int, ...]:
     return sizes
 
 
-NORMALIZED = ("ladder", "two_layer", "ladder_iaf")  # the models --normalization acts on
+NORMALIZED = ("one_layer", "ladder", "two_layer", "ladder_iaf")  # the models --normalization acts on
 
 
 def architecture(name: str, args: argparse.Namespace) -> str:
@@ -82,6 +82,8 @@ def architecture(name: str, args: argparse.Namespace) -> str:
     if name in NORMALIZED and args.normalization:
         shared += f", {args.normalization} normalization before every hidden activation"
     return {"vae": shared,
+            "one_layer": f"{shared}; HierarchicalVAE with one stochastic layer (the plain VAE, "
+                         "with --normalization: its control)",
             "ladder": f"{shared}; ladder above z: {top}, precision-weighted inference",
             "two_layer": f"{shared}; second stochastic layer above z: {top}, bottom-up "
                          "inference q(z | x) q(z2 | z) (Burda et al. 2016)",
@@ -111,6 +113,9 @@ def _build(name: str, args: argparse.Namespace) -> torch.nn.Module:
         return VAE((784,), **vae)
     if name == "flow_vae":
         return FlowVAE((784,), **vae, posterior="iaf", **flow)
+    if name == "one_layer":
+        return HierarchicalVAE((784,), latent_dims=(args.latent,), hidden_features=(args.hidden,),
+                               activation=args.activation, normalization=args.normalization)
     if name == "ladder":
         return HierarchicalVAE((784,), **ladder)
     if name == "two_layer":
