@@ -201,6 +201,8 @@ def main() -> None:
                         help="only merge: the measured rows of these --out folders (comma-"
                              "separated; e.g. models trained in parallel processes) into --out")
     args = parser.parse_args()
+    if args.baseline and not args.merge:
+        parser.error("--baseline pairs rows while merging: add --merge FOLDERS")
     if args.merge:
         merge([Path(folder) / RESULT.name for folder in args.merge.split(",")], Path(args.out),
               args.baseline, Path(args.save_dir))
@@ -389,6 +391,10 @@ def pair_with(rows: list[dict], baseline: str, save_dir: Path) -> None:
     same estimator and k on the same test images: mean and standard error of
     (−log p̂_row(x) + log p̂_baseline(x)) over the images (negative: better than the
     baseline), read from the per-example files the scoring wrote to ``save_dir``."""
+    if not list(save_dir.glob(per_example_path(baseline, "*", "", save_dir).name)):
+        raise SystemExit(f"--baseline {baseline!r}: no per-example scores of that model in "
+                         f"{save_dir}; pass its exact label (the results' 'model' field) and the "
+                         "--save-dir it was scored with")
     for row in rows:
         if not row.get("machine") or row["model"] == baseline:
             continue

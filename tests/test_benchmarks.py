@@ -83,3 +83,5 @@ def test_paired_differences_from_the_per_example_files(tmp_path):
     save_per_example(better, 1 - images, "richer", "iwae", 50, tmp_path)
     with pytest.raises(SystemExit, match="other test images"):
         pair_with(rows, "plain", tmp_path)
+    with pytest.raises(SystemExit, match="no per-example scores of that model"):
+        pair_with(rows, "plane", tmp_path)  # a misspelt baseline label is named, not skipped
